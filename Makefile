@@ -1,0 +1,26 @@
+# The two commands of the README are `make up` and `make test`; .ci/run uses the same targets.
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: up setup test lint fmt bench load image clean
+
+up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
+	bash scripts/up.sh
+
+setup:         ## deps, Docker Engine, images and the test tools; idempotent
+	AGENTFACTORY_WITH_TEST_TOOLS=1 bash scripts/setup.sh
+
+test: setup    ## the whole test suite against the real engine
+	$(VENV)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup    ## ruff and mypy
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+fmt:
+	$(VENV)/ruff check --fix .
+	$(VENV)/ruff format .
+
+clean:         ## remove local state (database, run files); containers are removed by the server
+	rm -rf .run

@@ -1,0 +1,3 @@
+from agentfactory.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""The edge of every request, in order: request id → body size → route match → auth → rate limit
+→ the route → metrics and one access-log line. Pure ASGI, so streams are not buffered."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentfactory.api.errors import envelope
+from agentfactory.errors import AgentFactoryError, RateLimitError, TooLargeError
+from agentfactory.keys import authenticate
+
+log = structlog.get_logger("agentfactory.http")
+PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = scope["app"].state.ctx
+        # The API speaks JSON only: a body is read as JSON whatever Content-Type it claims, so that
+        # `curl -d '{...}'` (which says x-www-form-urlencoded) just works. Every route needs a Bearer
+        # header, which a cross-site form cannot send, so this opens no CSRF path.
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
+            (b"content-type", b"application/json")
+        ]
+        request_id = "req_" + uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        method = scope["method"]
+        route_template = self._route_template(scope)
+        status_holder = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_wrapper, ctx, route_template)
+        finally:
+            elapsed = time.perf_counter() - started
+            code = status_holder["code"]
+            ctx.metrics.http_requests.labels(method=method, route=route_template, code=str(code)).inc()
+            ctx.metrics.http_request_duration.labels(method=method, route=route_template).observe(elapsed)
+            if route_template not in ("/metrics", "/health"):
+                log.info("http_request", method=method, route=route_template, status=code,
+                         duration_ms=round(elapsed * 1000, 1))  # fmt: skip
+            structlog.contextvars.unbind_contextvars("request_id", "agent_id")
+
+    def _route_template(self, scope: Scope) -> str:
+        """The route's path template (metrics are labelled by template, never by raw path)."""
+        if self._templates is None:
+            app = scope["app"]
+            paths = [*list(app.openapi().get("paths", {})), "/openapi.json", "/docs", "/redoc"]
+            self._templates = [(compile_path(p)[0], p) for p in paths]
+        path = scope["path"]
+        if path.startswith("/mcp"):
+            return "/mcp"
+        for regex, template in self._templates:
+            if regex.match(path):
+                return template
+        return "unmatched"
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, ctx: Any, route: str) -> None:
+        request_id = scope["state"]["request_id"]
+        try:
+            receive = self._limit_body(scope, receive, ctx.settings.max_body_bytes, ctx)
+            if route != "unmatched" and route not in PUBLIC and not route.startswith("/mcp"):
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                caller = await ctx.run_db(authenticate, authorization=headers.get("authorization"))
+                scope["state"]["caller"] = caller
+                wait = ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
+                if wait is not None:
+                    ctx.metrics.quota_rejections.labels(reason="rate").inc()
+                    log.info("quota_rejected", reason="rate", key_id=caller.key_id)
+                    raise RateLimitError(
+                        f"this key's rate of {caller.max_requests_per_minute} requests per minute is exceeded",
+                        retry_after=wait,
+                    )
+        except AgentFactoryError as exc:
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+            response = envelope(status=exc.status, code=exc.code, message=exc.message,
+                                details=exc.details, request_id=request_id, headers=retry)  # fmt: skip
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except TooLargeError as exc:
+            response = envelope(status=413, code=exc.code, message=exc.message, request_id=request_id)
+            await response(scope, receive, send)
+
+    @staticmethod
+    def _limit_body(scope: Scope, receive: Receive, limit: int, ctx: Any) -> Receive:
+        for k, v in scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                ctx.metrics.quota_rejections.labels(reason="body_size").inc()
+                raise TooLargeError(f"the request body is over {limit} bytes")
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    ctx.metrics.quota_rejections.labels(reason="body_size").inc()
+                    raise TooLargeError(f"the request body is over {limit} bytes")
+            return message
+
+        return limited

@@ -1,0 +1,137 @@
+"""/agents/{id}/logs (pages) and /agents/{id}/stream (SSE). Both read the store, never the container."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from sse_starlette.sse import EventSourceResponse
+
+from agentfactory.api.deps import AppContext, get_caller, get_ctx, load_agent
+from agentfactory.api.routes.agents import ERRORS
+from agentfactory.api.views import agent_out
+from agentfactory.errors import SchemaError
+from agentfactory.keys import Caller
+from agentfactory.schemas import LogPage, iso
+from agentfactory.store import queries
+from agentfactory.store.tables import STDERR, STDOUT, TERMINAL
+
+router = APIRouter(tags=["logs"], responses=ERRORS)
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
+STREAM_BATCH = 2000
+KEEPALIVE_SECONDS = 10.0
+
+
+class _Ts:
+    """ISO timestamps of capture times; lines of one read share a time, so cache the last."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, str] = (-1.0, "")
+
+    def __call__(self, ts: float) -> str:
+        if ts != self._last[0]:
+            self._last = (ts, iso(ts) or "")
+        return self._last[1]
+
+
+def _cursor(value: str | None, name: str) -> int:
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or len(value) > 18:
+        raise SchemaError(f"{name} must be a log line seq (a non-negative integer)")
+    return int(value)
+
+
+@router.get("/agents/{agent_id}/logs", response_model=LogPage, summary="A page of captured output")
+async def get_logs(
+    agent_id: str,
+    cursor: Annotated[str | None, Query(max_length=20, description="a seq; lines after it")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    stream: Literal["stdout", "stderr"] | None = None,
+    caller: Caller = Depends(get_caller),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    after = _cursor(cursor, "cursor")
+    row = await load_agent(ctx, caller, agent_id)
+    stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
+    rows = await ctx.run_db(queries.read_log_lines, agent_pk=row.pk, after=after, limit=limit + 1, stream=stream_no)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    ts = _Ts()
+    lines = [{"seq": r[0], "ts": ts(r[1]), "stream": STREAM_NAMES[r[2]], "text": r[3]} for r in rows]
+    next_cursor = str(rows[-1][0]) if rows else str(after)
+    return {"lines": lines, "next_cursor": next_cursor, "complete": row.status in TERMINAL and not more}
+
+
+def _sse(event: str, data: str, event_id: int | None = None) -> str:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return head + "data: " + data + "\n\n"
+
+
+@router.get(
+    "/agents/{agent_id}/stream",
+    summary="Server-Sent Events: log lines, status changes, then end",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {"example": 'event: log\nid: 1\ndata: {"seq": 1, ...}\n\n'}}}},
+)
+async def stream_agent(
+    agent_id: str,
+    request: Request,
+    after: Annotated[str | None, Query(max_length=20, description="start after this seq")] = None,
+    tail: Annotated[int | None, Query(ge=0, le=100_000, description="only the last N lines, then live")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    caller: Caller = Depends(get_caller),
+    ctx: AppContext = Depends(get_ctx),
+) -> EventSourceResponse:
+    row = await load_agent(ctx, caller, agent_id)
+    start = _cursor(last_event_id, "Last-Event-ID") if last_event_id else _cursor(after, "after")
+    if tail is not None and not last_event_id and after is None:
+        last = await ctx.run_db(queries.last_log_seq, agent_pk=row.pk)
+        start = max(0, last - tail)
+    assert ctx.hub is not None
+    hub = ctx.hub
+    pk = row.pk
+
+    async def events() -> AsyncIterator[bytes]:
+        ctx.metrics.stream_clients.inc()
+        try:
+            cursor = start
+            last_status: str | None = None
+            ts = _Ts()
+            while True:
+                wake = hub.subscribe(pk)
+                rows = await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=cursor, limit=STREAM_BATCH)
+                if rows:
+                    wake.cancel()
+                    parts = []
+                    for seq, t, s, text in rows:
+                        data = json.dumps({"seq": seq, "ts": ts(t), "stream": STREAM_NAMES[s], "text": text})
+                        parts.append(_sse("log", data, seq))
+                    cursor = rows[-1][0]
+                    yield "".join(parts).encode()
+                    continue
+                agent = await ctx.run_db(queries.get_agent_by_pk, pk=pk)
+                if agent is None:
+                    wake.cancel()
+                    return
+                if agent.status != last_status:
+                    last_status = agent.status
+                    if agent.status not in TERMINAL:
+                        yield _sse("status", agent_out(agent).model_dump_json()).encode()
+                if agent.status in TERMINAL:
+                    wake.cancel()
+                    # The terminal row is written after the last line is committed: nothing is left.
+                    more = await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=cursor, limit=1)
+                    if more:
+                        continue
+                    payload = agent_out(agent).model_dump_json()
+                    yield (_sse("status", payload) + _sse("end", payload)).encode()
+                    return
+                if not await hub.wait(pk, KEEPALIVE_SECONDS, wake):
+                    yield b": keep-alive\n\n"
+        finally:
+            ctx.metrics.stream_clients.dec()
+
+    return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -1,0 +1,93 @@
+"""Rows to wire models."""
+
+from __future__ import annotations
+
+from agentfactory.schemas import (
+    AgentOut,
+    AgentResult,
+    KeyOut,
+    Links,
+    Seal,
+    Timings,
+    TokenUsage,
+    iso,
+)
+from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow
+
+
+def agent_out(row: AgentRow) -> AgentOut:
+    base = f"/agents/{row.id}"
+    sealed = row.status in TERMINAL
+    return AgentOut(
+        id=row.id,
+        status=row.status,
+        reason=row.reason,
+        model=row.model,
+        tools=list(row.tools),
+        created_at=iso(row.created_at) or "",
+        started_at=iso(row.started_at),
+        finished_at=iso(row.finished_at),
+        expires_at=iso(row.expires_at) if row.status not in TERMINAL else iso(row.finished_at),
+        ttl_seconds=row.ttl_seconds,
+        exit_code=row.exit_code,
+        error=row.error,
+        metadata=dict(row.meta),
+        token_budget=row.token_budget,
+        log_lines=row.log_lines if sealed else None,
+        log_bytes=row.log_bytes if sealed else None,
+        log_sha256=row.log_sha256 if sealed else None,
+        links=Links(self=base, logs=f"{base}/logs", stream=f"{base}/stream", result=f"{base}/result"),
+    )
+
+
+def agent_result(row: AgentRow) -> AgentResult:
+    sealed = row.status in TERMINAL
+    launch = row.started_at - row.created_at if row.started_at else None
+    run = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
+    return AgentResult(
+        id=row.id,
+        status=row.status,
+        reason=row.reason,
+        exit_code=row.exit_code,
+        error=row.error,
+        timings=Timings(
+            accepted_at=iso(row.created_at) or "",
+            started_at=iso(row.started_at),
+            first_output_at=iso(row.first_output_at),
+            finished_at=iso(row.finished_at),
+            launch_seconds=round(launch, 4) if launch is not None else None,
+            run_seconds=round(run, 4) if run is not None else None,
+        ),
+        peak_memory_bytes=row.peak_memory_bytes,
+        cpu_seconds=row.cpu_seconds,
+        tokens=TokenUsage(
+            prompt_tokens=row.tokens_prompt,
+            completion_tokens=row.tokens_completion,
+            total_tokens=row.tokens_prompt + row.tokens_completion,
+            model_calls=row.model_calls,
+            budget=row.token_budget,
+        ),
+        seal=Seal(
+            log_lines=row.log_lines if sealed else None,
+            log_bytes=row.log_bytes if sealed else None,
+            log_sha256=row.log_sha256 if sealed else None,
+            dropped_lines=row.log_dropped_lines,
+            dropped_bytes=row.log_dropped_bytes,
+        ),
+    )
+
+
+def key_out(row: ApiKeyRow) -> KeyOut:
+    return KeyOut(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        admin=row.admin,
+        models=list(row.models),
+        tools=list(row.tools),
+        max_concurrent_agents=row.max_concurrent_agents,
+        max_requests_per_minute=row.max_requests_per_minute,
+        max_ttl_seconds=row.max_ttl_seconds,
+        created_at=iso(row.created_at) or "",
+        revoked_at=iso(row.revoked_at),
+    )

@@ -1,0 +1,136 @@
+"""The backend contract: the few verbs the runtime needs from whatever runs containers.
+
+Modelled on JupyterHub's `Spawner` and Dagster's `RunLauncher`: a frozen input (`AgentSpec`), a handful
+of async verbs, answers as a small status object. The rest of the system never asks which backend it
+talks to. Every verb raises `RuntimeUnavailableError` when the engine cannot be reached, and
+`ContainerNotFound` where it says so; teardown verbs are idempotent.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+STDOUT, STDERR = 1, 2
+LABEL_PREFIX = "io.agentfactory."
+LABEL_AGENT = LABEL_PREFIX + "agent_id"
+LABEL_MANAGED = LABEL_PREFIX + "managed"
+LABEL_INSTANCE = LABEL_PREFIX + "instance"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything a backend needs to run one agent; built by the launcher from the agent row."""
+
+    agent_id: str
+    key_id: str
+    image: str
+    env: Mapping[str, str]
+    memory_mb: int
+    cpus: float
+    pids: int
+    scratch_mb: int
+    max_log_bytes: int
+    network: str | None = None  # None: no network at all; else the name of an isolated network
+    runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
+    gateway_socket_dir: Path | None = None
+    instance: str = "local"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class ContainerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: ContainerState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    container_id: str
+    agent_id: str
+    state: ContainerState
+
+
+class OutputSource(Protocol):
+    """A blocking stream of (stream, bytes) chunks of a container's output, in order per stream.
+
+    Read from a thread; `close()` may be called from another thread to stop it.
+    """
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Launched:
+    container_id: str
+    output: OutputSource
+
+
+@dataclass(frozen=True)
+class Usage:
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+
+
+class Backend(abc.ABC):
+    """Runs agents as containers."""
+
+    supports_resume: bool = True
+    """Whether `logs()` can replay a running container's output from its start (restart recovery)."""
+
+    @abc.abstractmethod
+    async def launch(self, spec: AgentSpec) -> Launched:
+        """Create the container, attach to its output, then start it, so no early line is missed.
+
+        On failure nothing is left behind: a created container is removed before the error is raised.
+        """
+
+    @abc.abstractmethod
+    async def status(self, container_id: str) -> ContainerStatus:
+        """The container's state; MISSING when it is gone (never raises ContainerNotFound)."""
+
+    @abc.abstractmethod
+    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
+        """Wait until the container has exited (or the timeout passes) and return its status."""
+
+    @abc.abstractmethod
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after the grace. Idempotent: a stopped or missing container is fine."""
+
+    @abc.abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (forcefully). Idempotent: a missing container is fine."""
+
+    @abc.abstractmethod
+    async def logs(self, container_id: str) -> OutputSource:
+        """The container's whole output from its start, following until it exits (restart recovery)."""
+
+    @abc.abstractmethod
+    async def list_managed(self) -> list[ManagedContainer]:
+        """Every container carrying the agentfactory labels."""
+
+    @abc.abstractmethod
+    async def usage(self, container_id: str) -> Usage:
+        """Resource figures the engine reports for a running container (empty when it reports none)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise RuntimeUnavailableError when the engine does not answer."""
+
+    async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
+        """Release the client."""

@@ -1,0 +1,303 @@
+"""DockerBackend: the contract of base.py over docker-py. Thin I/O: `docker_spec` decides, this sends.
+
+Every blocking SDK call runs in the backend's own thread pool, so the event loop never waits on
+Docker and log following (in the log pump's own threads) never starves stop/remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.utils
+import requests
+
+from agentfactory.backends.base import (
+    LABEL_AGENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    STDERR,
+    STDOUT,
+    AgentSpec,
+    Backend,
+    ContainerState,
+    ContainerStatus,
+    Launched,
+    ManagedContainer,
+    OutputSource,
+    Usage,
+)
+from agentfactory.backends.docker_spec import build_create_args, container_name
+from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
+
+T = TypeVar("T")
+_STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
+
+
+class LaunchError(AgentFactoryError):
+    """The engine answered but refused to run the agent (missing image, bad runtime...)."""
+
+    code, status = "E_LAUNCH", 500
+
+
+def _unavailable(exc: BaseException) -> RuntimeUnavailableError:
+    return RuntimeUnavailableError(f"the container engine is unreachable: {type(exc).__name__}")
+
+
+class AttachOutput:
+    """Docker's multiplexed attach stream (8-byte frame headers), read in large chunks.
+
+    Consecutive frames of one stream are merged before they are handed on: a flood of one-line
+    writes costs one Python object per socket read, not one per line.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._closed = threading.Event()
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]:
+        buf = bytearray()
+        while True:
+            try:
+                data = self._sock.recv(1 << 18)
+            except OSError:
+                if self._closed.is_set():
+                    return
+                raise
+            if not data:
+                return
+            buf += data
+            pos, n = 0, len(buf)
+            merged: list[tuple[int, bytearray]] = []
+            while n - pos >= 8:
+                size = int.from_bytes(buf[pos + 4 : pos + 8], "big")
+                if n - pos - 8 < size:
+                    break
+                stream = STDERR if buf[pos] == 2 else STDOUT
+                payload = buf[pos + 8 : pos + 8 + size]
+                if merged and merged[-1][0] == stream:
+                    merged[-1][1].extend(payload)
+                else:
+                    merged.append((stream, bytearray(payload)))
+                pos += 8 + size
+            del buf[:pos]
+            for stream, payload in merged:
+                yield stream, bytes(payload)
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+class LogsOutput:
+    """`docker logs --follow` of a container from its start, demultiplexed (restart recovery)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]:
+        for out, err in self._stream:
+            if out:
+                yield STDOUT, out
+            if err:
+                yield STDERR, err
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class DockerBackend(Backend):
+    """Agents as containers on the local (or DOCKER_HOST's) Docker Engine."""
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        network_name: str = "agentfactory-agents",
+        timeout: int = 20,
+        workers: int = 32,
+    ):
+        self.instance = instance
+        self.network_name = network_name
+        self._timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._api: docker.APIClient | None = None
+        self._api_lock = threading.Lock()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _client(self) -> docker.APIClient:
+        with self._api_lock:
+            if self._api is None:
+                try:
+                    params = docker.utils.kwargs_from_env()
+                    self._api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                except docker.errors.DockerException as exc:
+                    raise _unavailable(exc) from exc
+            return self._api
+
+    async def _run(self, fn: Callable[[docker.APIClient], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._client())
+            except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
+                raise _unavailable(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        def ping(api: docker.APIClient) -> None:
+            try:
+                api.ping()
+            except docker.errors.APIError as exc:
+                raise _unavailable(exc) from exc
+
+        await self._run(ping)
+
+    async def launch(self, spec: AgentSpec) -> Launched:
+        return await self._run(lambda api: self._launch(api, spec))
+
+    def _launch(self, api: docker.APIClient, spec: AgentSpec) -> Launched:
+        args = build_create_args(spec)
+        host_config = api.create_host_config(**args.pop("host_config"))
+        args.pop("detach")
+        if spec.network:
+            self._ensure_network(api, spec.network)
+        try:
+            created = api.create_container(**args, host_config=host_config)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise LaunchError(f"the engine refused to create the container: {exc.explanation}") from exc
+            # A container of this agent survives a crashed launch: it is ours, replace it.
+            self._remove(api, container_name(spec.agent_id))
+            created = api.create_container(**args, host_config=host_config)
+        cid = created["Id"]
+        try:
+            raw = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            sock = getattr(raw, "_sock", raw)
+            sock.settimeout(None)
+            api.start(cid)
+        except BaseException as exc:
+            self._remove(api, cid)
+            if isinstance(exc, docker.errors.APIError):
+                raise LaunchError(f"the engine refused to start the container: {exc.explanation}") from exc
+            raise
+        return Launched(container_id=cid, output=AttachOutput(sock))
+
+    def _ensure_network(self, api: docker.APIClient, name: str) -> None:
+        if not api.networks(names=[name]):
+            try:
+                api.create_network(name, driver="bridge", labels={LABEL_MANAGED: "true"})
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+
+    async def status(self, container_id: str) -> ContainerStatus:
+        return await self._run(lambda api: self._status(api, container_id))
+
+    @staticmethod
+    def _status(api: docker.APIClient, container_id: str) -> ContainerStatus:
+        try:
+            state = api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:
+            return ContainerStatus(ContainerState.MISSING)
+        return ContainerStatus(
+            _STATES.get(state.get("Status", ""), ContainerState.EXITED),
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            message=state.get("Error") or "",
+        )
+
+    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
+        def wait(api: docker.APIClient) -> ContainerStatus:
+            try:
+                api.wait(container_id, timeout=max(1, round(timeout)))
+            except docker.errors.NotFound:
+                return ContainerStatus(ContainerState.MISSING)
+            except requests.exceptions.ReadTimeout:
+                pass
+            return self._status(api, container_id)
+
+        return await self._run(wait)
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        def stop(api: docker.APIClient) -> None:
+            try:
+                api.stop(container_id, timeout=max(0, round(grace_seconds)))
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code not in (304, 409):
+                    raise
+
+        await self._run(stop)
+
+    async def remove(self, container_id: str) -> None:
+        await self._run(lambda api: self._remove(api, container_id))
+
+    @staticmethod
+    def _remove(api: docker.APIClient, container_id: str) -> None:
+        try:
+            api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: a removal is already in progress
+                raise
+
+    async def logs(self, container_id: str) -> OutputSource:
+        def logs(api: docker.APIClient) -> OutputSource:
+            stream = api.logs(  # type: ignore[call-overload]
+                container_id, stdout=True, stderr=True, stream=True, follow=True, demux=True
+            )
+            return LogsOutput(stream)
+
+        return await self._run(logs)
+
+    async def list_managed(self) -> list[ManagedContainer]:
+        def list_managed(api: docker.APIClient) -> list[ManagedContainer]:
+            filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]}
+            return [
+                ManagedContainer(
+                    container_id=c["Id"],
+                    agent_id=c["Labels"].get(LABEL_AGENT, ""),
+                    state=_STATES.get(c.get("State", ""), ContainerState.EXITED),
+                )
+                for c in api.containers(all=True, filters=filters)
+            ]
+
+        return await self._run(list_managed)
+
+    async def usage(self, container_id: str) -> Usage:
+        def usage(api: docker.APIClient) -> Usage:
+            try:
+                stats = api.stats(container_id, stream=False, one_shot=True)
+            except docker.errors.NotFound:
+                return Usage()
+            mem = stats.get("memory_stats") or {}
+            cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+            peak = mem.get("max_usage") or mem.get("usage")
+            return Usage(
+                peak_memory_bytes=int(peak) if peak else None,
+                cpu_seconds=cpu / 1e9 if cpu else None,
+            )
+
+        return await self._run(usage)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._api is not None:
+            self._api.close()

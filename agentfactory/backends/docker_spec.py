@@ -1,0 +1,76 @@
+"""Pure builder: an `AgentSpec` becomes the arguments of Docker's container create. No I/O here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentfactory.backends.base import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PREFIX, AgentSpec
+
+AGENT_UID = 10001
+SCRATCH = "/scratch"
+GATEWAY_MOUNT = "/run/agentfactory"
+RUNSC_MIN_PIDS = 512  # gVisor's sentry counts its own threads against the PIDs limit
+
+
+def container_name(agent_id: str) -> str:
+    return f"agentfactory-{agent_id}"
+
+
+def build_create_args(spec: AgentSpec) -> dict[str, Any]:
+    """Keyword arguments for docker-py's `APIClient.create_container`, with `host_config` as the
+    keyword arguments of `APIClient.create_host_config`.
+
+    The hardening profile (CIS Docker Benchmark §5) lives here, in one place: every capability
+    dropped, no-new-privileges, a non-root user, a read-only root with sized tmpfs scratch, memory
+    equal to memory+swap, CPU and PIDs limits, an init process, no network unless asked for, and
+    no host path mounted but the model gateway's socket directory.
+    """
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_AGENT: spec.agent_id,
+        LABEL_PREFIX + "key_id": spec.key_id,
+        LABEL_INSTANCE: spec.instance,
+        **spec.labels,
+    }
+    tmpfs_opts = f"rw,nosuid,nodev,noexec,uid={AGENT_UID},gid={AGENT_UID},mode=0700"
+    pids = max(spec.pids, RUNSC_MIN_PIDS) if spec.runtime == "runsc" else spec.pids
+    host_config: dict[str, Any] = {
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "privileged": False,
+        "read_only": True,
+        "tmpfs": {
+            SCRATCH: f"{tmpfs_opts.replace(',noexec', '')},size={spec.scratch_mb}m",
+            "/tmp": f"{tmpfs_opts},size=64m",
+        },
+        "mem_limit": spec.memory_mb * 1024 * 1024,
+        "memswap_limit": spec.memory_mb * 1024 * 1024,
+        "nano_cpus": int(spec.cpus * 1_000_000_000),
+        "pids_limit": pids,
+        "init": True,
+        "network_mode": spec.network or "none",
+        "ipc_mode": "private",
+        "log_config": {
+            "type": "json-file",
+            # Docker's own copy is what restart recovery replays; bounded so it never grows without end.
+            "config": {"max-size": str(2 * spec.max_log_bytes + 10 * 1024 * 1024), "max-file": "1"},
+        },
+        "ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}],
+    }
+    if spec.gateway_socket_dir is not None:
+        host_config["binds"] = {str(spec.gateway_socket_dir): {"bind": GATEWAY_MOUNT, "mode": "ro"}}
+    if spec.runtime:
+        host_config["runtime"] = spec.runtime
+    return {
+        "image": spec.image,
+        "name": container_name(spec.agent_id),
+        "user": f"{AGENT_UID}:{AGENT_UID}",
+        "environment": dict(spec.env),
+        "labels": labels,
+        "working_dir": SCRATCH,
+        "network_disabled": spec.network is None,
+        "stdin_open": False,
+        "tty": False,
+        "detach": True,
+        "host_config": host_config,
+    }

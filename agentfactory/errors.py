@@ -1,0 +1,70 @@
+"""The exception tree, in one place. The API maps each class to the SPEC §3 error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentFactoryError(Exception):
+    """Base of every error the product reports; `code` and `status` are the wire contract."""
+
+    code = "E_INTERNAL"
+    status = 500
+
+    def __init__(self, message: str, *, details: list[Any] | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.retry_after = retry_after
+
+
+class SchemaError(AgentFactoryError):
+    code, status = "E_SCHEMA", 422
+
+
+class CatalogError(AgentFactoryError):
+    code, status = "E_CATALOG", 422
+
+
+class AuthError(AgentFactoryError):
+    code, status = "E_AUTH", 401
+
+
+class ForbiddenError(AgentFactoryError):
+    code, status = "E_FORBIDDEN", 403
+
+
+class NotFoundError(AgentFactoryError):
+    code, status = "E_NOT_FOUND", 404
+
+
+class ConflictError(AgentFactoryError):
+    code, status = "E_CONFLICT", 409
+
+
+class QuotaError(AgentFactoryError):
+    code, status = "E_QUOTA", 429
+
+
+class RateLimitError(AgentFactoryError):
+    code, status = "E_RATE_LIMIT", 429
+
+
+class TooLargeError(AgentFactoryError):
+    code, status = "E_TOO_LARGE", 413
+
+
+class RuntimeUnavailableError(AgentFactoryError):
+    """The container engine cannot be reached (or refused the call)."""
+
+    code, status = "E_RUNTIME", 503
+
+
+class ContainerNotFound(AgentFactoryError):
+    """The backend has no container for this agent (it is gone)."""
+
+    code, status = "E_NOT_FOUND", 404
+
+
+class CatalogInvalid(Exception):
+    """catalog.json is unreadable or does not validate; the server refuses to start."""

@@ -1,0 +1,95 @@
+"""Every Prometheus metric of the control plane, in one registry owned by the app (SPEC §5).
+
+Names are `agentfactory_<noun>_<verb>_<unit>`; label values are created up front so that a failure
+series exists (at 0) before the first failure. No label ever carries an agent id, a key or a prompt.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STATUSES = ("succeeded", "failed", "cancelled", "expired")
+REASONS = ("exit", "oom_killed", "ttl_expired", "cancelled", "launch_failed", "lost")
+QUOTA_REASONS = ("concurrency", "rate", "body_size")
+TOKEN_KINDS = ("prompt", "completion")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The registry and its metrics; one instance per app (tests build their own)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "agentfactory_"
+        self.agents_created = Counter(p + "agents_created_total", "Agents accepted", ["model"], registry=r)
+        self.agents_finished = Counter(
+            p + "agents_finished_total", "Agents that reached a terminal status", ["status"], registry=r
+        )
+        self.agents_finished_reason = Counter(
+            p + "agents_finished_by_reason_total", "Terminal agents by reason", ["reason"], registry=r
+        )
+        self.agents_running = Gauge(p + "agents_running", "Agents whose container is running", registry=r)
+        self.agents_oom_killed = Counter(p + "agents_oom_killed_total", "Agents killed for memory", registry=r)
+        self.launch_duration = Histogram(
+            p + "launch_duration_seconds",
+            "Request accepted to container running",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reaper_expired = Counter(p + "reaper_expired_total", "Agents the reaper expired", registry=r)
+        self.reaper_passes = Counter(p + "reaper_passes_total", "Reaper passes completed", registry=r)
+        self.reaper_last_pass = Gauge(
+            p + "reaper_last_pass_timestamp_seconds", "When the reaper last finished a pass", registry=r
+        )
+        self.orphans_reaped = Counter(
+            p + "orphans_reaped_total", "Labelled containers removed because no agent owns them", registry=r
+        )
+        self.agents_purged = Counter(p + "agents_purged_total", "Agents removed by retention", registry=r)
+        self.log_lines = Counter(p + "log_lines_total", "Log lines captured", registry=r)
+        self.log_bytes = Counter(p + "log_bytes_total", "Log bytes captured", registry=r)
+        self.log_bytes_dropped = Counter(
+            p + "log_bytes_dropped_total", "Log bytes dropped past max_log_bytes", registry=r
+        )
+        self.stream_clients = Gauge(p + "stream_clients", "Open SSE stream clients", registry=r)
+        self.http_requests = Counter(
+            p + "http_requests_total", "HTTP requests", ["method", "route", "code"], registry=r
+        )
+        self.http_request_duration = Histogram(
+            p + "http_request_duration_seconds",
+            "HTTP request duration",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.quota_rejections = Counter(
+            p + "quota_rejections_total", "Requests refused by a quota", ["reason"], registry=r
+        )
+        self.gateway_tokens = Counter(
+            p + "gateway_tokens_total", "Model tokens through the gateway", ["model", "kind"], registry=r
+        )
+        self.gateway_request_duration = Histogram(
+            p + "gateway_request_duration_seconds",
+            "Model gateway call duration",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gateway_requests = Counter(
+            p + "gateway_requests_total", "Model gateway calls", ["model", "outcome"], registry=r
+        )
+        for s in STATUSES:
+            self.agents_finished.labels(status=s)
+        for reason in REASONS:
+            self.agents_finished_reason.labels(reason=reason)
+        for q in QUOTA_REASONS:
+            self.quota_rejections.labels(reason=q)
+
+    def prepare_models(self, model_ids: list[str]) -> None:
+        """Create the per-model series of the catalog's models at 0."""
+        for m in model_ids:
+            self.agents_created.labels(model=m)
+            for kind in TOKEN_KINDS:
+                self.gateway_tokens.labels(model=m, kind=kind)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

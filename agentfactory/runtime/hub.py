@@ -1,0 +1,52 @@
+"""Wake-ups for stream readers: the log writer and the launcher bump an agent; readers wait on it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class Hub:
+    """Per-agent change notification, owned by the event loop (bump from threads via `bump_threadsafe`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
+
+    def bump(self, agent_pk: int) -> None:
+        waiters = self._waiters.pop(agent_pk, None)
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    def bump_threadsafe(self, agent_pks: list[int]) -> None:
+        def bump_all() -> None:
+            for pk in agent_pks:
+                self.bump(pk)
+
+        self._loop.call_soon_threadsafe(bump_all)
+
+    def subscribe(self, agent_pk: int) -> asyncio.Future[None]:
+        """A future that completes at the agent's next bump. Subscribe *before* reading the store,
+        then await it only if the read found nothing new: no bump can fall between the two."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiters[agent_pk].add(fut)
+        fut.add_done_callback(lambda f: self._discard(agent_pk, f))
+        return fut
+
+    def _discard(self, agent_pk: int, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(agent_pk)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                self._waiters.pop(agent_pk, None)
+
+    async def wait(self, agent_pk: int, timeout: float, fut: asyncio.Future[None] | None = None) -> bool:
+        """Wait for the next bump of this agent (or for `fut` from `subscribe`); False on timeout."""
+        if fut is None:
+            fut = self.subscribe(agent_pk)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False

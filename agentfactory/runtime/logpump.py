@@ -1,0 +1,259 @@
+"""The log pump: one reader thread per agent, one writer thread for all, the store as the only copy.
+
+Readers split container output into lines, mask secrets, bound the volume and assign gap-free
+`seq`s; the writer commits lines in batches together with each agent's resume position, then
+wakes stream readers. Clients are served from the store, so no client can slow an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agentfactory.backends.base import STDERR, STDOUT, OutputSource
+from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.hub import Hub
+from agentfactory.runtime.lines import Bounded, Line, LineSplitter
+from agentfactory.store import Store
+from agentfactory.store.tables import AgentRow
+
+log = structlog.get_logger("agentfactory.logpump")
+BATCH_ROWS = 20_000
+BATCH_SECONDS = 0.02
+
+
+@dataclass
+class _Batch:
+    agent_pk: int
+    rows: list[tuple[int, int, float, int, str]]
+    consumed: tuple[int, int]
+    dropped: tuple[int, int]
+    nbytes: int
+
+
+@dataclass
+class _Done:
+    agent_pk: int
+    notify: Callable[[BaseException | None], None]
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where capture of an agent continues: the last stored seq and how many raw lines of each
+    stream are already stored (the replayed output's first lines are skipped)."""
+
+    last_seq: int = 0
+    stdout_consumed: int = 0
+    stderr_consumed: int = 0
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
+
+
+class LogPump:
+    """Owns the writer thread and the per-agent reader threads."""
+
+    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics, loop: asyncio.AbstractEventLoop):
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Batch | _Done | None] = queue.SimpleQueue()
+        self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
+        self.stopping = False
+        self._writer = threading.Thread(target=self._write_loop, name="logpump-writer", daemon=True)
+        self._insert_sql = (
+            "INSERT INTO log_lines (agent_pk, seq, ts, stream, text) VALUES (?, ?, ?, ?, ?)"
+            if store.is_sqlite
+            else "INSERT INTO log_lines (agent_pk, seq, ts, stream, text) VALUES (%s, %s, %s, %s, %s)"
+        )
+
+    def start(self) -> None:
+        self._writer.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        """Stop reading (containers keep running; a restart resumes them), flush, stop the writer."""
+        self.stopping = True
+        for _thread, source in list(self._readers.values()):
+            source.close()
+        for thread, _source in list(self._readers.values()):
+            thread.join(timeout)
+        self._queue.put(None)
+        self._writer.join(timeout)
+
+    def capturing(self, agent_pk: int) -> bool:
+        return agent_pk in self._readers
+
+    def capture(
+        self, *, agent_pk: int, source: OutputSource, secrets: list[str], max_log_bytes: int, resume: Resume
+    ) -> asyncio.Future[None]:
+        """Start reading `source`; the future completes once every line of it is committed."""
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def notify(exc: BaseException | None) -> None:
+            def settle() -> None:
+                if not done.done():
+                    done.set_exception(exc) if exc else done.set_result(None)
+
+            self._loop.call_soon_threadsafe(settle)
+
+        thread = threading.Thread(
+            target=self._read,
+            args=(agent_pk, source, secrets, max_log_bytes, resume, notify),
+            name=f"logpump-{agent_pk}",
+            daemon=True,
+        )
+        self._readers[agent_pk] = (thread, source)
+        thread.start()
+        return done
+
+    # -- reader (one thread per agent) -----------------------------------------------------------
+
+    def _read(
+        self,
+        agent_pk: int,
+        source: OutputSource,
+        secrets: list[str],
+        max_log_bytes: int,
+        resume: Resume,
+        notify: Callable[[BaseException | None], None],
+    ) -> None:
+        splitter = LineSplitter(secrets)
+        bounded = Bounded(max_log_bytes)
+        if resume.dropped_lines:
+            bounded.head_bytes = max_log_bytes
+            bounded.dropped_lines, bounded.dropped_bytes = resume.dropped_lines, resume.dropped_bytes
+        seq = resume.last_seq
+        skip = {STDOUT: resume.stdout_consumed, STDERR: resume.stderr_consumed}
+        seen = {STDOUT: resume.stdout_consumed, STDERR: resume.stderr_consumed}
+        consumed = (seen[STDOUT], seen[STDERR])
+
+        def push(lines: list[Line], final: bool) -> None:
+            nonlocal seq, consumed
+            ts = time.time()
+            rows = []
+            nbytes = 0
+            for line in lines:
+                seq += 1
+                rows.append((agent_pk, seq, ts, line.stream, line.text))
+                nbytes += line.nbytes
+            if final or not bounded.tail:
+                consumed = (seen[STDOUT], seen[STDERR])
+            if rows or final:
+                dropped = (bounded.dropped_lines, bounded.dropped_bytes)
+                self._queue.put(_Batch(agent_pk, rows, consumed, dropped, nbytes))
+
+        error: BaseException | None = None
+        try:
+            for stream, data in source.chunks():
+                lines = splitter.feed(stream, data)
+                if skip[STDOUT] or skip[STDERR]:
+                    lines = self._skip(lines, skip)
+                for line in lines:
+                    if line.raw_complete:
+                        seen[line.stream] += 1
+                push(bounded.admit(lines), final=False)
+        except Exception as exc:  # the engine went away mid-read: keep what we have, report it
+            error = exc
+            log.warning("log_capture_interrupted", agent_pk=agent_pk, error=type(exc).__name__)
+        finally:
+            if not self.stopping:  # at shutdown a partial line stays unread: the restart re-reads it
+                rest = splitter.flush()
+                for line in rest:
+                    seen[line.stream] += 1
+                push(bounded.admit(rest) + bounded.finish(), final=True)
+            self._readers.pop(agent_pk, None)
+            self._queue.put(_Done(agent_pk, notify, error))
+
+    @staticmethod
+    def _skip(lines: list[Line], skip: dict[int, int]) -> list[Line]:
+        kept = []
+        for line in lines:
+            if skip[line.stream] > 0:
+                if line.raw_complete:
+                    skip[line.stream] -= 1
+                continue
+            kept.append(line)
+        return kept
+
+    # -- writer (one thread) ---------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            items: list[_Batch | _Done] = []
+            if item is None:
+                stopping = True
+            else:
+                items.append(item)
+            deadline = time.monotonic() + BATCH_SECONDS
+            n = 0
+            while not stopping and n < BATCH_ROWS:
+                timeout = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                items.append(item)
+                if isinstance(item, _Batch):
+                    n += len(item.rows)
+            try:
+                self._commit(items)
+            except Exception:
+                log.exception("log_commit_failed")
+                time.sleep(0.5)
+                try:
+                    self._commit(items)
+                except Exception:
+                    log.exception("log_commit_failed_again")
+            for it in items:
+                if isinstance(it, _Done):
+                    it.notify(it.error)
+
+    def _commit(self, items: list[_Batch | _Done]) -> None:
+        rows: list[tuple[int, int, float, int, str]] = []
+        positions: dict[int, _Batch] = {}
+        first_ts: dict[int, float] = {}
+        nbytes = 0
+        for it in items:
+            if isinstance(it, _Batch):
+                if it.rows:
+                    rows.extend(it.rows)
+                    first_ts.setdefault(it.agent_pk, it.rows[0][2])
+                positions[it.agent_pk] = it
+                nbytes += it.nbytes
+        if not positions:
+            return
+        with self._store.session() as s:
+            conn = s.connection()
+            if rows:
+                conn.exec_driver_sql(self._insert_sql, rows)  # type: ignore[arg-type]
+            table = AgentRow.__table__
+            for pk, batch in positions.items():
+                values: dict[str, Any] = {
+                    "stdout_consumed": batch.consumed[0],
+                    "stderr_consumed": batch.consumed[1],
+                    "log_dropped_lines": batch.dropped[0],
+                    "log_dropped_bytes": batch.dropped[1],
+                }
+                conn.execute(table.update().where(table.c.pk == pk).values(**values))
+                if pk in first_ts:
+                    conn.execute(
+                        table.update()
+                        .where(table.c.pk == pk, table.c.first_output_at.is_(None))
+                        .values(first_output_at=first_ts[pk])
+                    )
+        self._metrics.log_lines.inc(len(rows))
+        self._metrics.log_bytes.inc(nbytes)
+        self._hub.bump_threadsafe(list(positions))

@@ -1,0 +1,45 @@
+"""The one loop primitive: `run_once()` does a pass; `run(stop)` repeats it with jitter and backoff.
+
+After Prefect's service loop and arq's burst mode: every periodic job can be driven one pass at a
+time (tests, `agentfactory reap --once`), and a failing pass never kills the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import random
+
+import structlog
+
+log = structlog.get_logger("agentfactory.loops")
+
+
+class Loop(abc.ABC):
+    name = "loop"
+
+    def __init__(self, *, interval: float, max_backoff: float = 60.0):
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.failures = 0
+
+    @abc.abstractmethod
+    async def run_once(self) -> None:
+        """One pass. Isolate items from each other inside it; raise only when the pass itself failed."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+                self.failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception("loop_pass_failed", loop=self.name, failures=self.failures)
+            delay = self.interval * (1 + random.uniform(-0.1, 0.1))
+            if self.failures:
+                delay = min(self.max_backoff, self.interval * 2**self.failures)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -1,0 +1,367 @@
+"""Wire models: what goes over HTTP (SPEC §3). Requests refuse unknown fields."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# The runtime's own variables: a request may not override them.
+RESERVED_ENV = {
+    "PATH", "HOME", "USER", "HOSTNAME", "PWD", "SHELL", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH",
+    "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH",
+}  # fmt: skip
+MAX_ENV_ITEMS = 64
+MAX_ENV_VALUE = 8192
+MAX_METADATA_ITEMS = 32
+Status = Literal["pending", "starting", "running", "succeeded", "failed", "cancelled", "expired"]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_env(value: dict[str, str], what: str) -> dict[str, str]:
+    if len(value) > MAX_ENV_ITEMS:
+        raise ValueError(f"at most {MAX_ENV_ITEMS} {what} entries")
+    for name, val in value.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"{what} name {name!r} is not a valid environment variable name")
+        if name.upper().startswith("AGENTFACTORY_") or name.upper() in RESERVED_ENV:
+            raise ValueError(f"{what} name {name!r} is reserved by the runtime")
+        if len(val) > MAX_ENV_VALUE or "\x00" in val:
+            raise ValueError(f"{what} value of {name!r} is too long or contains NUL")
+    return value
+
+
+class AgentCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "echo",
+                    "tools": ["python"],
+                    "prompt": "say hi",
+                    "ttl_seconds": 120,
+                    "env": {"FOO": "bar"},
+                    "secrets": {"GH_TOKEN": "ghp_example"},
+                    "metadata": {"ci_run": "1234"},
+                    "token_budget": 20000,
+                }
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=64)
+    prompt: str = Field(min_length=1)
+    tools: list[str] = Field(default_factory=list, max_length=32)
+    ttl_seconds: int | None = Field(None, ge=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    token_budget: int | None = Field(None, ge=1)
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("tools must not repeat")
+        if any(len(t) > 64 for t in v):
+            raise ValueError("tool ids are at most 64 characters")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env(v, "env")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env(v, "secrets")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(v) > MAX_METADATA_ITEMS:
+            raise ValueError(f"at most {MAX_METADATA_ITEMS} metadata entries")
+        for k, val in v.items():
+            if len(k) > 64 or (isinstance(val, str) and len(val) > 1024):
+                raise ValueError("metadata keys are at most 64 and values 1024 characters")
+        return v
+
+
+class Links(BaseModel):
+    self: str
+    logs: str
+    stream: str
+    result: str
+
+
+class AgentOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "ag_5x2kq7m3b9w4t6r8p1n0c2vd",
+                    "status": "running",
+                    "reason": None,
+                    "model": "echo",
+                    "tools": ["python"],
+                    "created_at": "2026-11-22T10:00:00.000Z",
+                    "started_at": "2026-11-22T10:00:00.130Z",
+                    "finished_at": None,
+                    "expires_at": "2026-11-22T10:02:00.130Z",
+                    "ttl_seconds": 120,
+                    "exit_code": None,
+                    "error": None,
+                    "metadata": {"ci_run": "1234"},
+                    "token_budget": 20000,
+                    "log_lines": None,
+                    "log_bytes": None,
+                    "log_sha256": None,
+                    "links": {
+                        "self": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd",
+                        "logs": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/logs",
+                        "stream": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/stream",
+                        "result": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/result",
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    status: Status
+    reason: str | None
+    model: str
+    tools: list[str]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None
+    ttl_seconds: int
+    exit_code: int | None
+    error: str | None
+    metadata: dict[str, Any]
+    token_budget: int
+    log_lines: int | None = Field(None, description="seal: lines captured (terminal agents)")
+    log_bytes: int | None = Field(None, description="seal: bytes captured, each line's UTF-8 text + 1")
+    log_sha256: str | None = Field(None, description="seal: SHA-256 over each line's UTF-8 text + '\\n'")
+    links: Links
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
+    next_cursor: str | None
+
+
+class LogLine(BaseModel):
+    seq: int
+    ts: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class LogPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "lines": [{"seq": 1, "ts": "2026-11-22T10:00:00.140Z", "stream": "stdout", "text": "hi"}],
+                    "next_cursor": "1",
+                    "complete": True,
+                }
+            ]
+        }
+    )
+
+    lines: list[LogLine]
+    next_cursor: str | None
+    complete: bool
+
+
+class TtlUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ttl_seconds": 600}]})
+
+    ttl_seconds: int = Field(ge=1)
+
+
+class Timings(BaseModel):
+    accepted_at: str
+    started_at: str | None
+    first_output_at: str | None
+    finished_at: str | None
+    launch_seconds: float | None
+    run_seconds: float | None
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    model_calls: int
+    budget: int
+
+
+class Seal(BaseModel):
+    log_lines: int | None
+    log_bytes: int | None
+    log_sha256: str | None
+    dropped_lines: int
+    dropped_bytes: int
+
+
+class AgentResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "ag_5x2kq7m3b9w4t6r8p1n0c2vd",
+                    "status": "succeeded",
+                    "reason": "exit",
+                    "exit_code": 0,
+                    "error": None,
+                    "timings": {
+                        "accepted_at": "2026-11-22T10:00:00.000Z",
+                        "started_at": "2026-11-22T10:00:00.130Z",
+                        "first_output_at": "2026-11-22T10:00:00.180Z",
+                        "finished_at": "2026-11-22T10:00:00.400Z",
+                        "launch_seconds": 0.13,
+                        "run_seconds": 0.27,
+                    },
+                    "peak_memory_bytes": 12582912,
+                    "cpu_seconds": 0.05,
+                    "tokens": {
+                        "prompt_tokens": 3,
+                        "completion_tokens": 3,
+                        "total_tokens": 6,
+                        "model_calls": 1,
+                        "budget": 20000,
+                    },
+                    "seal": {
+                        "log_lines": 4,
+                        "log_bytes": 210,
+                        "log_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                        "dropped_lines": 0,
+                        "dropped_bytes": 0,
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    status: Status
+    reason: str | None
+    exit_code: int | None
+    error: str | None
+    timings: Timings
+    peak_memory_bytes: int | None
+    cpu_seconds: float | None
+    tokens: TokenUsage
+    seal: Seal
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ci-main",
+                    "admin": False,
+                    "models": [],
+                    "tools": [],
+                    "max_concurrent_agents": 10,
+                    "max_requests_per_minute": 600,
+                    "max_ttl_seconds": 3600,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = False
+    models: list[str] = Field(default_factory=list, max_length=256)
+    tools: list[str] = Field(default_factory=list, max_length=256)
+    max_concurrent_agents: int = Field(10, ge=1, le=100_000)
+    max_requests_per_minute: int = Field(600, ge=1, le=1_000_000)
+    max_ttl_seconds: int = Field(3600, ge=1)
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "key_3m9x2kq7b4w6t8r1",
+                    "name": "ci-main",
+                    "prefix": "af_3m9x2k",
+                    "admin": False,
+                    "models": [],
+                    "tools": [],
+                    "max_concurrent_agents": 10,
+                    "max_requests_per_minute": 600,
+                    "max_ttl_seconds": 3600,
+                    "created_at": "2026-11-22T10:00:00.000Z",
+                    "revoked_at": None,
+                }
+            ]
+        }
+    )
+
+    id: str
+    name: str
+    prefix: str
+    admin: bool
+    models: list[str]
+    tools: list[str]
+    max_concurrent_agents: int
+    max_requests_per_minute: int
+    max_ttl_seconds: int
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the API key; shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[Any] = []
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {"code": "E_CATALOG", "message": "unknown model 'gpt-9'", "details": []},
+                    "request_id": "req_7b2k9x",
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail
+    request_id: str
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: str
+    checks: dict[str, str] | None = None

@@ -1,0 +1,44 @@
+"""Typed configuration from `AGENTFACTORY_*` environment variables (SPEC §8).
+
+Built by the caller (`Settings()` in the CLI, explicit values in tests); nothing reads it at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTFACTORY_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./agentfactory.db", description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://..."
+    )
+    catalog: Path = Field(Path("catalog.json"), description="path of the JSON catalog of models and tools")
+    admin_key: str | None = Field(None, description="bootstrap admin API key (accepted as an admin key)")
+    host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    port: int = Field(8000, description="port the HTTP server binds")
+    retention_days: float = Field(30, description="finished agents and their logs are purged after this")
+    reaper_interval_seconds: float = Field(2.0, description="seconds between reaper passes")
+    backend: Literal["docker", "swarm"] = Field("docker", description="where agents run")
+    runtime_image: str = Field("agentfactory-runtime:latest", description="image every agent runs in")
+    container_runtime: str | None = Field(
+        None, description="OCI runtime for agents (e.g. runsc for gVisor); the catalog may override it"
+    )
+    gateway_socket_dir: Path = Field(
+        Path("/run/agentfactory/gateway"),
+        description="host directory holding the model gateway's Unix socket, mounted read-only into agents",
+    )
+    agent_network: str = Field(
+        "agentfactory-agents", description="isolated bridge network for agents whose tools need a network"
+    )
+    start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
+    stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
+    max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
+    max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
+    log_level: str = Field("info", description="control-plane log level")
+    instance_id: str = Field("local", description="label value naming this control plane on its containers")

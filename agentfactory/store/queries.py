@@ -1,0 +1,160 @@
+"""Queries, verb-first with keyword-only arguments. Each takes the session its caller opened."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow, ApiKeyRow, LogLineRow
+
+
+def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
+    """The agent, or None; with key_id, only when that key owns it."""
+    q = select(AgentRow).where(AgentRow.id == agent_id)
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return session.scalars(q).first()
+
+
+def get_agent_by_pk(*, session: Session, pk: int) -> AgentRow | None:
+    return session.get(AgentRow, pk)
+
+
+def get_agent_by_gateway_token(*, session: Session, token: str) -> AgentRow | None:
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return session.scalars(select(AgentRow).where(AgentRow.gateway_token_hash == digest)).first()
+
+
+def list_agents(
+    *, session: Session, key_id: str | None, status: str | None, limit: int, before_pk: int | None
+) -> list[AgentRow]:
+    """Newest first; key_id None lists every key's agents (admin)."""
+    q = select(AgentRow).order_by(AgentRow.pk.desc()).limit(limit)
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    if status is not None:
+        q = q.where(AgentRow.status == status)
+    if before_pk is not None:
+        q = q.where(AgentRow.pk < before_pk)
+    return list(session.scalars(q))
+
+
+def list_agents_in(*, session: Session, statuses: Sequence[str]) -> list[AgentRow]:
+    return list(session.scalars(select(AgentRow).where(AgentRow.status.in_(statuses)).order_by(AgentRow.pk)))
+
+
+def count_active_agents(*, session: Session, key_id: str) -> int:
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.key_id == key_id, AgentRow.status.in_(ACTIVE))
+    return int(session.scalar(q) or 0)
+
+
+def find_idempotent_agent(*, session: Session, key_id: str, idempotency_key: str) -> AgentRow | None:
+    q = select(AgentRow).where(AgentRow.key_id == key_id, AgentRow.idempotency_key == idempotency_key)
+    return session.scalars(q).first()
+
+
+def update_agent(*, session: Session, pk: int, only_if_status: Iterable[str] | None = None, **values: Any) -> bool:
+    """Set columns; with only_if_status, only while the agent is in one of those statuses.
+
+    Returns whether a row changed: the compare-and-set every state transition goes through.
+    """
+    q = update(AgentRow).where(AgentRow.pk == pk)
+    if only_if_status is not None:
+        q = q.where(AgentRow.status.in_(tuple(only_if_status)))
+    return bool(session.execute(q.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+
+def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion_tokens: int) -> None:
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.pk == pk)
+        .values(
+            tokens_prompt=AgentRow.tokens_prompt + prompt_tokens,
+            tokens_completion=AgentRow.tokens_completion + completion_tokens,
+            model_calls=AgentRow.model_calls + 1,
+        )
+    )
+
+
+def insert_log_lines(*, session: Session, rows: list[dict[str, Any]]) -> None:
+    """rows: dicts with agent_pk, seq, ts, stream, text (one executemany)."""
+    if rows:
+        session.execute(insert(LogLineRow), rows)
+
+
+def read_log_lines(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text)."""
+    q = (
+        select(LogLineRow.seq, LogLineRow.ts, LogLineRow.stream, LogLineRow.text)
+        .where(LogLineRow.agent_pk == agent_pk, LogLineRow.seq > after)
+        .order_by(LogLineRow.seq)
+        .limit(limit)
+    )
+    if stream is not None:
+        q = q.where(LogLineRow.stream == stream)
+    return [(r[0], r[1], r[2], r[3]) for r in session.execute(q)]
+
+
+def last_log_seq(*, session: Session, agent_pk: int) -> int:
+    return int(session.scalar(select(func.max(LogLineRow.seq)).where(LogLineRow.agent_pk == agent_pk)) or 0)
+
+
+def iter_log_texts(*, session: Session, agent_pk: int, batch: int = 20_000) -> Iterable[str]:
+    """Every stored line's text in seq order (for the seal)."""
+    after = 0
+    while True:
+        rows = session.execute(
+            select(LogLineRow.seq, LogLineRow.text)
+            .where(LogLineRow.agent_pk == agent_pk, LogLineRow.seq > after)
+            .order_by(LogLineRow.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        for _seq, text in rows:
+            yield text
+        after = rows[-1][0]
+
+
+def purge_agents_finished_before(*, session: Session, cutoff: float, limit: int = 500) -> int:
+    """Delete finished agents (and their lines) that ended before cutoff; returns how many."""
+    pks = list(
+        session.scalars(
+            select(AgentRow.pk).where(AgentRow.status.in_(TERMINAL), AgentRow.finished_at < cutoff).limit(limit)
+        )
+    )
+    if pks:
+        session.execute(delete(LogLineRow).where(LogLineRow.agent_pk.in_(pks)))
+        session.execute(delete(AgentRow).where(AgentRow.pk.in_(pks)))
+    return len(pks)
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_api_key_by_hash(*, session: Session, key_hash: str) -> ApiKeyRow | None:
+    return session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
+
+
+def get_api_key(*, session: Session, key_id: str) -> ApiKeyRow | None:
+    return session.get(ApiKeyRow, key_id)
+
+
+def list_api_keys(*, session: Session) -> list[ApiKeyRow]:
+    return list(session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))
+
+
+def lock_api_key(*, session: Session, key_id: str) -> None:
+    """Serialise concurrent admissions for one key: a write first takes the row (PG) or the
+    database (SQLite) lock, so the count that follows cannot be raced."""
+    session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(lock_version=ApiKeyRow.lock_version + 1))

@@ -1,0 +1,642 @@
+"""agentfactory agent runtime: the model <-> tools loop that runs inside every agent container.
+
+Stdlib only (the image has nothing but Debian's python3). Reads the agent from the environment:
+
+  AGENTFACTORY_SPEC           JSON: agent_id, model, prompt, tools [{id, description, network}],
+                              max_steps, tool_timeout_seconds, tool_output_limit (bytes the model
+                              gets back from one tool call), optional model_timeout_seconds
+  AGENTFACTORY_GATEWAY_SOCKET the model gateway's Unix socket (default /run/agentfactory/gateway.sock)
+  AGENTFACTORY_GATEWAY_TOKEN  this agent's gateway token
+  AGENTFACTORY_SCRATCH        where tools run (default: the working directory, /scratch in the image)
+
+Stdout carries one JSON event per line (start, model_turn, tool_call, tool_result, final, usage) and,
+between them, the raw output lines of the tools, written as they are produced.
+
+Exit codes: 0 final answer; 1 runtime bug; 2 bad spec; 3 token budget spent; 4 step bound reached
+without a final answer; 5 model unreachable or upstream error; 143 terminated. On a non-zero exit
+the reason is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import html.parser
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+DEFAULT_SOCKET = "/run/agentfactory/gateway.sock"
+EXIT_OK, EXIT_BUG, EXIT_SPEC, EXIT_BUDGET, EXIT_STEPS, EXIT_MODEL = 0, 1, 2, 3, 4, 5
+# Transient gateway failures are retried with backoff, but only within this window.
+RETRY_WINDOW_SECONDS = 12.0
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+RETRY_STATUSES = (502, 503)
+MAX_LINE_BYTES = 64 * 1024
+MAX_FETCH_BYTES = 2 * 1024 * 1024
+SYSTEM_PROMPT = (
+    "You are an autonomous agent running in a sandboxed Linux container. Your working directory is "
+    "{scratch}; it is the only writable place. Use the tools you are given to do the task, then "
+    "answer with your final result as plain text (no tool call)."
+)
+
+TOOL_PARAMETERS = {
+    "python": (
+        "code",
+        "Python 3 source code. It runs as a script in a fresh interpreter; print() what you want to see.",
+        "Run Python code in the sandbox and return its output and exit code.",
+    ),
+    "shell": (
+        "command",
+        "A command line for /bin/sh.",
+        "Run a shell command in the sandbox and return its output and exit code.",
+    ),
+    "browser_server": ("url", "An http:// or https:// URL.", "Fetch a web page and return its text."),
+}
+
+
+class Fatal(Exception):
+    """The loop cannot go on: exit with this code and this one-line reason."""
+
+    def __init__(self, exit_code: int, reason: str):
+        super().__init__(reason)
+        self.exit_code = exit_code
+        self.reason = reason
+
+
+# --- output -----------------------------------------------------------------------------------
+
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **fields: object) -> None:
+    line = json.dumps({"event": event, **fields}, ensure_ascii=False, default=str)
+    raw_line(line.encode("utf-8", "replace") + b"\n")
+
+
+def raw_line(data: bytes) -> None:
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    with _out_lock:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+# --- spec -------------------------------------------------------------------------------------
+
+
+def load_spec(environ: dict[str, str]) -> dict:
+    raw = environ.get("AGENTFACTORY_SPEC")
+    if not raw:
+        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_SPEC is not set")
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise Fatal(EXIT_SPEC, f"bad spec: AGENTFACTORY_SPEC is not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_SPEC must be a JSON object")
+
+    def field(name: str, kind: type | tuple[type, ...], default: object = None, minimum: float | None = None):
+        value = spec.get(name, default)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            raise Fatal(EXIT_SPEC, f"bad spec: field {name!r} is missing or has the wrong type")
+        if minimum is not None and value < minimum:
+            raise Fatal(EXIT_SPEC, f"bad spec: field {name!r} must be at least {minimum}")
+        return value
+
+    tools = field("tools", list, [])
+    for tool in tools:
+        if not isinstance(tool, dict) or not isinstance(tool.get("id"), str):
+            raise Fatal(EXIT_SPEC, "bad spec: every tool must be an object with a string 'id'")
+    model = field("model", str)
+    if not model:
+        raise Fatal(EXIT_SPEC, "bad spec: field 'model' is empty")
+    token = environ.get("AGENTFACTORY_GATEWAY_TOKEN", "")
+    if not token:
+        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_GATEWAY_TOKEN is not set")
+    return {
+        "agent_id": field("agent_id", str, ""),
+        "model": model,
+        "prompt": field("prompt", str),
+        "tools": tools,
+        "max_steps": field("max_steps", int, 32, 1),
+        "tool_timeout_seconds": field("tool_timeout_seconds", (int, float), 300, 0.1),
+        "tool_output_limit": field("tool_output_limit", int, 16384, 256),
+        "model_timeout_seconds": field("model_timeout_seconds", (int, float), 300, 1),
+        "system_prompt": field("system_prompt", str, SYSTEM_PROMPT),
+        "socket": environ.get("AGENTFACTORY_GATEWAY_SOCKET") or DEFAULT_SOCKET,
+        "token": token,
+        "scratch": environ.get("AGENTFACTORY_SCRATCH") or os.getcwd(),
+    }
+
+
+# --- the model, through the gateway -----------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over the gateway's Unix socket (the container has no network to reach it by)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("gateway", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Gateway:
+    """Chat completions through the model gateway, with bounded retries of transient failures."""
+
+    def __init__(self, spec: dict):
+        self.model = spec["model"]
+        self.socket_path = spec["socket"]
+        self.token = spec["token"]
+        self.timeout = float(spec["model_timeout_seconds"])
+
+    def chat(self, messages: list, tools: list) -> dict:
+        body = {"model": self.model, "messages": messages}
+        if tools:
+            body["tools"] = tools
+        payload = json.dumps(body).encode()
+        deadline = time.monotonic() + RETRY_WINDOW_SECONDS
+        for attempt in range(len(RETRY_DELAYS) + 1):
+            try:
+                status, raw, retry_after = self._post(payload)
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, TimeoutError):
+                    raise Fatal(
+                        EXIT_MODEL,
+                        f"model {self.model!r}: no answer from the gateway within {self.timeout:g} s",
+                    ) from None
+                failure = f"model {self.model!r} unreachable: gateway {self.socket_path}: {_describe(exc)}"
+                delay = None
+            else:
+                if status == 200:
+                    return self._answer(raw)
+                code, message = _error_of(raw)
+                if status == 429 and code == "E_BUDGET":
+                    raise Fatal(EXIT_BUDGET, f"token budget spent: {message}")
+                failure = f"model {self.model!r}: gateway answered HTTP {status} {code}: {message}"
+                if status not in RETRY_STATUSES and code != "E_UPSTREAM_RATE_LIMIT":
+                    raise Fatal(EXIT_MODEL, failure)
+                delay = _seconds(retry_after)
+            if attempt == len(RETRY_DELAYS):
+                break
+            delay = min(max(delay or 0, RETRY_DELAYS[attempt]), 10.0)
+            if time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+        raise Fatal(EXIT_MODEL, failure)
+
+    def _post(self, payload: bytes) -> tuple[int, bytes, str | None]:
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                body=payload,
+                headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            return response.status, response.read(), response.getheader("Retry-After")
+        finally:
+            conn.close()
+
+    def _answer(self, raw: bytes) -> dict:
+        try:
+            answer = json.loads(raw)
+            message = answer["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise Fatal(EXIT_MODEL, f"model {self.model!r}: the answer is not a chat completion") from None
+        if not isinstance(message, dict):
+            raise Fatal(EXIT_MODEL, f"model {self.model!r}: the answer carries no message")
+        return answer
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "the socket does not exist"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error_of(raw: bytes) -> tuple[str, str]:
+    try:
+        err = json.loads(raw)["error"]
+        return str(err.get("code", "E_UNKNOWN")), str(err.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "E_UNKNOWN", raw[:200].decode("utf-8", "replace")
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+class Collected:
+    """A tool's output as the model will see it: the head and the tail within `limit` bytes."""
+
+    def __init__(self, limit: int):
+        self.limit, self.tail_keep = limit, limit // 2
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_bytes = self.total = self.dropped = 0
+        self.lock = threading.Lock()
+
+    def add(self, data: bytes) -> None:
+        with self.lock:
+            self.total += len(data)
+            room = self.limit - len(self.head)
+            if room > 0:
+                self.head += data[:room]
+                data = data[room:]
+            if data:
+                self.tail.append(data)
+                self.tail_bytes += len(data)
+                while self.tail and self.tail_bytes - len(self.tail[0]) >= self.tail_keep:
+                    self.tail_bytes -= len(self.tail[0])
+                    self.dropped += len(self.tail.popleft())
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        with self.lock:
+            if not self.truncated:
+                return bytes(self.head).decode("utf-8", "replace")
+            joined = b"".join(self.tail)
+            end = (bytes(self.head) + joined if not self.dropped else joined)[-self.tail_keep :]
+            start = bytes(self.head[: self.limit - self.tail_keep])
+            omitted = self.total - len(start) - len(end)
+        marker = f"\n[... {omitted} bytes of output omitted ...]\n".encode()
+        return (start + marker + end).decode("utf-8", "replace")
+
+
+class ToolRunner:
+    """Runs the built-in tools; a process's output goes to stdout line by line as it is produced."""
+
+    def __init__(self, spec: dict):
+        self.scratch = spec["scratch"]
+        self.timeout = float(spec["tool_timeout_seconds"])
+        self.limit = spec["tool_output_limit"]
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("AGENTFACTORY_SPEC", "AGENTFACTORY_GATEWAY_TOKEN")
+        }
+        self.current: subprocess.Popen | None = None
+
+    def run(self, name: str, args: dict) -> dict:
+        """Returns exit_code, truncated, timed_out, and `content`: what the model gets back."""
+        key = TOOL_PARAMETERS[name][0]
+        value = args.get(key)
+        if not isinstance(value, str):
+            return _tool_error(f"the {name} tool needs a string argument {key!r}")
+        if name == "python":
+            return self._python(value)
+        if name == "shell":
+            return self._process(["/bin/sh", "-c", value])
+        return self._fetch(value)
+
+    def _python(self, code: str) -> dict:
+        try:
+            fd, path = tempfile.mkstemp(prefix=".agentfactory-tool-", suffix=".py", dir=self.scratch)
+        except OSError:
+            return self._process([sys.executable, "-u", "-c", code])
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(code)
+            return self._process([sys.executable, "-u", path])
+        finally:
+            os.unlink(path)
+
+    def _process(self, argv: list[str]) -> dict:
+        collected = Collected(self.limit)
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.scratch,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.current = proc
+        pump = threading.Thread(target=_pump, args=(proc.stdout, collected), daemon=True)
+        pump.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # The tool call ends with its process: what it left running in the background goes too.
+            kill_group(proc.pid)
+            proc.wait()
+            self.current = None
+        pump.join(timeout=5)
+        reap_orphans()
+        exit_code = proc.returncode
+        status = f"exit code: {exit_code}"
+        if timed_out:
+            status += f" (killed: the tool call ran longer than {self.timeout:g} s)"
+        return {
+            "exit_code": exit_code,
+            "timed_out": timed_out,
+            "truncated": collected.truncated,
+            "bytes": collected.total,
+            "content": f"{status}\noutput:\n{collected.text()}",
+        }
+
+    def _fetch(self, url: str) -> dict:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return _tool_error("browser_server fetches http:// and https:// URLs only")
+        result: dict = {}
+        worker = threading.Thread(target=_fetch_into, args=(url, self.timeout, result), daemon=True)
+        worker.start()
+        # DNS lookups ignore socket timeouts: bound the whole fetch from outside.
+        worker.join(self.timeout + 1)
+        if worker.is_alive():
+            raw_line(f"GET {url} -> timed out after {self.timeout:g} s".encode())
+            return {**_tool_error(f"fetching {url} took longer than {self.timeout:g} s"), "timed_out": True}
+        raw_line(result["summary"].encode("utf-8", "replace"))
+        collected = Collected(self.limit)
+        collected.add(result["text"].encode("utf-8", "replace"))
+        return {
+            "exit_code": result["exit_code"],
+            "timed_out": False,
+            "truncated": collected.truncated,
+            "bytes": collected.total,
+            "content": f"{result['summary']}\n\n{collected.text()}",
+        }
+
+
+def _tool_error(message: str) -> dict:
+    return {
+        "exit_code": None,
+        "timed_out": False,
+        "truncated": False,
+        "bytes": 0,
+        "content": f"error: {message}",
+    }
+
+
+def _pump(stream, collected: Collected) -> None:
+    for line in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):
+        collected.add(line)
+        raw_line(line)
+    stream.close()
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def reap_orphans() -> None:
+    """As PID 1 of the container we inherit the orphans of tool processes; collect them."""
+    if os.getpid() != 1:
+        return
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+class _TextOf(html.parser.HTMLParser):
+    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
+    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "pre"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP and self.skipping:
+            self.skipping -= 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+    def text(self) -> str:
+        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
+        return "\n".join(line for line in lines if line)
+
+
+def _fetch_into(url: str, timeout: float, result: dict) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "agentfactory-browser/1.0"})
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, headers = response.status, response.headers
+            body = bytearray()
+            while len(body) < MAX_FETCH_BYTES and time.monotonic() < deadline:
+                chunk = response.read(64 * 1024)
+                if not chunk:
+                    break
+                body += chunk
+    except urllib.error.HTTPError as exc:
+        status, headers, body = exc.code, exc.headers, bytearray(exc.read(MAX_FETCH_BYTES))
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        result.update(summary=f"GET {url} -> failed: {_describe(exc)}", text="", exit_code=1)
+        return
+    kind = headers.get_content_type() if headers else "application/octet-stream"
+    text = bytes(body).decode(headers.get_content_charset() or "utf-8", "replace") if headers else ""
+    if kind in ("text/html", "application/xhtml+xml"):
+        parser = _TextOf()
+        parser.feed(text)
+        text = parser.text()
+    elif not (kind.startswith("text/") or kind.endswith(("json", "xml"))):
+        text = f"(binary content: {kind}, {len(body)} bytes)"
+    result.update(
+        summary=f"GET {url} -> {status} {kind} ({len(body)} bytes)",
+        text=text,
+        exit_code=0 if status < 400 else 1,
+    )
+
+
+def function_definitions(tools: list[dict]) -> tuple[list[dict], list[str]]:
+    """The spec's tools as OpenAI function definitions, and the ids this runtime cannot run."""
+    definitions, missing = [], []
+    for tool in tools:
+        tool_id = tool["id"]
+        if tool_id not in TOOL_PARAMETERS:
+            missing.append(tool_id)
+            continue
+        key, key_doc, default_doc = TOOL_PARAMETERS[tool_id]
+        definitions.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": tool_id,
+                    "description": tool.get("description") or default_doc,
+                    "parameters": {
+                        "type": "object",
+                        "properties": {key: {"type": "string", "description": key_doc}},
+                        "required": [key],
+                    },
+                },
+            }
+        )
+    return definitions, missing
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class Usage:
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.calls = 0
+
+    def add(self, answer: dict) -> tuple[int, int]:
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        p, c = (p if isinstance(p, int) else 0), (c if isinstance(c, int) else 0)
+        self.prompt, self.completion, self.calls = self.prompt + p, self.completion + c, self.calls + 1
+        return p, c
+
+    def emit(self) -> None:
+        emit("usage", prompt_tokens=self.prompt, completion_tokens=self.completion, model_calls=self.calls)
+
+
+def run_agent(spec: dict, usage: Usage, runner: ToolRunner) -> str:
+    """The model <-> tools loop; returns the final answer or raises Fatal."""
+    definitions, missing = function_definitions(spec["tools"])
+    if missing:
+        sys.stderr.write(f"warning: this runtime has no implementation of tool(s) {', '.join(missing)}\n")
+    offered = {d["function"]["name"] for d in definitions}
+    emit(
+        "start",
+        agent_id=spec["agent_id"],
+        model=spec["model"],
+        tools=sorted(offered),
+        max_steps=spec["max_steps"],
+    )
+    gateway = Gateway(spec)
+    messages: list[dict] = [
+        {"role": "system", "content": spec["system_prompt"].format(scratch=spec["scratch"])},
+        {"role": "user", "content": spec["prompt"]},
+    ]
+    for step in range(1, spec["max_steps"] + 1):
+        answer = gateway.chat(messages, definitions)
+        prompt_tokens, completion_tokens = usage.add(answer)
+        choice = answer["choices"][0]
+        message = choice["message"]
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+        names = [str((c.get("function") or {}).get("name")) for c in calls]
+        emit(
+            "model_turn",
+            step=step,
+            finish_reason=choice.get("finish_reason"),
+            content=message.get("content"),
+            tool_calls=names,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        if not calls:
+            content = message.get("content")
+            return content if isinstance(content, str) else json.dumps(content)
+        if step == spec["max_steps"]:
+            break
+        messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
+        for call in calls:
+            messages.append(run_call(call, offered, runner, step))
+    raise Fatal(EXIT_STEPS, f"step bound reached: {spec['max_steps']} model turns without a final answer")
+
+
+def run_call(call: dict, offered: set[str], runner: ToolRunner, step: int) -> dict:
+    function = call.get("function") or {}
+    name, raw_args = function.get("name"), function.get("arguments") or "{}"
+    try:
+        args = json.loads(raw_args) if isinstance(raw_args, str) else raw_args
+    except ValueError:
+        args = None
+    emit(
+        "tool_call", step=step, id=call.get("id"), tool=name, arguments=args if args is not None else raw_args
+    )
+    started = time.monotonic()
+    if name not in offered:
+        result = _tool_error(f"unknown tool {name!r}; the tools are: {', '.join(sorted(offered)) or 'none'}")
+    elif not isinstance(args, dict):
+        result = _tool_error("the arguments must be a JSON object")
+    else:
+        result = runner.run(name, args)
+    emit(
+        "tool_result",
+        step=step,
+        id=call.get("id"),
+        tool=name,
+        exit_code=result["exit_code"],
+        timed_out=result["timed_out"],
+        truncated=result["truncated"],
+        bytes=result["bytes"],
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
+    return {"role": "tool", "tool_call_id": call.get("id") or "", "content": result["content"]}
+
+
+def main() -> int:
+    usage = Usage()
+    started = False
+    runner: ToolRunner | None = None
+
+    def terminate(signum: int, _frame: object) -> None:
+        if runner is not None and runner.current is not None:
+            kill_group(runner.current.pid)
+        sys.stderr.write(f"terminated by signal {signum}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        spec = load_spec(dict(os.environ))
+        runner = ToolRunner(spec)
+        started = True
+        final = run_agent(spec, usage, runner)
+    except Fatal as fatal:
+        if started:
+            usage.emit()
+        sys.stderr.write(fatal.reason.replace("\n", " ") + "\n")
+        return fatal.exit_code
+    emit("final", content=final)
+    usage.emit()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""A real control-plane process on a loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class ServerProcess:
+    """`agentfactory serve` as a child process with its own DB, socket dir, port and instance label."""
+
+    def __init__(self, workdir: Path, *, catalog: Path | None = None, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = "af_admin_" + uuid.uuid4().hex
+        self.instance = "test-" + uuid.uuid4().hex[:8]
+        self.log_path = workdir / "server.log"
+        self.env = {
+            **os.environ,
+            "AGENTFACTORY_DATABASE_URL": f"sqlite:///{workdir / 'agentfactory.db'}",
+            "AGENTFACTORY_CATALOG": str(catalog or ROOT / "catalog.json"),
+            "AGENTFACTORY_ADMIN_KEY": self.admin_key,
+            "AGENTFACTORY_HOST": "127.0.0.1",
+            "AGENTFACTORY_PORT": str(self.port),
+            "AGENTFACTORY_GATEWAY_SOCKET_DIR": str(workdir / "gw"),
+            "AGENTFACTORY_INSTANCE_ID": self.instance,
+            "AGENTFACTORY_REAPER_INTERVAL_SECONDS": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        code = "from agentfactory.settings import Settings; from agentfactory.server import serve; serve(Settings())"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                return httpx.get(self.url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=timeout, what="server /health")
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks run."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def cleanup_containers(self) -> None:
+        """Remove every container this instance labelled (tests leave nothing behind)."""
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=io.agentfactory.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+    def containers(self) -> list[str]:
+        out = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=io.agentfactory.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        return out.split()
+
+
+def wait_terminal(client: httpx.Client, agent_id: str, timeout: float = 30) -> dict[str, Any]:
+    terminal = {"succeeded", "failed", "cancelled", "expired"}
+
+    def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/agents/{agent_id}").json()
+        return body if body["status"] in terminal else None
+
+    result: dict[str, Any] = wait_until(done, timeout=timeout, interval=0.1, what=f"agent {agent_id} terminal")
+    return result
+
+
+def all_log_lines(client: httpx.Client, agent_id: str, limit: int = 5000) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    cursor = "0"
+    while True:
+        page = client.get(f"/agents/{agent_id}/logs", params={"cursor": cursor, "limit": limit}).json()
+        lines.extend(page["lines"])
+        if page["complete"] or not page["lines"]:
+            return lines
+        cursor = page["next_cursor"]
