@@ -13,9 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
 import structlog
+from sqlalchemy import update
 
 from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
@@ -238,20 +237,22 @@ class LogPump:
         with self._store.session() as s:
             conn = s.connection()
             if rows:
-                conn.exec_driver_sql(self._insert_sql, rows)  # type: ignore[arg-type]
-            table = AgentRow.__table__
+                conn.exec_driver_sql(self._insert_sql, rows)
             for pk, batch in positions.items():
-                values: dict[str, Any] = {
-                    "stdout_consumed": batch.consumed[0],
-                    "stderr_consumed": batch.consumed[1],
-                    "log_dropped_lines": batch.dropped[0],
-                    "log_dropped_bytes": batch.dropped[1],
-                }
-                conn.execute(table.update().where(table.c.pk == pk).values(**values))
+                conn.execute(
+                    update(AgentRow)
+                    .where(AgentRow.pk == pk)
+                    .values(
+                        stdout_consumed=batch.consumed[0],
+                        stderr_consumed=batch.consumed[1],
+                        log_dropped_lines=batch.dropped[0],
+                        log_dropped_bytes=batch.dropped[1],
+                    )
+                )
                 if pk in first_ts:
                     conn.execute(
-                        table.update()
-                        .where(table.c.pk == pk, table.c.first_output_at.is_(None))
+                        update(AgentRow)
+                        .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
                         .values(first_output_at=first_ts[pk])
                     )
         self._metrics.log_lines.inc(len(rows))
