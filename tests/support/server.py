@@ -59,7 +59,7 @@ class ServerProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 90) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
         code = "from agentfactory.settings import Settings; from agentfactory.server import serve; serve(Settings())"
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=log, stderr=log, cwd=ROOT)
