@@ -4,7 +4,9 @@ Stdlib only (the image has nothing but Debian's python3). Reads the agent from t
 
   AGENTFACTORY_SPEC           JSON: agent_id, model, prompt, tools [{id, description, network}],
                               max_steps, tool_timeout_seconds, tool_output_limit (bytes the model
-                              gets back from one tool call), optional model_timeout_seconds
+                              gets back from one tool call); optional: model_timeout_seconds (300,
+                              bound on one model call), gateway_retry_seconds (30, how long an
+                              unreachable gateway is retried), system_prompt
   AGENTFACTORY_GATEWAY_SOCKET the model gateway's Unix socket (default /run/agentfactory/gateway.sock)
   AGENTFACTORY_GATEWAY_TOKEN  this agent's gateway token
   AGENTFACTORY_SCRATCH        where tools run (default: the working directory, /scratch in the image)
@@ -38,9 +40,8 @@ import urllib.request
 
 DEFAULT_SOCKET = "/run/agentfactory/gateway.sock"
 EXIT_OK, EXIT_BUG, EXIT_SPEC, EXIT_BUDGET, EXIT_STEPS, EXIT_MODEL = 0, 1, 2, 3, 4, 5
-# Transient gateway failures are retried with backoff, but only within this window.
-RETRY_WINDOW_SECONDS = 12.0
-RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# An upstream failure the gateway reports (502/503, upstream rate limit) is retried this often.
+UPSTREAM_RETRY_DELAYS = (0.5, 1.0, 2.0)
 RETRY_STATUSES = (502, 503)
 MAX_LINE_BYTES = 64 * 1024
 MAX_FETCH_BYTES = 2 * 1024 * 1024
@@ -121,10 +122,7 @@ def load_spec(environ: dict[str, str]) -> dict:
     model = field("model", str)
     if not model:
         raise Fatal(EXIT_SPEC, "bad spec: field 'model' is empty")
-    token = environ.get("AGENTFACTORY_GATEWAY_TOKEN", "")
-    if not token:
-        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_GATEWAY_TOKEN is not set")
-    return {
+    loaded = {
         "agent_id": field("agent_id", str, ""),
         "model": model,
         "prompt": field("prompt", str),
@@ -133,11 +131,15 @@ def load_spec(environ: dict[str, str]) -> dict:
         "tool_timeout_seconds": field("tool_timeout_seconds", (int, float), 300, 0.1),
         "tool_output_limit": field("tool_output_limit", int, 16384, 256),
         "model_timeout_seconds": field("model_timeout_seconds", (int, float), 300, 1),
+        "gateway_retry_seconds": field("gateway_retry_seconds", (int, float), 30, 0),
         "system_prompt": field("system_prompt", str, SYSTEM_PROMPT),
         "socket": environ.get("AGENTFACTORY_GATEWAY_SOCKET") or DEFAULT_SOCKET,
-        "token": token,
+        "token": environ.get("AGENTFACTORY_GATEWAY_TOKEN", ""),
         "scratch": environ.get("AGENTFACTORY_SCRATCH") or os.getcwd(),
     }
+    if not loaded["token"]:
+        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_GATEWAY_TOKEN is not set")
+    return loaded
 
 
 # --- the model, through the gateway -----------------------------------------------------------
@@ -169,41 +171,42 @@ class Gateway:
         self.socket_path = spec["socket"]
         self.token = spec["token"]
         self.timeout = float(spec["model_timeout_seconds"])
+        self.retry_seconds = float(spec["gateway_retry_seconds"])
 
     def chat(self, messages: list, tools: list) -> dict:
         body = {"model": self.model, "messages": messages}
         if tools:
             body["tools"] = tools
         payload = json.dumps(body).encode()
-        deadline = time.monotonic() + RETRY_WINDOW_SECONDS
-        for attempt in range(len(RETRY_DELAYS) + 1):
+        connect_deadline = time.monotonic() + self.retry_seconds
+        backoff, upstream_retries = 0.25, 0
+        while True:
             try:
                 status, raw, retry_after = self._post(payload)
+            except TimeoutError:
+                raise Fatal(
+                    EXIT_MODEL, f"model {self.model!r}: no answer from the gateway within {self.timeout:g} s"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
-                if isinstance(exc, TimeoutError):
-                    raise Fatal(
-                        EXIT_MODEL,
-                        f"model {self.model!r}: no answer from the gateway within {self.timeout:g} s",
-                    ) from None
+                # The gateway is down (e.g. the control plane restarting): wait for it, within bounds.
                 failure = f"model {self.model!r} unreachable: gateway {self.socket_path}: {_describe(exc)}"
-                delay = None
-            else:
-                if status == 200:
-                    return self._answer(raw)
-                code, message = _error_of(raw)
-                if status == 429 and code == "E_BUDGET":
-                    raise Fatal(EXIT_BUDGET, f"token budget spent: {message}")
-                failure = f"model {self.model!r}: gateway answered HTTP {status} {code}: {message}"
-                if status not in RETRY_STATUSES and code != "E_UPSTREAM_RATE_LIMIT":
-                    raise Fatal(EXIT_MODEL, failure)
-                delay = _seconds(retry_after)
-            if attempt == len(RETRY_DELAYS):
-                break
-            delay = min(max(delay or 0, RETRY_DELAYS[attempt]), 10.0)
-            if time.monotonic() + delay > deadline:
-                break
-            time.sleep(delay)
-        raise Fatal(EXIT_MODEL, failure)
+                wait, backoff = backoff, min(backoff * 2, 4.0)
+                if time.monotonic() + wait > connect_deadline:
+                    raise Fatal(EXIT_MODEL, failure) from None
+                time.sleep(wait)
+                continue
+            if status == 200:
+                return self._answer(raw)
+            code, message = _error_of(raw)
+            if status == 429 and code == "E_BUDGET":
+                raise Fatal(EXIT_BUDGET, f"token budget spent: {message}")
+            named = message if repr(self.model) in message else f"model {self.model!r}: {message}"
+            failure = f"{named} (gateway: HTTP {status} {code})"
+            retriable = status in RETRY_STATUSES or code == "E_UPSTREAM_RATE_LIMIT"
+            if not retriable or upstream_retries == len(UPSTREAM_RETRY_DELAYS):
+                raise Fatal(EXIT_MODEL, failure)
+            time.sleep(min(max(_seconds(retry_after) or 0, UPSTREAM_RETRY_DELAYS[upstream_retries]), 10.0))
+            upstream_retries += 1
 
     def _post(self, payload: bytes) -> tuple[int, bytes, str | None]:
         conn = UnixHTTPConnection(self.socket_path, self.timeout)
@@ -303,11 +306,7 @@ class ToolRunner:
         self.scratch = spec["scratch"]
         self.timeout = float(spec["tool_timeout_seconds"])
         self.limit = spec["tool_output_limit"]
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("AGENTFACTORY_SPEC", "AGENTFACTORY_GATEWAY_TOKEN")
-        }
+        self.env = {k: v for k, v in os.environ.items() if k not in ("AGENTFACTORY_SPEC", "AGENTFACTORY_GATEWAY_TOKEN")}
         self.current: subprocess.Popen | None = None
 
     def run(self, name: str, args: dict) -> dict:
@@ -336,16 +335,21 @@ class ToolRunner:
 
     def _process(self, argv: list[str]) -> dict:
         collected = Collected(self.limit)
-        proc = subprocess.Popen(
-            argv,
-            cwd=self.scratch,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.current = proc
+        # SIGTERM waits until `current` is set, so its handler always finds the tool to kill.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.scratch,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.current = proc
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         pump = threading.Thread(target=_pump, args=(proc.stdout, collected), daemon=True)
         pump.start()
         timed_out = False
@@ -549,7 +553,7 @@ def run_agent(spec: dict, usage: Usage, runner: ToolRunner) -> str:
     )
     gateway = Gateway(spec)
     messages: list[dict] = [
-        {"role": "system", "content": spec["system_prompt"].format(scratch=spec["scratch"])},
+        {"role": "system", "content": spec["system_prompt"].replace("{scratch}", spec["scratch"])},
         {"role": "user", "content": spec["prompt"]},
     ]
     for step in range(1, spec["max_steps"] + 1):
@@ -586,9 +590,7 @@ def run_call(call: dict, offered: set[str], runner: ToolRunner, step: int) -> di
         args = json.loads(raw_args) if isinstance(raw_args, str) else raw_args
     except ValueError:
         args = None
-    emit(
-        "tool_call", step=step, id=call.get("id"), tool=name, arguments=args if args is not None else raw_args
-    )
+    emit("tool_call", step=step, id=call.get("id"), tool=name, arguments=args if args is not None else raw_args)
     started = time.monotonic()
     if name not in offered:
         result = _tool_error(f"unknown tool {name!r}; the tools are: {', '.join(sorted(offered)) or 'none'}")

@@ -52,9 +52,7 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
@@ -95,9 +93,7 @@ def echo_answer(model_id: str, body: Mapping[str, Any]) -> tuple[dict[str, Any],
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model_id,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": last_user}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": last_user}, "finish_reason": "stop"}],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -162,9 +158,7 @@ class OpenAIUpstream:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        )
+        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -213,9 +207,7 @@ class OpenAIUpstream:
         return answer, usage_of(answer, body)
 
     @asynccontextmanager
-    async def stream(
-        self, model: CatalogModel, body: Mapping[str, Any]
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def stream(self, model: CatalogModel, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
         """A streamed completion: yields the upstream's raw SSE bytes once it answered 200.
 
         The caller bounds the whole stream with the model's timeout; errors before the first

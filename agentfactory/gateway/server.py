@@ -94,6 +94,7 @@ class ModelGateway:
         self._runner: web.AppRunner | None = None
         self._upstream: OpenAIUpstream | None = None
         for m in catalog.models:
+            metrics.gateway_request_duration.labels(m.id)
             for outcome in OUTCOMES:
                 metrics.gateway_requests.labels(m.id, outcome)
             for kind in ("prompt", "completion"):
@@ -104,8 +105,7 @@ class ModelGateway:
         """Bind the socket (removing a stale one) and serve; agents (uid 10001) may connect."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The directory is mounted into containers whose non-root user must traverse it.
-        os.chmod(path.parent, 0o755)
+        self._make_traversable(path.parent)
         await asyncio.to_thread(_remove_stale_socket, path)
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
         app.router.add_get("/health", self._health)
@@ -113,9 +113,13 @@ class ModelGateway:
             app.router.add_post(route, self._chat)
         self._upstream = OpenAIUpstream(self._environ)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, str(path), shutdown_timeout=5).start()
-        os.chmod(path, 0o666)
+        try:
+            await self._runner.setup()
+            await web.UnixSite(self._runner, str(path)).start()
+            os.chmod(path, 0o666)
+        except BaseException:
+            await self.stop()
+            raise
         self._log.info("gateway_started", socket=str(path))
 
     async def stop(self) -> None:
@@ -130,6 +134,16 @@ class ModelGateway:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             self._log.info("gateway_stopped", socket=str(self.socket_path))
+
+    def _make_traversable(self, directory: Path) -> None:
+        """Agents run as a non-root user: they must be able to traverse the mounted directory."""
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & 0o005 == 0o005:
+            return
+        try:
+            os.chmod(directory, mode | 0o755)
+        except PermissionError:
+            self._log.warning("gateway_dir_not_traversable", directory=str(directory), mode=oct(mode))
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -148,13 +162,18 @@ class ModelGateway:
                 answer, usage = await self._complete(model, body)
                 response = web.json_response(answer)
         except GatewayError as err:
+            elapsed = time.perf_counter() - started
             self._metrics.gateway_requests.labels(label, err.outcome).inc()
-            self._log.info(
+            if agent is not None:
+                self._metrics.gateway_request_duration.labels(label).observe(elapsed)
+            log = self._log.warning if err.outcome.startswith("upstream") else self._log.info
+            log(
                 "gateway_refused",
                 agent_id=agent.id if agent else None,
                 model=label,
                 outcome=err.outcome,
                 status=err.status,
+                duration_ms=round(elapsed * 1000, 1),
             )
             return _error_response(err)
         await asyncio.to_thread(self._add_usage, agent.pk, usage)
@@ -224,8 +243,7 @@ class ModelGateway:
             raise GatewayError(
                 429,
                 "E_BUDGET",
-                f"token budget spent: agent {agent.id} used {agent.tokens_used} "
-                f"of {agent.token_budget} tokens",
+                f"token budget spent: agent {agent.id} used {agent.tokens_used} of {agent.token_budget} tokens",
                 outcome="budget",
             )
         body["model"] = model.upstream_model or model.id
@@ -241,14 +259,17 @@ class ModelGateway:
     async def _stream(
         self, request: web.Request, model: CatalogModel, body: dict[str, Any]
     ) -> tuple[web.StreamResponse, Usage]:
-        """Relay a streamed completion chunk by chunk, reading its usage on the way."""
+        """Relay a streamed completion chunk by chunk, reading its usage on the way.
+
+        The response is left open: aiohttp ends it once `_chat` has stored the usage, so a client
+        that saw the end of the stream also sees its tokens counted.
+        """
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         if model.provider == "echo":
             answer, usage = echo_answer(model.id, body)
             response = web.StreamResponse(headers=headers)
             await response.prepare(request)
             await response.write(echo_stream(answer))
-            await response.write_eof()
             return response, usage
         assert self._upstream is not None, "the gateway is not started"
         # Ask the upstream for the usage chunk so the agent's tokens are counted, not guessed.
@@ -278,8 +299,6 @@ class ModelGateway:
             with contextlib.suppress(ConnectionResetError):
                 error = {"error": {"code": code, "message": message}}
                 await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
         return response, counter.usage(body)
 
     def _find_agent(self, token: str) -> AgentGrant | None:
@@ -305,9 +324,7 @@ class ModelGateway:
 
 def _error_response(err: GatewayError) -> web.Response:
     headers = {"Retry-After": err.retry_after} if err.retry_after else None
-    return web.json_response(
-        {"error": {"code": err.code, "message": err.message}}, status=err.status, headers=headers
-    )
+    return web.json_response({"error": {"code": err.code, "message": err.message}}, status=err.status, headers=headers)
 
 
 _HTTP_CODES = {404: "E_NOT_FOUND", 405: "E_NOT_FOUND", 413: "E_TOO_LARGE"}
