@@ -19,6 +19,7 @@ from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
+from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
@@ -58,6 +59,7 @@ def create_app(
         metrics=metrics,
         limiter=RateLimiter(),
     )
+    mcp = build_mcp(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +103,8 @@ def create_app(
             loops.append(loop.create_task(reaper.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
-            yield
+            async with mcp.session_manager.run():
+                yield
         finally:
             stop.set()
             if loops:
@@ -124,4 +127,5 @@ def create_app(
     app.add_middleware(EdgeMiddleware)
     for module in (system, agents, logs, keys):
         app.include_router(module.router)
+    app.router.routes.append(mcp.route)
     return app

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from agentfactory.api.sse import BlockCache
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AuthError, ForbiddenError, NotFoundError
@@ -34,6 +35,7 @@ class AppContext:
     backend: Backend
     metrics: Metrics
     limiter: RateLimiter
+    sse_cache: BlockCache = field(default_factory=BlockCache)
     hub: Hub | None = None
     launcher: Launcher | None = None
 

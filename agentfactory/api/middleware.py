@@ -82,7 +82,7 @@ class EdgeMiddleware:
         request_id = scope["state"]["request_id"]
         try:
             receive = self._limit_body(scope, receive, ctx.settings.max_body_bytes, ctx)
-            if route != "unmatched" and route not in PUBLIC and not route.startswith("/mcp"):
+            if route != "unmatched" and route not in PUBLIC:
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
                 caller = await ctx.run_db(authenticate, authorization=headers.get("authorization"))
                 scope["state"]["caller"] = caller

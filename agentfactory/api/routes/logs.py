@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -11,29 +10,16 @@ from sse_starlette.sse import EventSourceResponse
 
 from agentfactory.api.deps import AppContext, get_caller, get_ctx, load_agent
 from agentfactory.api.routes.agents import ERRORS
+from agentfactory.api.sse import STREAM_NAMES, Timestamps, sse
 from agentfactory.api.views import agent_out
 from agentfactory.errors import SchemaError
 from agentfactory.keys import Caller
-from agentfactory.schemas import LogPage, iso
+from agentfactory.schemas import LogPage
 from agentfactory.store import queries
 from agentfactory.store.tables import STDERR, STDOUT, TERMINAL
 
 router = APIRouter(tags=["logs"], responses=ERRORS)
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
-STREAM_BATCH = 2000
 KEEPALIVE_SECONDS = 10.0
-
-
-class _Ts:
-    """ISO timestamps of capture times; lines of one read share a time, so cache the last."""
-
-    def __init__(self) -> None:
-        self._last: tuple[float, str] = (-1.0, "")
-
-    def __call__(self, ts: float) -> str:
-        if ts != self._last[0]:
-            self._last = (ts, iso(ts) or "")
-        return self._last[1]
 
 
 def _cursor(value: str | None, name: str) -> int:
@@ -59,15 +45,10 @@ async def get_logs(
     rows = await ctx.run_db(queries.read_log_lines, agent_pk=row.pk, after=after, limit=limit + 1, stream=stream_no)
     more = len(rows) > limit
     rows = rows[:limit]
-    ts = _Ts()
+    ts = Timestamps()
     lines = [{"seq": r[0], "ts": ts(r[1]), "stream": STREAM_NAMES[r[2]], "text": r[3]} for r in rows]
     next_cursor = str(rows[-1][0]) if rows else str(after)
     return {"lines": lines, "next_cursor": next_cursor, "complete": row.status in TERMINAL and not more}
-
-
-def _sse(event: str, data: str, event_id: int | None = None) -> str:
-    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
-    return head + "data: " + data + "\n\n"
 
 
 @router.get(
@@ -94,23 +75,20 @@ async def stream_agent(
     hub = ctx.hub
     pk = row.pk
 
+    async def read(after: int, limit: int) -> list[tuple[int, float, int, str]]:
+        return await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=after, limit=limit)
+
     async def events() -> AsyncIterator[bytes]:
         ctx.metrics.stream_clients.inc()
         try:
             cursor = start
             last_status: str | None = None
-            ts = _Ts()
             while True:
                 wake = hub.subscribe(pk)
-                rows = await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=cursor, limit=STREAM_BATCH)
-                if rows:
+                data, cursor = await ctx.sse_cache.events_after(row.id, cursor, read)
+                if data:
                     wake.cancel()
-                    parts = []
-                    for seq, t, s, text in rows:
-                        data = json.dumps({"seq": seq, "ts": ts(t), "stream": STREAM_NAMES[s], "text": text})
-                        parts.append(_sse("log", data, seq))
-                    cursor = rows[-1][0]
-                    yield "".join(parts).encode()
+                    yield data
                     continue
                 agent = await ctx.run_db(queries.get_agent_by_pk, pk=pk)
                 if agent is None:
@@ -119,7 +97,7 @@ async def stream_agent(
                 if agent.status != last_status:
                     last_status = agent.status
                     if agent.status not in TERMINAL:
-                        yield _sse("status", agent_out(agent).model_dump_json()).encode()
+                        yield sse("status", agent_out(agent).model_dump_json()).encode()
                 if agent.status in TERMINAL:
                     wake.cancel()
                     # The terminal row is written after the last line is committed: nothing is left.
@@ -127,7 +105,7 @@ async def stream_agent(
                     if more:
                         continue
                     payload = agent_out(agent).model_dump_json()
-                    yield (_sse("status", payload) + _sse("end", payload)).encode()
+                    yield (sse("status", payload) + sse("end", payload)).encode()
                     return
                 if not await hub.wait(pk, KEEPALIVE_SECONDS, wake):
                     yield b": keep-alive\n\n"
