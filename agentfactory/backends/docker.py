@@ -99,22 +99,26 @@ class AttachOutput:
 
 
 class LogsOutput:
-    """`docker logs --follow` of a container from its start, demultiplexed (restart recovery)."""
+    """`docker logs --follow` of a container from its start, demultiplexed frame by frame
+    (restart recovery). docker-py's own `logs()` drops which stream a frame came from."""
 
-    def __init__(self, stream: Any):
-        self._stream = stream
+    def __init__(self, response: Any):
+        self._response = response
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
-        for out, err in self._stream:
-            if out:
-                yield STDOUT, out
-            if err:
-                yield STDERR, err
+        raw = self._response.raw
+        while True:
+            header = raw.read(8)
+            if len(header) < 8:
+                return
+            size = int.from_bytes(header[4:8], "big")
+            payload = raw.read(size) if size else b""
+            if size and not payload:
+                return
+            yield (STDERR if header[0] == 2 else STDOUT), payload
 
     def close(self) -> None:
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
+        self._response.close()
 
 
 class DockerBackend(Backend):
@@ -260,10 +264,11 @@ class DockerBackend(Backend):
 
     async def logs(self, container_id: str) -> OutputSource:
         def logs(api: docker.APIClient) -> OutputSource:
-            stream = api.logs(  # type: ignore[call-overload]
-                container_id, stdout=True, stderr=True, stream=True, follow=True, demux=True
-            )
-            return LogsOutput(stream)
+            params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
+            response = api._get(api._url("/containers/{0}/logs", container_id), params=params, stream=True)
+            sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
+            api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
+            return LogsOutput(response)
 
         return await self._run(logs)
 

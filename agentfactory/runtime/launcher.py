@@ -108,6 +108,7 @@ class Launcher:
         self.metrics = metrics
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
 
     # -- blocking store helpers, run off the loop --------------------------------------------------
 
@@ -279,6 +280,7 @@ class Launcher:
         self.metrics.agents_running.inc()
         log.info("agent_started", agent_id=row.id, launch_seconds=round(started - row.created_at, 3))
         self._watch(row.pk, row.id, launched.container_id, launched.output, list(row.secrets.values()), Resume())
+        self.arm_ttl(row.pk, started + row.ttl_seconds)
         if not moved:  # cancelled while it was starting: the watcher finalizes it
             await self.backend.stop(launched.container_id, 0)
         self.hub.bump(row.pk)
@@ -311,6 +313,32 @@ class Launcher:
             self.metrics.agents_finished_reason.labels(reason="launch_failed").inc()
             log.info("agent_finished", agent_pk=pk, status="failed", reason="launch_failed")
         self.hub.bump(pk)
+
+    # -- TTL ---------------------------------------------------------------------------------------
+
+    def arm_ttl(self, pk: int, expires_at: float) -> None:
+        """Expire the agent at `expires_at` to the millisecond (the reaper's pass is the safety net)."""
+        loop = asyncio.get_running_loop()
+        old = self._ttl_timers.pop(pk, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, expires_at - self.clock())
+        self._ttl_timers[pk] = loop.call_later(delay, lambda: loop.create_task(self._ttl_due(pk)))
+
+    async def _ttl_due(self, pk: int) -> None:
+        self._ttl_timers.pop(pk, None)
+        try:
+            row = await self._db(self._load, pk)
+            if row is None or row.status != "running":
+                return
+            if row.expires_at > self.clock():  # extended meanwhile
+                self.arm_ttl(pk, row.expires_at)
+                return
+            final = await self.stop(row, "ttl_expired", 0)
+            if final.status == "expired":
+                self.metrics.reaper_expired.inc()
+        except Exception as exc:  # the reaper's next pass retries
+            log.warning("ttl_expiry_failed", agent_pk=pk, error=repr(exc))
 
     # -- watching ----------------------------------------------------------------------------------
 
@@ -433,7 +461,10 @@ class Launcher:
             )
         if row.status not in ACTIVE:
             raise ConflictError(f"agent {row.id} is {row.status}; only a running agent's TTL can change")
-        await self._db(self._cas, row.pk, ACTIVE, expires_at=self.clock() + ttl_seconds)
+        expires_at = self.clock() + ttl_seconds
+        await self._db(self._cas, row.pk, ACTIVE, expires_at=expires_at)
+        if row.status == "running":
+            self.arm_ttl(row.pk, expires_at)
         self.hub.bump(row.pk)
         fresh: AgentRow = await self._db(self._load, row.pk)
         return fresh
@@ -455,10 +486,13 @@ class Launcher:
         )
         self.metrics.agents_running.inc()
         self._watch(row.pk, row.id, row.container_id, source, list(row.secrets.values()), resume)
+        self.arm_ttl(row.pk, row.expires_at)
         log.info("agent_resumed", agent_id=row.id, from_seq=last)
 
     async def shutdown(self) -> None:
         """Stop watching (containers run on; the next start resumes them)."""
+        for timer in self._ttl_timers.values():
+            timer.cancel()
         tasks = list(self._watchers.values())
         await asyncio.to_thread(self.pump.stop)
         if tasks:

@@ -133,10 +133,7 @@ class Reaper(Loop):
                 if st.state is ContainerState.MISSING:
                     await lch.finalize(row.pk, ContainerStatus(ContainerState.MISSING))
                     continue
-                await lch.resume(row)
-                if row.expires_at <= lch.clock():
-                    lch.metrics.reaper_expired.inc()
-                    asyncio.get_running_loop().create_task(lch.stop(row, "ttl_expired", TTL_KILL_GRACE))
+                await lch.resume(row)  # arms its TTL timer: an overdue agent expires at once
             except Exception as exc:
                 log.error("recover_failed", agent_id=row.id, error=repr(exc))
         await self.remove_orphans()
