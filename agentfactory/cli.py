@@ -8,8 +8,6 @@ when failed, 124 expired, 130 cancelled); 1 other errors; 2 usage or validation 
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import re
@@ -132,6 +130,11 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _ago(value: Any) -> str:
+    moment = _when(value)
+    return _age(time.time() - moment.timestamp()) if moment else "-"
 
 
 def _cell(key: str, value: Any) -> str:
@@ -264,6 +267,10 @@ class FollowOutput:
             elapsed = _age(time.monotonic() - self.started)
             spin = spinner[tick % len(spinner)]
             text = f"{spin} {self.agent_id} {self.state} · {self.lines} lines · {elapsed}"
+            try:  # one terminal row at most: a wrapped status line could not be erased
+                text = text[: max(10, os.get_terminal_size(sys.stderr.fileno()).columns - 1)]
+            except OSError:
+                text = text[:79]
             tick += 1
             with self._lock:
                 if self._stop.is_set():
@@ -370,7 +377,8 @@ def run(
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the agent", metavar="KEY=VALUE")
     ] = None,
     secret: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE secret (masked in output)", metavar="KEY=VALUE")
+        list[str] | None,
+        typer.Option(help="secret KEY=VALUE (masked in output; prefer --secret-env)", metavar="KEY=VALUE"),
     ] = None,
     secret_env: Annotated[
         list[str] | None, typer.Option(help="secret KEY taken from this shell's env", metavar="KEY")
@@ -432,6 +440,7 @@ def logs(
     streams = (stream,) if stream else ("stdout", "stderr")
     with _client(ctx) as client:
         if follow:
+            client.get_agent(agent_id)  # an unknown id, a bad key or a down server fail now, not in 60 s
             final = follow_agent(client, agent_id, json_lines=json_out, tail=tail, streams=streams)
             raise typer.Exit(EXIT_INTERRUPTED if final is None else 0)
         out = FollowOutput(agent_id, json_lines=False, streams=streams)
@@ -447,7 +456,7 @@ def logs(
                 break
             cursor = page["next_cursor"]
         if json_out:
-            last = kept[-1]["seq"] if kept else cursor
+            last = str(kept[-1]["seq"]) if kept else cursor
             _print_json({"lines": list(kept), "next_cursor": last, "complete": complete})
         else:
             for line in kept:
@@ -482,10 +491,8 @@ def list_agents(
                 break
     if json_out:
         return _print_json({"items": items, "next_cursor": cursor})
-    now = time.time()
     rows = [
-        [a["id"], str(a.get("status")), str(a.get("model")), _cell("tools", a.get("tools")),
-         _age(now - m.timestamp()) if (m := _when(a.get("created_at"))) else "-",
+        [a["id"], str(a.get("status")), str(a.get("model")), _cell("tools", a.get("tools")), _ago(a.get("created_at")),
          _cell("exit_code", a.get("exit_code")), _cell("reason", a.get("reason"))]
         for a in items
     ]  # fmt: skip
@@ -592,11 +599,14 @@ def keys_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
     if json_out:
         return _print_json(doc)
     items = doc.get("items", []) if isinstance(doc, dict) else doc
-    columns = ["id", "name", "admin", "models", "tools", "max_concurrent_agents", "max_requests_per_minute",
-               "max_ttl_seconds", "created_at", "revoked_at"]  # fmt: skip
-    headers = ["ID", "NAME", "ADMIN", "MODELS", "TOOLS", "MAX AGENTS", "RPM", "MAX TTL", "CREATED", "REVOKED"]
-    rows = [[_cell(c, k.get(c)) if c not in ("models", "tools") else _cell(c, k.get(c) or ["*"])
-             for c in columns] for k in items]  # fmt: skip
+    headers = ["ID", "NAME", "PREFIX", "ADMIN", "MODELS", "TOOLS", "MAX AGENTS", "RPM", "MAX TTL", "AGE", "REVOKED"]
+    rows = [
+        [k["id"], str(k.get("name")), str(k.get("prefix") or "-"), "yes" if k.get("admin") else "no",
+         _cell("models", k.get("models") or ["*"]), _cell("tools", k.get("tools") or ["*"]),
+         *(_cell(c, k.get(c)) for c in ("max_concurrent_agents", "max_requests_per_minute", "max_ttl_seconds")),
+         _ago(k.get("created_at")), _ago(k.get("revoked_at")) if k.get("revoked_at") else "-"]
+        for k in items
+    ]  # fmt: skip
     _print_table(headers, rows)
 
 
@@ -614,15 +624,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="bind port [env AGENTFACTORY_PORT]", metavar="PORT")] = None,
 ) -> None:
     """Run the control plane (settings from AGENTFACTORY_* variables)."""
-    from agentfactory.errors import CatalogInvalid
     from agentfactory.server import serve as serve_forever
     from agentfactory.settings import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    try:
-        serve_forever(Settings().model_copy(update=overrides))
-    except CatalogInvalid as exc:
-        raise CliError(f"invalid catalog: {exc}", EXIT_USAGE) from exc
+    serve_forever(Settings().model_copy(update=overrides))
 
 
 @app.command()
@@ -633,31 +639,37 @@ def reap(once: Annotated[bool, typer.Option("--once", help="one reaper pass, the
     from agentfactory.server import reap_once
     from agentfactory.settings import Settings
 
-    outcome = reap_once(Settings())
-    if inspect.isawaitable(outcome):
-        outcome = asyncio.run(outcome)  # type: ignore[arg-type]
-    if outcome is not None:
-        sys.stdout.write(json.dumps(outcome, default=str) + "\n")
+    reap_once(Settings())
 
 
 # --- entry point -----------------------------------------------------------------------------------
 
 
+def _detail(detail: Any) -> str | None:
+    """The part of one error detail a person needs (the message already names the first problem)."""
+    if not isinstance(detail, dict):
+        return None
+    if "msg" in detail:
+        where = ".".join(str(p) for p in detail.get("loc", []) if p != "body")
+        return f"{where}: {detail['msg']}" if where else str(detail["msg"])
+    for key in ("known", "allowed"):
+        if isinstance(detail.get(key), list):
+            return f"{key}: {', '.join(str(v) for v in detail[key])}"
+    return None
+
+
 def _api_message(exc: ApiError) -> str:
     text = f"{exc.code}: {exc.message} ({exc.status})"
-    if isinstance(exc.details, list) and exc.details:
-        parts = [
-            f"{'.'.join(str(p) for p in d['loc'])}: {d.get('msg')}" if isinstance(d, dict) and "loc" in d
-            else json.dumps(d, ensure_ascii=False)
-            for d in exc.details[:5]
-        ]  # fmt: skip
+    details = exc.details if isinstance(exc.details, list) else []
+    parts = [p for p in map(_detail, details[:5]) if p and p not in exc.message]
+    if parts:
         text += " — " + "; ".join(parts)[:400]
     if exc.retry_after:
         text += f"; retry after {exc.retry_after}s"
     if exc.status >= 500 and exc.request_id:
         text += f" [request {exc.request_id}]"
-    if exc.status == 401 and "AGENTFACTORY_API_KEY" not in os.environ:
-        text += " (set AGENTFACTORY_API_KEY or --api-key)"
+    if exc.hint:
+        text += f"; {exc.hint}"
     return text
 
 

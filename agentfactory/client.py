@@ -52,6 +52,7 @@ class ApiError(ClientError):
         self.details = details
         self.request_id = request_id
         self.retry_after = retry_after
+        self.hint: str | None = None
 
 
 class ServerUnreachable(ClientError):
@@ -172,6 +173,7 @@ class ApiClient:
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0, retries: int = 2):
         self.base_url = base_url.rstrip("/")
+        self.has_api_key = bool(api_key)
         self.retries = retries
         headers = {"Accept": "application/json", "User-Agent": "agentfactory-cli"}
         if api_key:
@@ -205,7 +207,10 @@ class ApiClient:
                     raise ServerUnreachable(self.base_url, _cause(exc)) from exc
                 time.sleep(0.3 * 2**attempt)
         if response.status_code >= 400:
-            raise _error_from(response)
+            error = _error_from(response)
+            if error.status == 401 and not self.has_api_key:
+                error.hint = "no API key was given: set AGENTFACTORY_API_KEY or pass --api-key"
+            raise error
         return response.json() if response.content else None
 
     def get(self, path: str, **params: Any) -> Any:
@@ -337,9 +342,13 @@ class AgentFollower:
         attempt = 0
         retry_base = 0.25
         while True:
+            wait: float | None = None
             try:
                 resume = self.last_seq if self.last_seq else None
-                with self.client.stream_agent(self.agent_id, last_event_id=resume, tail=self.tail) as events:
+                read_timeout = 45.0 if max_seconds is None else max(0.1, min(45.0, max_seconds))
+                with self.client.stream_agent(
+                    self.agent_id, last_event_id=resume, tail=self.tail, read_timeout=read_timeout
+                ) as events:
                     down_since = None
                     for event in events:
                         attempt = 0
@@ -348,20 +357,24 @@ class AgentFollower:
                         end = self._handle(event)
                         if end is not None:
                             return end
+                        if max_seconds is not None and time.monotonic() - started > max_seconds:
+                            break
                 cause = "stream closed before its end"
             except ServerUnreachable as exc:
                 cause = exc.cause
             except ApiError as exc:
-                if exc.status < 500:
+                if exc.status < 500 and exc.status != 429:
                     raise
                 cause = f"{exc.code} ({exc.status})"
+                if exc.status == 429:  # the server is up, only asking us to slow down
+                    down_since, wait = None, _seconds(exc.retry_after)
             now = time.monotonic()
             down_since = down_since if down_since is not None else now
             if now - down_since > self.reconnect_window:
                 raise ServerUnreachable(self.client.base_url, f"{cause}; gave up reconnecting")
             if max_seconds is not None and now - started > max_seconds:
                 raise ServerUnreachable(self.client.base_url, f"{cause}; no end within {max_seconds:.0f}s")
-            delay = min(retry_base * 2**attempt, 5.0) * random.uniform(0.8, 1.2)
+            delay = wait if wait is not None else min(retry_base * 2**attempt, 5.0) * random.uniform(0.8, 1.2)
             attempt += 1
             self.on_retry(attempt, delay, cause)
             time.sleep(delay)
@@ -396,6 +409,13 @@ class AgentFollower:
                 self.on_line(line)
                 self.last_seq = int(line["seq"])
                 self.delivered += 1
+
+
+def _seconds(retry_after: str | None) -> float:
+    try:
+        return min(max(float(retry_after or 1), 0.1), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def agent_exit_code(agent: dict[str, Any]) -> int:

@@ -265,7 +265,8 @@ class DockerBackend(Backend):
     async def logs(self, container_id: str) -> OutputSource:
         def logs(api: docker.APIClient) -> OutputSource:
             params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
-            response = api._get(api._url("/containers/{0}/logs", container_id), params=params, stream=True)
+            url = api._url("/containers/{0}/logs", container_id)  # type: ignore[attr-defined]
+            response = api._get(url, params=params, stream=True)  # type: ignore[attr-defined]
             sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
             api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
             return LogsOutput(response)

@@ -127,7 +127,13 @@ def test_crash_between_create_and_row_update_leaves_nothing(make_server: type[Se
              "--filter", "event=create", "--format", "{{.ID}}"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        killer = threading.Thread(target=lambda: (events.stdout.readline(), srv.kill()))  # type: ignore[union-attr]
+
+        def kill_on_create(ev: subprocess.Popen[str] = events) -> None:
+            assert ev.stdout is not None
+            ev.stdout.readline()
+            srv.kill()
+
+        killer = threading.Thread(target=kill_on_create)
         killer.start()
         try:
             with srv.client() as c:
