@@ -14,7 +14,7 @@ import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
-from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wait_until
+from tests.support.server import ServerProcess, all_log_lines, wait_terminal
 from tests.support.sse import read_stream
 
 
@@ -205,7 +205,7 @@ def test_a_stalled_client_does_not_slow_the_producer(shell_server: ServerProcess
             if stall:
                 stalled = httpx.Client(base_url=shell_server.url, headers=headers, timeout=None)
                 resp = stalled.send(stalled.build_request("GET", f"/agents/{agent_id}/stream"), stream=True)
-            agent = wait_terminal(c, agent_id, timeout=120)
+            wait_terminal(c, agent_id, timeout=120)
             if stalled is not None:
                 resp.close()
                 stalled.close()
@@ -217,5 +217,3 @@ def test_a_stalled_client_does_not_slow_the_producer(shell_server: ServerProcess
         print(f"producer run time: alone {alone:.2f}s, with a stalled client {with_stalled:.2f}s")
         assert with_stalled <= alone * 1.2 + 0.2
         assert c.get("/ready").status_code == 200
-
-
