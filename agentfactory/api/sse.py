@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from agentfactory.schemas import iso
 from agentfactory.store.tables import STDERR, STDOUT
@@ -51,35 +52,57 @@ def format_lines(rows: list[Row]) -> tuple[bytes, list[int]]:
     return b"".join(parts), offsets
 
 
+@dataclass
+class _Block:
+    """Formatted events of one block of BLOCK seqs, grown as lines arrive (lines never change)."""
+
+    base: int
+    last_seq: int
+    data: bytearray = field(default_factory=bytearray)
+    offsets: list[int] = field(default_factory=list)
+
+    def extend(self, rows: list[Row]) -> None:
+        rows = [r for r in rows if r[0] > self.last_seq]
+        if not rows:
+            return
+        data, offsets = format_lines(rows)
+        start = len(self.data)
+        self.offsets.extend(start + o for o in offsets)
+        self.data += data
+        self.last_seq = rows[-1][0]
+
+    @property
+    def complete(self) -> bool:
+        return self.last_seq >= self.base + BLOCK
+
+
 class BlockCache:
-    """LRU of formatted full blocks, keyed by (agent id, block number)."""
+    """LRU of formatted blocks keyed by (agent id, block number), shared by every stream client:
+    the live edge too, so a hundred followers of a running agent format each line once."""
 
     def __init__(self, max_blocks: int = 128):
-        self._blocks: OrderedDict[tuple[str, int], tuple[bytes, list[int]]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, int], _Block] = OrderedDict()
         self._max = max_blocks
 
-    async def events_after(self, agent_id: str, cursor: int, read: Callable[[int, int], object]) -> tuple[bytes, int]:
+    async def events_after(
+        self, agent_id: str, cursor: int, read: Callable[[int, int], Awaitable[list[Row]]]
+    ) -> tuple[bytes, int]:
         """Formatted events after `cursor` (up to the end of its block) and the new cursor.
-
-        `read(after, limit)` is an awaitable store read returning rows.
-        """
+        `read(after, limit)` reads rows from the store."""
         block_no = cursor // BLOCK
+        base = block_no * BLOCK
         key = (agent_id, block_no)
-        hit = self._blocks.get(key)
-        if hit is None:
-            rows: list[Row] = await read(block_no * BLOCK, BLOCK)  # type: ignore[misc]
-            if len(rows) == BLOCK:
-                hit = format_lines(rows)
-                self._blocks[key] = hit
+        block = self._blocks.get(key)
+        if block is None or (not block.complete and block.last_seq <= cursor):
+            after = block.last_seq if block is not None else base
+            rows = await read(after, base + BLOCK - after)
+            block = self._blocks.get(key)  # another client may have grown it meanwhile
+            if block is None:
+                block = self._blocks[key] = _Block(base=base, last_seq=base)
                 if len(self._blocks) > self._max:
                     self._blocks.popitem(last=False)
-            else:
-                rows = [r for r in rows if r[0] > cursor]
-                if not rows:
-                    return b"", cursor
-                data, _ = format_lines(rows)
-                return data, rows[-1][0]
-        else:
-            self._blocks.move_to_end(key)
-        data, offsets = hit
-        return data[offsets[cursor - block_no * BLOCK] :], (block_no + 1) * BLOCK
+            block.extend(rows)
+        self._blocks.move_to_end(key)
+        if block.last_seq <= cursor:
+            return b"", cursor
+        return bytes(block.data[block.offsets[cursor - base] :]), block.last_seq

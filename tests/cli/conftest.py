@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def standin() -> Iterator[StandIn]:
 
 def cli_env(standin: StandIn, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFACTORY_")}
+    # Each test starts many interpreters: let them share compiled bytecode, kept outside the repo.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "agentfactory-tests-pycache")
     return env | {"AGENTFACTORY_URL": standin.url, "AGENTFACTORY_API_KEY": API_KEY, "COLUMNS": "200"} | extra
 
 

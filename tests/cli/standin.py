@@ -260,7 +260,7 @@ class StandIn:
                 data = json.dumps(agent.line(after), ensure_ascii=False)
                 if after in agent.plan.drop_after:
                     agent.plan.drop_after.discard(after)
-                    yield f"event: log\nid: {after}\ndata: {data}\n\nevent: log\nid: {after + 1}\ndata: {{\"seq\""
+                    yield f'event: log\nid: {after}\ndata: {data}\n\nevent: log\nid: {after + 1}\ndata: {{"seq"'
                     await asyncio.sleep(0.05)
                     raise ConnectionAbortedError("scripted drop")
                 yield f"event: log\nid: {after}\ndata: {data}\n\n"

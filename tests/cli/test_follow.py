@@ -258,3 +258,15 @@ def test_follower_with_tail_resumes_by_seq(standin: StandIn) -> None:
         AgentFollower(client, agent["id"], on_line=lambda line: seen.append(line["seq"]), tail=10).run()
     assert seen == list(range(91, 101))
     assert standin.stream_opens == [{"last_event_id": None, "tail": "10"}, {"last_event_id": "95", "tail": None}]
+
+
+def test_follower_max_seconds_bounds_a_stream_that_never_ends(standin: StandIn) -> None:
+    standin.plans["endless"] = Plan(lines=numbered(2), final_status="running")
+    with ApiClient(standin.url, API_KEY) as client:
+        agent = client.create_agent({"model": "echo", "prompt": "endless"})
+        follower = AgentFollower(client, agent["id"], on_line=lambda line: None)
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match="no end within"):
+            follower.run(max_seconds=1)
+    assert time.monotonic() - started < 6
+    assert follower.last_seq == 2

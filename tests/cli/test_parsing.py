@@ -39,7 +39,7 @@ def _events(text: str) -> list[SSEEvent]:
 def test_sse_fields_multiline_data_comments_and_ids() -> None:
     stream = (
         ": keep-alive\n\n"
-        "event: log\nid: 1\ndata: {\"seq\": 1}\n\n"
+        'event: log\nid: 1\ndata: {"seq": 1}\n\n'
         "data: first\ndata:second\ndata\n\n"
         "event: end\ndata: {}\n\n"
     )
@@ -100,8 +100,13 @@ def test_agent_exit_code_mirrors_the_verdict(agent: dict[str, object], code: int
 
 
 def test_api_error_line_carries_code_status_details_and_retry_after() -> None:
-    err = ApiError(422, "E_SCHEMA", "body does not validate", details=[{"loc": ["body", "ttl"], "msg": "too big"}])
-    assert _api_message(err) == "E_SCHEMA: body does not validate (422) — body.ttl: too big"
+    details = [{"loc": ["body", "ttl"], "msg": "too big"}, {"loc": ["body", "x"], "msg": "extra"}]
+    err = ApiError(422, "E_SCHEMA", "ttl: too big", details=details)
+    assert _api_message(err) == "E_SCHEMA: ttl: too big (422) — x: extra"
+    err = ApiError(422, "E_CATALOG", "unknown model 'x'", details=[{"field": "model", "known": ["echo", "gpt"]}])
+    assert _api_message(err) == "E_CATALOG: unknown model 'x' (422) — known: echo, gpt"
+    err = ApiError(422, "E_SCHEMA", "ttl too big", details=[{"loc": ["body", "ttl_seconds"], "max": 3600}])
+    assert _api_message(err) == "E_SCHEMA: ttl too big (422)"
     err = ApiError(429, "E_QUOTA", "too many agents", retry_after="12")
     assert _api_message(err) == "E_QUOTA: too many agents (429); retry after 12s"
     err = ApiError(500, "E_INTERNAL", "a bug", request_id="req_9")
