@@ -100,6 +100,36 @@ def authenticate(*, session: Session, authorization: str | None) -> Caller:
     return Caller.from_row(row)
 
 
+class AuthCache:
+    """Recently verified keys, so that a flood of requests (a key over its rate, say) costs no
+    database round trip each. Revoking a key clears it here at once; another replica sees the
+    revocation within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0, max_entries: int = 10_000):
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[str, tuple[Caller, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, authorization: str | None) -> Caller | None:
+        if not authorization:
+            return None
+        hit = self._entries.get(authorization)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, authorization: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[authorization] = (caller, time.monotonic() + self._ttl)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class RateLimiter:
     """Token bucket per key: capacity = the key's per-minute rate, refilled continuously."""
 

@@ -25,6 +25,7 @@ from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.reaper import Reaper
+from agentfactory.runtime.usage import UsageSampler
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 
@@ -101,6 +102,8 @@ def create_app(
             except Exception as exc:  # the engine may be down at start; the reaper catches up later
                 log.warning("recover_failed", error=repr(exc))
             loops.append(loop.create_task(reaper.run(stop)))
+            sampler = UsageSampler(store=store, backend=ctx.backend, interval=settings.usage_interval_seconds)
+            loops.append(loop.create_task(sampler.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
             async with mcp.session_manager.run():

@@ -15,7 +15,7 @@ from agentfactory.api.sse import BlockCache
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AuthError, ForbiddenError, NotFoundError
-from agentfactory.keys import Caller, RateLimiter
+from agentfactory.keys import AuthCache, Caller, RateLimiter
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
@@ -36,6 +36,7 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter
     sse_cache: BlockCache = field(default_factory=BlockCache)
+    auth_cache: AuthCache = field(default_factory=AuthCache)
     hub: Hub | None = None
     launcher: Launcher | None = None
 

@@ -37,7 +37,7 @@ def envelope(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:  # fmt: skip
     body = {"error": {"code": code, "message": message, "details": details or []}, "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Request-ID": request_id})
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _clean(errors: list[Any]) -> list[dict[str, Any]]:

@@ -84,7 +84,11 @@ class EdgeMiddleware:
             receive = self._limit_body(scope, receive, ctx.settings.max_body_bytes, ctx)
             if route != "unmatched" and route not in PUBLIC:
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
-                caller = await ctx.run_db(authenticate, authorization=headers.get("authorization"))
+                authorization = headers.get("authorization")
+                caller = ctx.auth_cache.get(authorization)
+                if caller is None:
+                    caller = await ctx.run_db(authenticate, authorization=authorization)
+                    ctx.auth_cache.put(authorization or "", caller)
                 scope["state"]["caller"] = caller
                 wait = ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
                 if wait is not None:

@@ -231,6 +231,7 @@ class Launcher:
             "max_steps": limits.max_steps,
             "tool_timeout_seconds": limits.tool_timeout_seconds,
             "tool_output_limit": TOOL_OUTPUT_LIMIT,
+            "model_timeout_seconds": (model.timeout_seconds + 15) if (model := self.catalog.model(row.model)) else 300,
         }
         env = {
             **row.env,
@@ -279,7 +280,9 @@ class Launcher:
         self.metrics.launch_duration.observe(max(0.0, started - row.created_at))
         self.metrics.agents_running.inc()
         log.info("agent_started", agent_id=row.id, launch_seconds=round(started - row.created_at, 3))
-        self._watch(row.pk, row.id, launched.container_id, launched.output, list(row.secrets.values()), Resume())
+        # The gateway token is in the container's environment: mask it like a secret if printed.
+        masked = [*row.secrets.values(), token]
+        self._watch(row.pk, row.id, launched.container_id, launched.output, masked, Resume())
         self.arm_ttl(row.pk, started + row.ttl_seconds)
         if not moved:  # cancelled while it was starting: the watcher finalizes it
             await self.backend.stop(launched.container_id, 0)

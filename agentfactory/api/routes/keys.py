@@ -72,6 +72,7 @@ async def revoke_key(
         return row
 
     row = await ctx.run_db(revoke)
+    ctx.auth_cache.clear()
     if row is None:
         raise NotFoundError(f"no key {key_id!r}")
     return key_out(row)
