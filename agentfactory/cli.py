@@ -642,6 +642,20 @@ def reap(once: Annotated[bool, typer.Option("--once", help="one reaper pass, the
     reap_once(Settings())
 
 
+@app.command("mcp")
+def mcp_command(
+    ctx: typer.Context,
+    stdio: Annotated[bool, typer.Option("--stdio", help="serve MCP on stdin/stdout")] = False,
+) -> None:
+    """MCP for hosts that only speak stdio: relays to the server's /mcp as your API key."""
+    if not stdio:
+        raise CliError("only `mcp --stdio`; hosts that speak HTTP use <url>/mcp directly", EXIT_USAGE)
+    from agentfactory.mcp.stdio import run_stdio
+
+    config: ClientConfig = ctx.obj
+    raise typer.Exit(run_stdio(config.url, config.api_key))
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ def agent_out(row: AgentRow) -> AgentOut:
         created_at=iso(row.created_at) or "",
         started_at=iso(row.started_at),
         finished_at=iso(row.finished_at),
-        expires_at=iso(row.expires_at) if row.status not in TERMINAL else iso(row.finished_at),
+        expires_at=iso(row.expires_at),
         ttl_seconds=row.ttl_seconds,
         exit_code=row.exit_code,
         error=row.error,
