@@ -18,7 +18,7 @@ def serve(settings: Settings) -> None:
 
     try:
         app = create_app(settings)
-    except CatalogInvalid as exc:
+    except (CatalogInvalid, ValueError) as exc:
         print(f"agentfactory: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     uvicorn.run(

@@ -33,6 +33,10 @@ log = structlog.get_logger("agentfactory.app")
 
 
 def build_backend(settings: Settings) -> Backend:
+    if settings.backend != "docker":
+        # The contract allows a Swarm backend; it is not built yet, and silently using the local
+        # engine instead would put agents somewhere the operator did not ask for.
+        raise ValueError(f"AGENTFACTORY_BACKEND={settings.backend!r} is not available yet; use 'docker'")
     from agentfactory.backends.docker import DockerBackend
 
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)

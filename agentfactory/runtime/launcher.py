@@ -119,6 +119,10 @@ class Launcher:
         with self.store.session() as s:
             return queries.get_agent_by_pk(session=s, pk=pk)
 
+    def _last_stderr(self, pk: int) -> str | None:
+        with self.store.session() as s:
+            return queries.last_stderr_line(session=s, agent_pk=pk)
+
     def _cas(self, pk: int, only_if: tuple[str, ...] | None, **values: Any) -> bool:
         with self.store.session() as s:
             return queries.update_agent(session=s, pk=pk, only_if_status=only_if, **values)
@@ -388,6 +392,11 @@ class Launcher:
         if row is None or row.status in TERMINAL:
             return row
         status, reason, error = classify_exit(row, st)
+        if reason == "exit" and status == "failed":
+            # The runtime says why it stopped on its last stderr line: worth a CI log's first glance.
+            why = await self._db(self._last_stderr, pk)
+            if why:
+                error = f"{error}: {why[:500]}"
         lines, nbytes, sha = await self._db(compute_seal, store=self.store, agent_pk=pk)
         was_running = row.status == "running"
         changed = await self._db(

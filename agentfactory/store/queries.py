@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow, ApiKeyRow, LogLineRow
+from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogLineRow
 
 
 def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
@@ -99,6 +99,16 @@ def read_log_lines(
     if stream is not None:
         q = q.where(LogLineRow.stream == stream)
     return [(r[0], r[1], r[2], r[3]) for r in session.execute(q)]
+
+
+def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:
+    q = (
+        select(LogLineRow.text)
+        .where(LogLineRow.agent_pk == agent_pk, LogLineRow.stream == STDERR)
+        .order_by(LogLineRow.seq.desc())
+        .limit(1)
+    )
+    return session.scalars(q).first()
 
 
 def last_log_seq(*, session: Session, agent_pk: int) -> int:
