@@ -22,5 +22,8 @@ fmt:
 	$(VENV)/ruff check --fix .
 	$(VENV)/ruff format .
 
+image: setup   ## the control-plane image agentfactory:latest, built with no registry (scripts/build_image.sh)
+	bash scripts/build_image.sh
+
 clean:         ## remove local state (database, run files); containers are removed by the server
 	rm -rf .run

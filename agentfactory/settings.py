@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,3 +43,11 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
+
+    @field_validator("agent_network")
+    @classmethod
+    def _isolated_network(cls, value: str) -> str:
+        # Agents must never share the host's network namespace, the default bridge or a container's.
+        if value in ("host", "bridge", "default", "none") or value.startswith("container:"):
+            raise ValueError(f"{value!r} is not an isolated user-defined network")
+        return value

@@ -55,6 +55,7 @@ class ContainerStatus:
     exit_code: int | None = None
     oom_killed: bool = False
     message: str = ""
+    runtime: str | None = None  # the OCI runtime it ran under (runsc...), where the engine says
 
 
 @dataclass(frozen=True)

@@ -215,14 +215,16 @@ class DockerBackend(Backend):
     @staticmethod
     def _status(api: docker.APIClient, container_id: str) -> ContainerStatus:
         try:
-            state = api.inspect_container(container_id)["State"]
+            info = api.inspect_container(container_id)
         except docker.errors.NotFound:
             return ContainerStatus(ContainerState.MISSING)
+        state = info["State"]
         return ContainerStatus(
             _STATES.get(state.get("Status", ""), ContainerState.EXITED),
             exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
             message=state.get("Error") or "",
+            runtime=(info.get("HostConfig") or {}).get("Runtime") or None,
         )
 
     async def wait(self, container_id: str, timeout: float) -> ContainerStatus:

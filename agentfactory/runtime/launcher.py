@@ -68,6 +68,13 @@ def classify_exit(row: AgentRow, st: ContainerStatus) -> tuple[str, str, str | N
     when only a child was and the main process then exited 0. So the flag alone is not trusted as
     "the agent died of OOM", and neither is it ignored: such an agent is `failed`/`oom_killed`
     with its real exit code (0) and an error that says a child was killed.
+
+    gVisor: when the sandbox's own kernel (the Go "sentry") dies, runsc ends the container with the
+    Go runtime's exit code 2 and no OOM flag. In this profile that is a resource death: a fork bomb
+    hits the PIDs limit, the sentry cannot create the host stub process of the next address space
+    ("panic: unable to activate mm: creating stub process: resource temporarily unavailable") and the
+    whole sandbox goes. Such an agent is `failed`/`sandbox_died`, not an ordinary non-zero exit. The
+    runtime's own "bad spec" exit is also 2; its reason is on stderr, which the log keeps.
     """
     if row.stop_reason == "cancelled":
         return "cancelled", "cancelled", None
@@ -79,6 +86,13 @@ def classify_exit(row: AgentRow, st: ContainerStatus) -> tuple[str, str, str | N
         if st.exit_code == 0:
             return "failed", "oom_killed", "a process inside the agent was killed for memory (main process exited 0)"
         return "failed", "oom_killed", f"killed for memory (limit reached), exit code {st.exit_code}"
+    if st.exit_code == 2 and st.runtime is not None and st.runtime.startswith("runsc"):
+        return (
+            "failed",
+            "sandbox_died",
+            "the gVisor sandbox died (runsc exit code 2): a resource limit was hit, most often the PIDs "
+            "limit (too many processes); see the last lines of stderr",
+        )
     if st.exit_code == 0:
         return "succeeded", "exit", None
     return "failed", "exit", f"exited with code {st.exit_code}"
@@ -269,7 +283,7 @@ class Launcher:
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
         except AgentFactoryError as exc:
-            await self._finalize_launch_failure(row.pk, exc.message)
+            await self._finalize_launch_failure(row.pk, row.id, exc.message)
             return
         started = self.clock()
         moved = await self._db(
@@ -299,7 +313,7 @@ class Launcher:
         with self.store.session() as s:
             s.execute(delete(AgentRow).where(AgentRow.pk == pk))
 
-    async def _finalize_launch_failure(self, pk: int, message: str) -> None:
+    async def _finalize_launch_failure(self, pk: int, agent_id: str, message: str) -> None:
         now = self.clock()
         changed = await self._db(
             self._cas,
@@ -318,7 +332,7 @@ class Launcher:
         if changed:
             self.metrics.agents_finished.labels(status="failed").inc()
             self.metrics.agents_finished_reason.labels(reason="launch_failed").inc()
-            log.info("agent_finished", agent_pk=pk, status="failed", reason="launch_failed")
+            log.info("agent_finished", agent_id=agent_id, status="failed", reason="launch_failed", error=message)
         self.hub.bump(pk)
 
     # -- TTL ---------------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ class Reaper(Loop):
         if fresh is None or fresh.status not in ("pending", "starting"):
             return
         await self.launcher.backend.remove(container_name(fresh.id))
-        await self.launcher._finalize_launch_failure(fresh.pk, "the agent did not start within the start deadline")
+        await self.launcher._finalize_launch_failure(
+            fresh.pk, fresh.id, "the agent did not start within the start deadline"
+        )
 
     async def _check_lost(self, row: AgentRow) -> None:
         if not row.container_id:
@@ -127,7 +129,7 @@ class Reaper(Loop):
             try:
                 if row.status in ("pending", "starting"):
                     await lch.backend.remove(container_name(row.id))
-                    await lch._finalize_launch_failure(row.pk, "the control plane restarted during the launch")
+                    await lch._finalize_launch_failure(row.pk, row.id, "the control plane restarted during the launch")
                     continue
                 st = await lch.backend.status(row.container_id or container_name(row.id))
                 if st.state is ContainerState.MISSING:
