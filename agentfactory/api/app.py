@@ -18,6 +18,7 @@ from agentfactory.api.middleware import EdgeMiddleware
 from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.gateway.server import ModelGateway
 from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
@@ -68,8 +69,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from agentfactory.gateway.server import ModelGateway
-
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(store.migrate)
         with store.session() as s:

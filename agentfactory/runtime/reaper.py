@@ -122,20 +122,26 @@ class Reaper(Loop):
     async def recover(self) -> None:
         """At start-up: resume running agents, expire overdue ones, fail interrupted launches,
         remove orphans. Lines printed while the control plane was down are read back from the
-        engine's copy of the output; none is stored twice."""
+        engine's copy of the output; none is stored twice. Agents are handled concurrently, the
+        overdue ones first, so that they expire within moments of the restart."""
         lch = self.launcher
         rows = await asyncio.to_thread(self._active_rows)
-        for row in rows:
-            try:
-                if row.status in ("pending", "starting"):
-                    await lch.backend.remove(container_name(row.id))
-                    await lch._finalize_launch_failure(row.pk, row.id, "the control plane restarted during the launch")
-                    continue
-                st = await lch.backend.status(row.container_id or container_name(row.id))
-                if st.state is ContainerState.MISSING:
-                    await lch.finalize(row.pk, ContainerStatus(ContainerState.MISSING))
-                    continue
-                await lch.resume(row)  # arms its TTL timer: an overdue agent expires at once
-            except Exception as exc:
-                log.error("recover_failed", agent_id=row.id, error=repr(exc))
+        now = lch.clock()
+        rows.sort(key=lambda r: (r.status != "running" or r.expires_at > now, r.expires_at))
+
+        async def recover_one(row: AgentRow) -> None:
+            if row.status in ("pending", "starting"):
+                await lch.backend.remove(container_name(row.id))
+                await lch._finalize_launch_failure(row.pk, row.id, "the control plane restarted during the launch")
+                return
+            st = await lch.backend.status(row.container_id or container_name(row.id))
+            if st.state is ContainerState.MISSING:
+                await lch.finalize(row.pk, ContainerStatus(ContainerState.MISSING))
+                return
+            await lch.resume(row)  # arms its TTL timer: an overdue agent expires at once
+
+        results = await asyncio.gather(*(recover_one(r) for r in rows), return_exceptions=True)
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("recover_failed", agent_id=row.id, error=repr(result))
         await self.remove_orphans()
