@@ -75,6 +75,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         if exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        if exc.status_code == 400:
+            # FastAPI's 400 for a body it cannot decode (not UTF-8): bad JSON, E_SCHEMA/422 (SPEC §3).
+            return envelope(
+                status=422, code="E_SCHEMA", message="the request body is not valid JSON",
+                request_id=request_id_of(request),
+            )  # fmt: skip
         return envelope(status=exc.status_code, code=code, message=message, request_id=request_id_of(request))
 
     @app.exception_handler(Exception)

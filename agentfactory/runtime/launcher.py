@@ -355,9 +355,7 @@ class Launcher:
             if row.expires_at > self.clock():  # extended meanwhile
                 self.arm_ttl(pk, row.expires_at)
                 return
-            final = await self.stop(row, "ttl_expired", 0)
-            if final.status == "expired":
-                self.metrics.reaper_expired.inc()
+            await self.stop(row, "ttl_expired", 0)
         except Exception as exc:  # the reaper's next pass retries
             log.warning("ttl_expiry_failed", agent_pk=pk, error=repr(exc))
 
@@ -435,6 +433,8 @@ class Launcher:
             self.metrics.agents_finished_reason.labels(reason=reason).inc()
             if reason == "oom_killed":
                 self.metrics.agents_oom_killed.inc()
+            if status == "expired":  # counted at the one transition, whoever asked for it
+                self.metrics.reaper_expired.inc()
             if row.log_dropped_bytes:
                 self.metrics.log_bytes_dropped.inc(row.log_dropped_bytes)
             log.info(

@@ -73,9 +73,7 @@ class Reaper(Loop):
         if fresh is None or fresh.status != "running" or fresh.expires_at > self.launcher.clock():
             return  # finished, or its TTL was extended, since the listing
         log.info("agent_expiring", agent_id=fresh.id)
-        final = await self.launcher.stop(fresh, "ttl_expired", TTL_KILL_GRACE)
-        if final.status == "expired":
-            self.launcher.metrics.reaper_expired.inc()
+        await self.launcher.stop(fresh, "ttl_expired", TTL_KILL_GRACE)
 
     async def _fail_stuck(self, row: AgentRow) -> None:
         fresh = await asyncio.to_thread(self.launcher._load, row.pk)

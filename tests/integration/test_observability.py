@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI, closed_port_url, slow
-from tests.support.server import ROOT, ServerProcess, free_port, wait_terminal, wait_until
+from tests.support.server import ROOT, ServerProcess, free_port, wait_process_answers, wait_terminal, wait_until
 
 DEPLOY = ROOT / "deploy" / "prometheus"
 SPEC_METRICS = (
@@ -158,17 +158,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=log, stderr=log,
         )  # fmt: skip
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return httpx.get(self.url + "/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout=60, interval=0.2, what="prometheus /-/ready")
+        wait_process_answers(self.proc, self.url + "/-/ready", self.log_path, timeout=60)
         return self
 
     def stop(self) -> None:
@@ -243,10 +233,16 @@ def test_prometheus_scrapes_agent_outcomes(
             },
         }  # fmt: skip
 
-        def snapshot() -> dict[str, dict[str, float]]:
-            return {expr: prometheus.query(expr) for expr in want}
+        seen: dict[str, dict[str, float]] = {}
 
-        wait_until(lambda: snapshot() == want, timeout=30, interval=0.5, what=f"Prometheus to answer {want}")
+        def snapshot_matches() -> bool:
+            seen.update({expr: prometheus.query(expr) for expr in want})
+            return seen == want
+
+        try:
+            wait_until(snapshot_matches, timeout=30, interval=0.5, what="Prometheus to answer")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: wanted {want}, last answer {seen}") from None
 
         # The alert rules load and evaluate against the real series without errors.
         def rules_healthy() -> list[tuple[str, str]] | None:

@@ -35,6 +35,20 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def wait_process_answers(proc: subprocess.Popen[bytes], url: str, log_path: Path, *, timeout: float) -> None:
+    """Wait until `url` answers 200, failing at once (with the log's tail) if the process exits."""
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout=timeout, what=url)
+
+
 class ServerProcess:
     """`agentfactory serve` as a child process with its own DB, socket dir, port and instance label."""
 
@@ -63,17 +77,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
         code = "from agentfactory.settings import Settings; from agentfactory.server import serve; serve(Settings())"
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=log, stderr=log, cwd=ROOT)
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            try:
-                return httpx.get(self.url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout=timeout, what="server /health")
+        wait_process_answers(self.proc, self.url + "/health", self.log_path, timeout=timeout)
         return self
 
     def kill(self) -> None:
