@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="port the HTTP server binds")
     retention_days: float = Field(30, description="finished agents and their logs are purged after this")
     reaper_interval_seconds: float = Field(2.0, description="seconds between reaper passes")
-    usage_interval_seconds: float = Field(2.0, description="seconds between samples of agents' memory and CPU")
+    db_threads: int = Field(32, ge=2, description="threads that run store queries off the event loop")
+    usage_interval_seconds: float = Field(5.0, description="seconds between samples of agents' memory and CPU")
     backend: Literal["docker", "swarm"] = Field("docker", description="where agents run")
     runtime_image: str = Field("agentfactory-runtime:latest", description="image every agent runs in")
     container_runtime: str | None = Field(

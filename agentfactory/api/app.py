@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import structlog
@@ -70,6 +71,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        # Store calls leave the event loop through the default executor: size it for a server,
+        # not for the 2 + 4 threads asyncio picks on a small machine.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db"))
         await asyncio.to_thread(store.migrate)
         with store.session() as s:
             ensure_bootstrap_admin(session=s, admin_key=settings.admin_key)

@@ -50,19 +50,19 @@ class AppContext:
         return await asyncio.to_thread(call)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
 
 
-def get_caller(request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+async def get_caller(request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
     caller: Caller | None = request.scope.get("state", {}).get("caller")
     if caller is None:
         raise AuthError("missing Authorization: Bearer <api key>")
     return caller
 
 
-def require_admin(caller: Caller = Depends(get_caller)) -> Caller:
+async def require_admin(caller: Caller = Depends(get_caller)) -> Caller:
     if not caller.admin:
         raise ForbiddenError("this route is for admin keys only")
     return caller

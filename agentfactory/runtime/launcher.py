@@ -33,7 +33,7 @@ from agentfactory.errors import (
 from agentfactory.keys import Caller, new_id
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import LogPump, Resume
+from agentfactory.runtime.logpump import LogPump, Resume, Seal
 from agentfactory.schemas import AgentCreate
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
@@ -379,17 +379,18 @@ class Launcher:
         task.add_done_callback(lambda _t: self._watchers.pop(pk, None))
 
     async def _finish_when_captured(
-        self, pk: int, agent_id: str, container_id: str, captured: asyncio.Future[None]
+        self, pk: int, agent_id: str, container_id: str, captured: asyncio.Future[Seal | None]
     ) -> None:
+        seal: Seal | None = None
         try:
-            await captured
+            seal = await captured
         except Exception as exc:
             log.warning("agent_capture_ended_with_error", agent_id=agent_id, error=type(exc).__name__)
         if self.pump.stopping:
             return  # shutting down while the container runs on: the next start resumes it
         try:
             st = await self.backend.wait(container_id, timeout=30)
-            await self.finalize(pk, st)
+            await self.finalize(pk, st, seal)
             await self.backend.remove(container_id)
         except RuntimeUnavailableError:
             log.warning("agent_finish_engine_down", agent_id=agent_id)
@@ -398,8 +399,9 @@ class Launcher:
         except Exception:
             log.exception("agent_finish_failed", agent_id=agent_id)
 
-    async def finalize(self, pk: int, st: ContainerStatus) -> AgentRow | None:
-        """Move the agent to its terminal status with exit code and seal (once)."""
+    async def finalize(self, pk: int, st: ContainerStatus, seal: Seal | None = None) -> AgentRow | None:
+        """Move the agent to its terminal status with exit code and seal (once). `seal` is the
+        capture's running one; without it (after a restart) the stored lines are read back."""
         row = await self._db(self._load, pk)
         if row is None or row.status in TERMINAL:
             return row
@@ -409,7 +411,7 @@ class Launcher:
             why = await self._db(self._last_stderr, pk)
             if why:
                 error = f"{error}: {why[:500]}"
-        lines, nbytes, sha = await self._db(compute_seal, store=self.store, agent_pk=pk)
+        lines, nbytes, sha = seal or await self._db(compute_seal, store=self.store, agent_pk=pk)
         was_running = row.status == "running"
         changed = await self._db(
             self._cas,

@@ -8,6 +8,7 @@ wakes stream readers. Clients are served from the store, so no client can slow a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 import time
@@ -38,11 +39,15 @@ class _Batch:
     nbytes: int
 
 
+Seal = tuple[int, int, str]  # (lines, bytes, sha256 hex) over each stored line's UTF-8 text + b"\n"
+
+
 @dataclass
 class _Done:
     agent_pk: int
-    notify: Callable[[BaseException | None], None]
+    notify: Callable[[BaseException | None, Seal | None], None]
     error: BaseException | None
+    seal: Seal | None
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,15 @@ class LogPump:
 
     def capture(
         self, *, agent_pk: int, source: OutputSource, secrets: list[str], max_log_bytes: int, resume: Resume
-    ) -> asyncio.Future[None]:
-        """Start reading `source`; the future completes once every line of it is committed."""
-        done: asyncio.Future[None] = self._loop.create_future()
+    ) -> asyncio.Future[Seal | None]:
+        """Start reading `source`; the future completes once every line of it is committed, with
+        the seal of the agent's whole output when this capture saw all of it (None after a resume)."""
+        done: asyncio.Future[Seal | None] = self._loop.create_future()
 
-        def notify(exc: BaseException | None) -> None:
+        def notify(exc: BaseException | None, seal: Seal | None) -> None:
             def settle() -> None:
                 if not done.done():
-                    done.set_exception(exc) if exc else done.set_result(None)
+                    done.set_exception(exc) if exc else done.set_result(seal)
 
             self._loop.call_soon_threadsafe(settle)
 
@@ -123,9 +129,10 @@ class LogPump:
         secrets: list[str],
         max_log_bytes: int,
         resume: Resume,
-        notify: Callable[[BaseException | None], None],
+        notify: Callable[[BaseException | None, Seal | None], None],
     ) -> None:
         splitter = LineSplitter(secrets)
+        digest, sealed_lines, sealed_bytes = hashlib.sha256(), 0, 0
         bounded = Bounded(max_log_bytes)
         if resume.dropped_lines:
             bounded.head_bytes = max_log_bytes
@@ -136,7 +143,7 @@ class LogPump:
         consumed = (seen[STDOUT], seen[STDERR])
 
         def push(lines: list[Line], final: bool) -> None:
-            nonlocal seq, consumed
+            nonlocal seq, consumed, sealed_lines, sealed_bytes
             ts = time.time()
             rows = []
             nbytes = 0
@@ -144,6 +151,9 @@ class LogPump:
                 seq += 1
                 rows.append((agent_pk, seq, ts, line.stream, line.text))
                 nbytes += line.nbytes
+                digest.update(line.text.encode("utf-8") + b"\n")
+            sealed_lines += len(lines)
+            sealed_bytes += nbytes
             if final or not bounded.tail:
                 consumed = (seen[STDOUT], seen[STDERR])
             if rows or final:
@@ -170,7 +180,9 @@ class LogPump:
                     seen[line.stream] += 1
                 push(bounded.admit(rest) + bounded.finish(), final=True)
             self._readers.pop(agent_pk, None)
-            self._queue.put(_Done(agent_pk, notify, error))
+            whole = resume.last_seq == 0 and not self.stopping
+            seal = (sealed_lines, sealed_bytes, digest.hexdigest()) if whole else None
+            self._queue.put(_Done(agent_pk, notify, error, seal))
 
     @staticmethod
     def _skip(lines: list[Line], skip: dict[int, int]) -> list[Line]:
@@ -219,7 +231,7 @@ class LogPump:
                     log.exception("log_commit_failed_again")
             for it in items:
                 if isinstance(it, _Done):
-                    it.notify(it.error)
+                    it.notify(it.error, it.seal)
 
     def _commit(self, items: list[_Batch | _Done]) -> None:
         rows: list[tuple[int, int, float, int, str]] = []
