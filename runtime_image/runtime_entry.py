@@ -86,8 +86,10 @@ def emit(event: str, **fields: object) -> None:
 
 
 def raw_line(data: bytes) -> None:
-    if not data.endswith(b"\n"):
-        data += b"\n"
+    raw_write(data if data.endswith(b"\n") else data + b"\n")
+
+
+def raw_write(data: bytes) -> None:
     with _out_lock:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -410,9 +412,24 @@ def _tool_error(message: str) -> dict:
 
 
 def _pump(stream, collected: Collected) -> None:
-    for line in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):
-        collected.add(line)
-        raw_line(line)
+    """Relay a tool's output as it comes: each read's complete lines in one write (a flood costs a
+    write per pipe read, not per line); a partial line waits for its end, bounded at MAX_LINE_BYTES."""
+    fd, pending = stream.fileno(), b""
+    while True:
+        chunk = os.read(fd, MAX_LINE_BYTES)
+        if not chunk:
+            break
+        data = pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) >= MAX_LINE_BYTES:
+            cut = len(data)
+        pending = data[cut:]
+        if cut:
+            collected.add(data[:cut])
+            raw_write(data[:cut])
+    if pending:
+        collected.add(pending)
+        raw_line(pending)
     stream.close()
 
 
