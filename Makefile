@@ -7,8 +7,8 @@ VENV := .venv/bin
 up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
 	bash scripts/up.sh
 
-setup:         ## deps, Docker Engine, images and the test tools; idempotent
-	AGENTFACTORY_WITH_TEST_TOOLS=1 bash scripts/setup.sh
+setup:         ## deps, Docker Engine, images, gVisor (runsc) and the test tools; idempotent
+	AGENTFACTORY_WITH_TEST_TOOLS=1 AGENTFACTORY_WITH_RUNSC=1 bash scripts/setup.sh
 
 test: setup    ## the whole test suite against the real engine
 	$(VENV)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -24,6 +24,14 @@ fmt:
 
 image: setup   ## the control-plane image agentfactory:latest, built with no registry (scripts/build_image.sh)
 	bash scripts/build_image.sh
+
+bench:         ## agentfactory vs docker run, one table (bench/README.md); about 13 minutes
+	bash scripts/setup.sh
+	$(VENV)/python bench/run_all.py $(BENCH_ARGS)
+
+load:          ## locust, 120 users x 60 s, loopback only; fails on any 5xx
+	bash scripts/setup.sh
+	$(VENV)/python bench/load.py $(LOAD_ARGS)
 
 clean:         ## remove local state (database, run files); containers are removed by the server
 	rm -rf .run
