@@ -55,19 +55,49 @@ elif ! docker_ok; then
 fi
 
 # --- optional gVisor --------------------------------------------------------------------------
-if [ "${AGENTFACTORY_WITH_RUNSC:-0}" = 1 ] && ! "$DOCKER_BIN" info --format '{{json .Runtimes}}' | grep -q runsc; then
+# Two registrations of runsc: "runsc" has no network stack at all (--network=none), for agents
+# without a network tool; "runsc-net" keeps gVisor's own netstack, for agents on the isolated
+# bridge. Both may connect to host Unix sockets mounted into the sandbox (--host-uds=open: the
+# model gateway's socket is the only one mounted). Not --oci-seccomp: in Debian bookworm's runsc it
+# breaks thread creation (clone3 gets EPERM, not the profile's ENOSYS, so glibc never falls back);
+# the sentry itself always runs under gVisor's own seccomp filter. Idempotent: rewrites daemon.json
+# and reloads dockerd only when the engine's runtimes differ from these.
+RUNSC_WANT='{"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--host-uds=open"]},
+ "runsc-net": {"path": "/usr/bin/runsc", "runtimeArgs": ["--host-uds=open"]}}'
+runsc_registered() {
+  "$DOCKER_BIN" info --format '{{json .Runtimes}}' 2>/dev/null | RUNSC_WANT="$RUNSC_WANT" python3 -c '
+import json, os, sys
+have, want = json.load(sys.stdin), json.loads(os.environ["RUNSC_WANT"])
+sys.exit(0 if all(have.get(k) == v for k, v in want.items()) else 1)'
+}
+if [ "${AGENTFACTORY_WITH_RUNSC:-0}" = 1 ]; then
   apt_install runsc
-  python3 - <<'PY'
-import json, pathlib
+  dockerd_pid=$(pgrep -x dockerd | head -1 || true)
+  if [ -n "$dockerd_pid" ]; then
+    # daemon.json is what survives a dockerd restart; the live engine is checked on its own below.
+    RUNSC_WANT="$RUNSC_WANT" python3 - <<'PY'
+import json, os, pathlib, sys
 p = pathlib.Path("/etc/docker/daemon.json")
-cfg = json.loads(p.read_text()) if p.exists() and p.read_text().strip() else {}
-cfg.setdefault("runtimes", {})["runsc"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
-p.parent.mkdir(parents=True, exist_ok=True)
-p.write_text(json.dumps(cfg, indent=2))
+text = p.read_text() if p.exists() else ""
+cfg = json.loads(text) if text.strip() else {}
+want = json.loads(os.environ["RUNSC_WANT"])
+if any(cfg.get("runtimes", {}).get(k) != v for k, v in want.items()):
+    cfg.setdefault("runtimes", {}).update(want)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(cfg, indent=2) + "\n")
+    print("[setup] registered runtimes runsc and runsc-net in /etc/docker/daemon.json", file=sys.stderr)
 PY
-  log "registered runsc; reloading dockerd"
-  kill -HUP "$(pgrep -x dockerd | head -1)"
-  for _ in $(seq 1 40); do "$DOCKER_BIN" info --format '{{json .Runtimes}}' | grep -q runsc && break; sleep 0.25; done
+  fi
+  if ! runsc_registered; then
+    if [ -z "$dockerd_pid" ]; then
+      log "no local dockerd to reload: add these runtimes to the engine's daemon.json yourself: $RUNSC_WANT"
+      exit 1
+    fi
+    log "reloading dockerd (SIGHUP) to pick up the runsc runtimes"
+    kill -HUP "$dockerd_pid"
+    for _ in $(seq 1 40); do runsc_registered && break; sleep 0.25; done
+    runsc_registered || { log "dockerd did not pick up the runsc runtimes within 10 s; see its log"; exit 1; }
+  fi
 fi
 
 # --- test tools -------------------------------------------------------------------------------
@@ -99,5 +129,21 @@ if [ "$current" != "$runtime_hash" ]; then
   log "building $RUNTIME_IMAGE"
   DOCKER_BUILDKIT=0 "$DOCKER_BIN" build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --label "io.agentfactory.inputs=$runtime_hash" -t "$RUNTIME_IMAGE" runtime_image >/dev/null
+fi
+if [ "${AGENTFACTORY_WITH_RUNSC:-0}" = 1 ]; then
+  # A thread as well as a process: a broken seccomp set-up shows as "can't start new thread".
+  smoke='import threading; t = threading.Thread(target=print, args=("ok",)); t.start(); t.join()'
+  out=$("$DOCKER_BIN" run --rm --runtime=runsc --network=none --entrypoint python3 "$RUNTIME_IMAGE" -c "$smoke" 2>&1) \
+    || { log "the runtime image does not run under runsc: $out"; exit 1; }
+  # Network-tool agents need gVisor's netstack. Older runsc releases (Debian bookworm's 20221219
+  # among them) mistake every network namespace for the host's on kernels that show
+  # /proc/sys/net/core/rmem_default in each one, and refuse to start: such agents then fail to
+  # launch (never fall back to runc); agents without a network tool are unaffected.
+  if ! out=$("$DOCKER_BIN" run --rm --runtime=runsc-net --network=bridge --entrypoint python3 "$RUNTIME_IMAGE" -c "$smoke" 2>&1); then
+    why=$(printf '%s\n' "$out" | grep -m1 'Error response' | sed 's/.*starting container: //')
+    log "warning: runsc-net cannot start here ($(runsc --version 2>/dev/null | head -1)): ${why:-$out}"
+    log "warning: with runsc selected, agents given a network tool will fail to launch (reason launch_failed)"
+  fi
+  log "gVisor ready: runtime runsc runs $RUNTIME_IMAGE"
 fi
 log "ready: Docker Engine up, images $BASE_IMAGE and $RUNTIME_IMAGE present"
