@@ -11,7 +11,7 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from agentfactory.api.sse import BlockCache
+from agentfactory.api.sse import BlockCache, GenerationMemo
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AuthError, ForbiddenError, NotFoundError
@@ -36,6 +36,7 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter
     sse_cache: BlockCache = field(default_factory=BlockCache)
+    stream_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     hub: Hub | None = None
     launcher: Launcher | None = None

@@ -1,15 +1,20 @@
 """SSE framing of log lines, with a cache of formatted blocks shared by every stream client.
 
 Lines never change once stored, so a full block of them is formatted once and sliced for each
-client: a hundred followers of one agent cost one JSON encoding per line, not a hundred.
+client: a hundred followers of one agent cost one JSON encoding per line, not a hundred. Reads of
+the store are single-flight too: when a hundred followers wake on one commit, one of them reads the
+new lines and the others take them from the block.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from agentfactory.schemas import iso
 from agentfactory.store.tables import STDERR, STDOUT
@@ -18,6 +23,7 @@ STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 BLOCK = 1000
 
 Row = tuple[int, float, int, str]
+T = TypeVar("T")
 
 
 class Timestamps:
@@ -60,6 +66,8 @@ class _Block:
     last_seq: int
     data: bytearray = field(default_factory=bytearray)
     offsets: list[int] = field(default_factory=list)
+    read_generation: int = -1  # the hub generation when the last read of the store began
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def extend(self, rows: list[Row]) -> None:
         rows = [r for r in rows if r[0] > self.last_seq]
@@ -85,24 +93,64 @@ class BlockCache:
         self._max = max_blocks
 
     async def events_after(
-        self, agent_id: str, cursor: int, read: Callable[[int, int], Awaitable[list[Row]]]
+        self, agent_id: str, cursor: int, generation: int, read: Callable[[int, int], Awaitable[list[Row]]]
     ) -> tuple[bytes, int]:
         """Formatted events after `cursor` (up to the end of its block) and the new cursor.
-        `read(after, limit)` reads rows from the store."""
+
+        `read(after, limit)` reads rows from the store; `generation` is the hub's bump count now.
+        A block read at this generation already holds everything committed, so it is not re-read.
+        """
         block_no = cursor // BLOCK
         base = block_no * BLOCK
         key = (agent_id, block_no)
         block = self._blocks.get(key)
-        if block is None or (not block.complete and block.last_seq <= cursor):
-            after = block.last_seq if block is not None else base
-            rows = await read(after, base + BLOCK - after)
-            block = self._blocks.get(key)  # another client may have grown it meanwhile
-            if block is None:
-                block = self._blocks[key] = _Block(base=base, last_seq=base)
-                if len(self._blocks) > self._max:
-                    self._blocks.popitem(last=False)
-            block.extend(rows)
+        if block is None:
+            block = self._blocks[key] = _Block(base=base, last_seq=base)
+            if len(self._blocks) > self._max:
+                self._blocks.popitem(last=False)
         self._blocks.move_to_end(key)
+
+        def stale() -> bool:
+            assert block is not None
+            return not block.complete and block.last_seq <= cursor and block.read_generation < generation
+
+        if stale():
+            async with block.lock:
+                if stale():
+                    block.read_generation = generation
+                    block.extend(await read(block.last_seq, base + BLOCK - block.last_seq))
         if block.last_seq <= cursor:
             return b"", cursor
         return bytes(block.data[block.offsets[cursor - base] :]), block.last_seq
+
+
+class GenerationMemo(Generic[T]):
+    """One value per key, reloaded (single-flight) when the hub generation moves on or it is older
+    than `max_age`: a hundred followers woken together read the agent's row once."""
+
+    def __init__(self, max_age: float = 1.0, max_keys: int = 1024):
+        self._values: OrderedDict[object, tuple[int, float, T]] = OrderedDict()
+        self._locks: dict[object, asyncio.Lock] = {}
+        self._max_age, self._max_keys = max_age, max_keys
+
+    def _fresh(self, key: object, generation: int) -> tuple[int, float, T] | None:
+        hit = self._values.get(key)
+        if hit is not None and hit[0] >= generation and time.monotonic() - hit[1] < self._max_age:
+            return hit
+        return None
+
+    async def get(self, key: object, generation: int, load: Callable[[], Awaitable[T]]) -> T:
+        hit = self._fresh(key, generation)
+        if hit is None:
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                hit = self._fresh(key, generation)
+                if hit is None:
+                    started = time.monotonic()
+                    hit = (generation, started, await load())
+                    self._values[key] = hit
+                    self._values.move_to_end(key)
+                    while len(self._values) > self._max_keys:
+                        old, _ = self._values.popitem(last=False)
+                        self._locks.pop(old, None)
+        return hit[2]

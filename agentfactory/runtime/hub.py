@@ -12,8 +12,10 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
+        self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
 
     def bump(self, agent_pk: int) -> None:
+        self.generation += 1
         waiters = self._waiters.pop(agent_pk, None)
         for fut in waiters or ():
             if not fut.done():

@@ -16,7 +16,7 @@ from agentfactory.errors import SchemaError
 from agentfactory.keys import Caller
 from agentfactory.schemas import LogPage
 from agentfactory.store import queries
-from agentfactory.store.tables import STDERR, STDOUT, TERMINAL
+from agentfactory.store.tables import STDERR, STDOUT, TERMINAL, AgentRow
 
 router = APIRouter(tags=["logs"], responses=ERRORS)
 KEEPALIVE_SECONDS = 10.0
@@ -78,6 +78,9 @@ async def stream_agent(
     async def read(after: int, limit: int) -> list[tuple[int, float, int, str]]:
         return await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=after, limit=limit)
 
+    async def load_agent_row() -> AgentRow | None:
+        return await ctx.run_db(queries.get_agent_by_pk, pk=pk)
+
     async def events() -> AsyncIterator[bytes]:
         ctx.metrics.stream_clients.inc()
         try:
@@ -85,12 +88,13 @@ async def stream_agent(
             last_status: str | None = None
             while True:
                 wake = hub.subscribe(pk)
-                data, cursor = await ctx.sse_cache.events_after(row.id, cursor, read)
+                generation = hub.generation
+                data, cursor = await ctx.sse_cache.events_after(row.id, cursor, generation, read)
                 if data:
                     wake.cancel()
                     yield data
                     continue
-                agent = await ctx.run_db(queries.get_agent_by_pk, pk=pk)
+                agent = await ctx.stream_agents.get(pk, generation, load_agent_row)
                 if agent is None:
                     wake.cancel()
                     return
