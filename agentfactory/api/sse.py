@@ -117,8 +117,10 @@ class BlockCache:
         if stale():
             async with block.lock:
                 if stale():
-                    block.read_generation = generation
+                    # marked read only once the rows are in: a follower arriving meanwhile must
+                    # wait on the lock for them, not find the block "fresh" and empty
                     block.extend(await read(block.last_seq, base + BLOCK - block.last_seq))
+                    block.read_generation = max(block.read_generation, generation)
         if block.last_seq <= cursor:
             return b"", cursor
         return bytes(block.data[block.offsets[cursor - base] :]), block.last_seq
