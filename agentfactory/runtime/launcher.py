@@ -53,10 +53,10 @@ def compute_seal(*, store: Store, agent_pk: int) -> tuple[int, int, str]:
     digest = hashlib.sha256()
     lines = nbytes = 0
     with store.session() as s:
-        for text in queries.iter_log_texts(session=s, agent_pk=agent_pk):
+        for text in queries.iter_log_chunks(session=s, agent_pk=agent_pk):
             data = text.encode("utf-8") + b"\n"
             digest.update(data)
-            lines += 1
+            lines += data.count(b"\n")
             nbytes += len(data)
     return lines, nbytes, digest.hexdigest()
 

@@ -1,4 +1,10 @@
-"""Turning a container's byte chunks into stored log lines: splitting, masking, bounding. Pure."""
+"""Turning a container's byte chunks into stored log chunks: splitting, masking, bounding. Pure.
+
+Output is handled a read at a time, never a line at a time: a `Chunk` is the complete lines of one
+read of one stream, and the store keeps one row per chunk. Splitting, UTF-8 repair, masking, the
+byte bound and the seal's digest all run over a chunk's bytes at C speed; Python only loops per
+line where a line is longer than MAX_LINE_BYTES.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +23,53 @@ def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
     return cut if cut > 0 else limit
 
 
-@dataclass
-class Line:
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive stored lines of one stream. `data` is their UTF-8 text, each line followed by
+    b"\\n" (the seal's byte form); `text` is the same lines joined by "\\n" (the stored form)."""
+
     stream: int
     text: str
-    nbytes: int  # len(text in UTF-8) + 1 for the newline: the seal's unit
-    raw_complete: bool  # this line ends a raw line of the container (counts for resume)
+    data: bytes
+    lines: int
+    raw_complete: int  # how many raw lines of the container this ends (resume counts them)
+
+    @classmethod
+    def of_text(cls, stream: int, text: str, raw_complete: int) -> Chunk:
+        data = text.encode("utf-8") + b"\n"
+        return cls(stream, text, data, data.count(b"\n"), raw_complete)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def _part(self, start: int, end: int) -> Chunk | None:
+        if start >= end:
+            return None
+        if start == 0 and end == len(self.data):
+            return self
+        data = self.data[start:end]
+        n = data.count(b"\n")
+        return Chunk(self.stream, data[:-1].decode("utf-8"), data, n, min(n, self.raw_complete))
+
+    def head(self, max_bytes: int) -> tuple[Chunk | None, Chunk | None]:
+        """The longest run of whole leading lines within max_bytes, and the rest."""
+        cut = self.data.rfind(b"\n", 0, max(0, max_bytes)) + 1
+        return self._part(0, cut), self._part(cut, len(self.data))
+
+    def drop(self, min_bytes: int) -> tuple[int, int, Chunk | None]:
+        """Drop the fewest leading lines holding at least min_bytes: (lines, bytes, the rest)."""
+        cut = self.data.find(b"\n", max(0, min_bytes - 1)) + 1 or len(self.data)
+        return self.data.count(b"\n", 0, cut), cut, self._part(cut, len(self.data))
+
+    def skip_lines(self, n: int) -> Chunk | None:
+        """Without its first n lines."""
+        if n <= 0:
+            return self
+        if n >= self.lines:
+            return None
+        rest = self.data.split(b"\n", n)[-1]
+        return self._part(len(self.data) - len(rest), len(self.data))
 
 
 class LineSplitter:
@@ -34,54 +81,70 @@ class LineSplitter:
         self._partial: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
-    def _line(self, stream: int, raw: bytes | bytearray, complete: bool) -> Line:
-        text = bytes(raw).decode("utf-8", "replace")
+    def _chunk(self, stream: int, raw: bytes, complete: bool) -> Chunk:
+        """Chunk of raw lines joined by b"\\n" (no trailing newline)."""
+        text = raw.decode("utf-8", "replace")
+        changed = "\ufffd" in text
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        return Line(stream, text, len(text.encode("utf-8")) + 1, complete)
+                changed = True
+        data = text.encode("utf-8") + b"\n" if changed else raw + b"\n"
+        n = data.count(b"\n")
+        return Chunk(stream, text, data, n, raw.count(b"\n") + 1 if complete else 0)
 
-    def feed(self, stream: int, data: bytes) -> list[Line]:
+    def feed(self, stream: int, data: bytes) -> list[Chunk]:
         buf = self._partial[stream]
-        out: list[Line] = []
-        if b"\n" in data:
-            parts = data.split(b"\n")
-            first = parts[0]
+        out: list[Chunk] = []
+        end = data.rfind(b"\n")
+        if end >= 0:
             if buf:
-                buf += first
-                out.extend(self._chunked(stream, buf, True))
+                buf += data[:end]
+                whole = bytes(buf)
                 buf.clear()
             else:
-                out.extend(self._chunked(stream, first, True))
-            for raw in parts[1:-1]:
-                if len(raw) <= MAX_LINE_BYTES:
-                    out.append(self._line(stream, raw, True))
-                else:
-                    out.extend(self._chunked(stream, raw, True))
-            buf += parts[-1]
+                whole = data[:end]
+            buf += data[end + 1 :]
+            out.extend(self._complete(stream, whole))
         else:
             buf += data
         while len(buf) > MAX_LINE_BYTES:
             cut = _utf8_cut(buf, MAX_LINE_BYTES)
-            out.append(self._line(stream, buf[:cut], False))
+            out.append(self._chunk(stream, bytes(buf[:cut]), False))
             del buf[:cut]
         return out
 
-    def _chunked(self, stream: int, raw: bytes | bytearray, complete: bool) -> list[Line]:
-        out = []
-        while len(raw) > MAX_LINE_BYTES:
-            cut = _utf8_cut(raw, MAX_LINE_BYTES)
-            out.append(self._line(stream, raw[:cut], False))
-            raw = raw[cut:]
-        out.append(self._line(stream, raw, complete))
+    def _complete(self, stream: int, whole: bytes) -> list[Chunk]:
+        """Chunks of complete raw lines (joined by b"\\n"); over-long lines are cut into pieces."""
+        if len(whole) <= MAX_LINE_BYTES:
+            return [self._chunk(stream, whole, True)]
+        raws = whole.split(b"\n")
+        if max(map(len, raws)) <= MAX_LINE_BYTES:
+            return [self._chunk(stream, whole, True)]
+        out: list[Chunk] = []
+        short: list[bytes] = []
+        for raw in raws:
+            if len(raw) <= MAX_LINE_BYTES:
+                short.append(raw)
+                continue
+            if short:
+                out.append(self._chunk(stream, b"\n".join(short), True))
+                short = []
+            while len(raw) > MAX_LINE_BYTES:
+                cut = _utf8_cut(raw, MAX_LINE_BYTES)
+                out.append(self._chunk(stream, raw[:cut], False))
+                raw = raw[cut:]
+            out.append(self._chunk(stream, raw, True))
+        if short:
+            out.append(self._chunk(stream, b"\n".join(short), True))
         return out
 
-    def flush(self) -> list[Line]:
+    def flush(self) -> list[Chunk]:
         """The unterminated last line of each stream, if any (at end of output)."""
         out = []
         for stream, buf in self._partial.items():
             if buf:
-                out.append(self._line(stream, buf, True))
+                out.append(self._chunk(stream, bytes(buf), True))
                 buf.clear()
         return out
 
@@ -95,41 +158,49 @@ class Bounded:
     head_bytes: int = 0
     dropped_lines: int = 0
     dropped_bytes: int = 0
-    tail: deque[Line] = field(default_factory=deque)
+    tail: deque[Chunk] = field(default_factory=deque)
     tail_bytes: int = 0
 
-    @property
-    def in_tail(self) -> bool:
-        return self.head_bytes >= self.max_bytes // 2
-
-    def admit(self, lines: list[Line]) -> list[Line]:
-        """Lines to store now (head); the rest wait in the tail ring."""
-        keep: list[Line] = []
+    def admit(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Chunks to store now (head); the rest wait in the tail ring."""
+        keep: list[Chunk] = []
         half = self.max_bytes // 2
-        for line in lines:
-            if self.head_bytes + line.nbytes <= half and not self.tail:
-                keep.append(line)
-                self.head_bytes += line.nbytes
-                continue
+        for chunk in chunks:
+            if not self.tail and self.head_bytes < half:
+                if self.head_bytes + chunk.nbytes <= half:
+                    keep.append(chunk)
+                    self.head_bytes += chunk.nbytes
+                    continue
+                head, rest = chunk.head(half - self.head_bytes)
+                if head is not None:
+                    keep.append(head)
+                    self.head_bytes += head.nbytes
+                if rest is None:
+                    continue
+                chunk = rest
             self.head_bytes = max(self.head_bytes, half)
-            self.tail.append(line)
-            self.tail_bytes += line.nbytes
-            while self.tail_bytes > half and self.tail:
-                old = self.tail.popleft()
-                self.tail_bytes -= old.nbytes
-                self.dropped_lines += 1
-                self.dropped_bytes += old.nbytes
+            self.tail.append(chunk)
+            self.tail_bytes += chunk.nbytes
+            while self.tail_bytes > half:
+                lines, nbytes, rest = self.tail[0].drop(self.tail_bytes - half)
+                self.dropped_lines += lines
+                self.dropped_bytes += nbytes
+                self.tail_bytes -= nbytes
+                if rest is None:
+                    self.tail.popleft()
+                else:
+                    self.tail[0] = rest
         return keep
 
-    def finish(self) -> list[Line]:
+    def finish(self) -> list[Chunk]:
         """At end of output: the marker (if anything was dropped) and the tail."""
-        out: list[Line] = []
+        out: list[Chunk] = []
         if self.dropped_lines:
             text = (
                 f"[agentfactory: {self.dropped_lines} lines ({self.dropped_bytes} bytes) dropped here: "
                 f"output exceeded max_log_bytes={self.max_bytes}]"
             )
-            out.append(Line(2, text, len(text.encode()) + 1, False))
+            out.append(Chunk.of_text(2, text, 0))
         out.extend(self.tail)
         self.tail.clear()
         self.tail_bytes = 0

@@ -1,8 +1,9 @@
 """The log pump: one reader thread per agent, one writer thread for all, the store as the only copy.
 
-Readers split container output into lines, mask secrets, bound the volume and assign gap-free
-`seq`s; the writer commits lines in batches together with each agent's resume position, then
-wakes stream readers. Clients are served from the store, so no client can slow an agent.
+Readers split container output into chunks of lines, mask secrets, bound the volume and assign
+gap-free `seq`s; the writer commits chunks (one row each) in batches together with each agent's
+resume position, then wakes stream readers. Clients are served from the store, so no client can
+slow an agent.
 """
 
 from __future__ import annotations
@@ -21,19 +22,22 @@ from sqlalchemy import update
 from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.lines import Bounded, Line, LineSplitter
+from agentfactory.runtime.lines import Bounded, Chunk, LineSplitter
 from agentfactory.store import Store
 from agentfactory.store.tables import AgentRow
 
 log = structlog.get_logger("agentfactory.logpump")
-BATCH_ROWS = 20_000
+BATCH_LINES = 50_000
 BATCH_SECONDS = 0.02
+
+ChunkRow = tuple[int, int, int, float, int, str]  # agent_pk, last_seq, first_seq, ts, stream, text
 
 
 @dataclass
 class _Batch:
     agent_pk: int
-    rows: list[tuple[int, int, float, int, str]]
+    rows: list[ChunkRow]
+    lines: int
     consumed: tuple[int, int]
     dropped: tuple[int, int]
     nbytes: int
@@ -75,9 +79,10 @@ class LogPump:
         self.stopping = False
         self._writer = threading.Thread(target=self._write_loop, name="logpump-writer", daemon=True)
         self._insert_sql = (
-            "INSERT INTO log_lines (agent_pk, seq, ts, stream, text) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) VALUES (?, ?, ?, ?, ?, ?)"
             if store.is_sqlite
-            else "INSERT INTO log_lines (agent_pk, seq, ts, stream, text) VALUES (%s, %s, %s, %s, %s)"
+            else "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) "
+            "VALUES (%s, %s, %s, %s, %s, %s)"
         )
 
     def start(self) -> None:
@@ -142,42 +147,42 @@ class LogPump:
         seen = {STDOUT: resume.stdout_consumed, STDERR: resume.stderr_consumed}
         consumed = (seen[STDOUT], seen[STDERR])
 
-        def push(lines: list[Line], final: bool) -> None:
+        def push(chunks: list[Chunk], final: bool) -> None:
             nonlocal seq, consumed, sealed_lines, sealed_bytes
             ts = time.time()
-            rows = []
-            nbytes = 0
-            for line in lines:
-                seq += 1
-                rows.append((agent_pk, seq, ts, line.stream, line.text))
-                nbytes += line.nbytes
-                digest.update(line.text.encode("utf-8") + b"\n")
-            sealed_lines += len(lines)
+            rows: list[ChunkRow] = []
+            lines = nbytes = 0
+            for chunk in chunks:
+                rows.append((agent_pk, seq + chunk.lines, seq + 1, ts, chunk.stream, chunk.text))
+                seq += chunk.lines
+                lines += chunk.lines
+                nbytes += chunk.nbytes
+                digest.update(chunk.data)
+            sealed_lines += lines
             sealed_bytes += nbytes
             if final or not bounded.tail:
                 consumed = (seen[STDOUT], seen[STDERR])
             if rows or final:
                 dropped = (bounded.dropped_lines, bounded.dropped_bytes)
-                self._queue.put(_Batch(agent_pk, rows, consumed, dropped, nbytes))
+                self._queue.put(_Batch(agent_pk, rows, lines, consumed, dropped, nbytes))
 
         error: BaseException | None = None
         try:
             for stream, data in source.chunks():
-                lines = splitter.feed(stream, data)
+                chunks = splitter.feed(stream, data)
                 if skip[STDOUT] or skip[STDERR]:
-                    lines = self._skip(lines, skip)
-                for line in lines:
-                    if line.raw_complete:
-                        seen[line.stream] += 1
-                push(bounded.admit(lines), final=False)
+                    chunks = self._skip(chunks, skip)
+                for chunk in chunks:
+                    seen[chunk.stream] += chunk.raw_complete
+                push(bounded.admit(chunks), final=False)
         except Exception as exc:  # the engine went away mid-read: keep what we have, report it
             error = exc
             log.warning("log_capture_interrupted", agent_pk=agent_pk, error=type(exc).__name__)
         finally:
             if not self.stopping:  # at shutdown a partial line stays unread: the restart re-reads it
                 rest = splitter.flush()
-                for line in rest:
-                    seen[line.stream] += 1
+                for chunk in rest:
+                    seen[chunk.stream] += chunk.raw_complete
                 push(bounded.admit(rest) + bounded.finish(), final=True)
             self._readers.pop(agent_pk, None)
             whole = resume.last_seq == 0 and not self.stopping
@@ -185,14 +190,19 @@ class LogPump:
             self._queue.put(_Done(agent_pk, notify, error, seal))
 
     @staticmethod
-    def _skip(lines: list[Line], skip: dict[int, int]) -> list[Line]:
+    def _skip(chunks: list[Chunk], skip: dict[int, int]) -> list[Chunk]:
+        """Without the first skip[stream] raw lines of each stream (already stored before a restart;
+        the pieces of a long line that is skipped go with it)."""
         kept = []
-        for line in lines:
-            if skip[line.stream] > 0:
-                if line.raw_complete:
-                    skip[line.stream] -= 1
+        for chunk in chunks:
+            n = skip[chunk.stream]
+            if n > 0:
+                skip[chunk.stream] = max(0, n - chunk.raw_complete)
+                rest = chunk.skip_lines(n) if chunk.raw_complete else None
+                if rest is not None:
+                    kept.append(rest)
                 continue
-            kept.append(line)
+            kept.append(chunk)
         return kept
 
     # -- writer (one thread) ---------------------------------------------------------------------
@@ -208,7 +218,7 @@ class LogPump:
                 items.append(item)
             deadline = time.monotonic() + BATCH_SECONDS
             n = 0
-            while not stopping and n < BATCH_ROWS:
+            while not stopping and n < BATCH_LINES:
                 timeout = deadline - time.monotonic()
                 try:
                     item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
@@ -219,7 +229,7 @@ class LogPump:
                     break
                 items.append(item)
                 if isinstance(item, _Batch):
-                    n += len(item.rows)
+                    n += item.lines
             try:
                 self._commit(items)
             except Exception:
@@ -234,16 +244,17 @@ class LogPump:
                     it.notify(it.error, it.seal)
 
     def _commit(self, items: list[_Batch | _Done]) -> None:
-        rows: list[tuple[int, int, float, int, str]] = []
+        rows: list[ChunkRow] = []
         positions: dict[int, _Batch] = {}
         first_ts: dict[int, float] = {}
-        nbytes = 0
+        lines = nbytes = 0
         for it in items:
             if isinstance(it, _Batch):
                 if it.rows:
                     rows.extend(it.rows)
-                    first_ts.setdefault(it.agent_pk, it.rows[0][2])
+                    first_ts.setdefault(it.agent_pk, it.rows[0][3])
                 positions[it.agent_pk] = it
+                lines += it.lines
                 nbytes += it.nbytes
         if not positions:
             return
@@ -268,6 +279,6 @@ class LogPump:
                         .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
                         .values(first_output_at=first_ts[pk])
                     )
-        self._metrics.log_lines.inc(len(rows))
+        self._metrics.log_lines.inc(lines)
         self._metrics.log_bytes.inc(nbytes)
         self._hub.bump_threadsafe(list(positions))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogLineRow
+from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogChunkRow
 
 
 def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
@@ -80,49 +81,62 @@ def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion
     )
 
 
-def insert_log_lines(*, session: Session, rows: list[dict[str, Any]]) -> None:
-    """rows: dicts with agent_pk, seq, ts, stream, text (one executemany)."""
-    if rows:
-        session.execute(insert(LogLineRow), rows)
+CHUNKS_PER_READ = 64
 
 
 def read_log_lines(
     *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
 ) -> list[tuple[int, float, int, str]]:
-    """Lines with seq > after, in order: (seq, ts, stream, text)."""
-    q = (
-        select(LogLineRow.seq, LogLineRow.ts, LogLineRow.stream, LogLineRow.text)
-        .where(LogLineRow.agent_pk == agent_pk, LogLineRow.seq > after)
-        .order_by(LogLineRow.seq)
-        .limit(limit)
-    )
-    if stream is not None:
-        q = q.where(LogLineRow.stream == stream)
-    return [(r[0], r[1], r[2], r[3]) for r in session.execute(q)]
+    """Lines with seq > after, in order: (seq, ts, stream, text). Reads whole chunks, a few at a
+    time, until `limit` lines are found."""
+    out: list[tuple[int, float, int, str]] = []
+    cursor = after
+    while len(out) < limit:
+        q = (
+            select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
+            .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.last_seq > cursor)
+            .order_by(LogChunkRow.last_seq)
+            .limit(CHUNKS_PER_READ)
+        )
+        if stream is not None:
+            q = q.where(LogChunkRow.stream == stream)
+        chunks = session.execute(q).all()
+        for first, last, ts, st, text in chunks:
+            lines = text.split("\n")
+            skip = max(0, after + 1 - first)
+            n = len(lines) - skip
+            out.extend(zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True))
+            cursor = last
+            if len(out) >= limit:
+                break
+        if len(chunks) < CHUNKS_PER_READ:
+            break
+    return out[:limit]
 
 
 def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:
     q = (
-        select(LogLineRow.text)
-        .where(LogLineRow.agent_pk == agent_pk, LogLineRow.stream == STDERR)
-        .order_by(LogLineRow.seq.desc())
+        select(LogChunkRow.text)
+        .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.stream == STDERR)
+        .order_by(LogChunkRow.last_seq.desc())
         .limit(1)
     )
-    return session.scalars(q).first()
+    text = session.scalars(q).first()
+    return None if text is None else text.rsplit("\n", 1)[-1]
 
 
 def last_log_seq(*, session: Session, agent_pk: int) -> int:
-    return int(session.scalar(select(func.max(LogLineRow.seq)).where(LogLineRow.agent_pk == agent_pk)) or 0)
+    return int(session.scalar(select(func.max(LogChunkRow.last_seq)).where(LogChunkRow.agent_pk == agent_pk)) or 0)
 
 
-def iter_log_texts(*, session: Session, agent_pk: int, batch: int = 20_000) -> Iterable[str]:
-    """Every stored line's text in seq order (for the seal)."""
+def iter_log_chunks(*, session: Session, agent_pk: int, batch: int = 500) -> Iterable[str]:
+    """Every stored chunk's text (its lines joined by "\n") in seq order (for the seal)."""
     after = 0
     while True:
         rows = session.execute(
-            select(LogLineRow.seq, LogLineRow.text)
-            .where(LogLineRow.agent_pk == agent_pk, LogLineRow.seq > after)
-            .order_by(LogLineRow.seq)
+            select(LogChunkRow.last_seq, LogChunkRow.text)
+            .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.last_seq > after)
+            .order_by(LogChunkRow.last_seq)
             .limit(batch)
         ).all()
         if not rows:
@@ -140,7 +154,7 @@ def purge_agents_finished_before(*, session: Session, cutoff: float, limit: int 
         )
     )
     if pks:
-        session.execute(delete(LogLineRow).where(LogLineRow.agent_pk.in_(pks)))
+        session.execute(delete(LogChunkRow).where(LogChunkRow.agent_pk.in_(pks)))
         session.execute(delete(AgentRow).where(AgentRow.pk.in_(pks)))
     return len(pks)
 

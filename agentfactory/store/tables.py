@@ -65,11 +65,16 @@ class AgentRow(Base):
     )
 
 
-class LogLineRow(Base):
-    __tablename__ = "log_lines"
+class LogChunkRow(Base):
+    """Consecutive lines of one stream captured in one read: seqs first_seq..last_seq, their
+    texts joined by "\n" (a line never holds one). One row per read, not per line, is what lets
+    capture keep up with a flood."""
+
+    __tablename__ = "log_chunks"
 
     agent_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_seq: Mapped[int] = mapped_column(Integer)
     ts: Mapped[float] = mapped_column(Float)
     stream: Mapped[int] = mapped_column(SmallInteger)
     text: Mapped[str] = mapped_column(Text)
