@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,12 @@ def serve_gateway(upstream_url: str, ready: Any, stop: Any) -> None:
         stop.wait()
 
 
-def load_runtime_client() -> type:
+def load_runtime_client() -> Callable[[str, float], http.client.HTTPConnection]:
     spec = importlib.util.spec_from_file_location("runtime_entry", ROOT / "runtime_image" / "runtime_entry.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.UnixHTTPConnection
+    return module.unix_http_connection  # type: ignore[no-any-return]
 
 
 def timed_call(conn: http.client.HTTPConnection, path: str, headers: dict[str, str], model: str = "fake") -> float:

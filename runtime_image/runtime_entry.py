@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import html.parser
-import http.client
 import json
 import os
 import signal
@@ -34,9 +32,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+
+# http.client, urllib and html.parser (with the email package under them) cost ~80 ms to import
+# here: they are imported where they are first used, so the `start` event is out before that.
 
 DEFAULT_SOCKET = "/run/agentfactory/gateway.sock"
 EXIT_OK, EXIT_BUG, EXIT_SPEC, EXIT_BUDGET, EXIT_STEPS, EXIT_MODEL = 0, 1, 2, 3, 4, 5
@@ -147,22 +145,22 @@ def load_spec(environ: dict[str, str]) -> dict:
 # --- the model, through the gateway -----------------------------------------------------------
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
+def unix_http_connection(path: str, timeout: float):  # -> http.client.HTTPConnection
     """http.client over the gateway's Unix socket (the container has no network to reach it by)."""
+    import http.client
 
-    def __init__(self, path: str, timeout: float):
-        super().__init__("gateway", timeout=timeout)
-        self.socket_path = path
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    return UnixHTTPConnection("gateway", timeout=timeout)
 
 
 class Gateway:
@@ -176,6 +174,8 @@ class Gateway:
         self.retry_seconds = float(spec["gateway_retry_seconds"])
 
     def chat(self, messages: list, tools: list) -> dict:
+        import http.client
+
         body = {"model": self.model, "messages": messages}
         if tools:
             body["tools"] = tools
@@ -211,7 +211,7 @@ class Gateway:
             upstream_retries += 1
 
     def _post(self, payload: bytes) -> tuple[int, bytes, str | None]:
-        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        conn = unix_http_connection(self.socket_path, self.timeout)
         try:
             conn.request(
                 "POST",
@@ -379,6 +379,8 @@ class ToolRunner:
         }
 
     def _fetch(self, url: str) -> dict:
+        import urllib.parse
+
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             return _tool_error("browser_server fetches http:// and https:// URLs only")
         result: dict = {}
@@ -449,37 +451,47 @@ def reap_orphans() -> None:
         pass
 
 
-class _TextOf(html.parser.HTMLParser):
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "pre"}
+def html_text(page: str) -> str:
+    """The visible text of an HTML page, one line per block."""
+    import html.parser
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skipping = 0
+    class TextOf(html.parser.HTMLParser):
+        SKIP = {"script", "style", "noscript", "template", "svg", "head"}
+        BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "pre"}
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in self.SKIP:
-            self.skipping += 1
-        elif tag in self.BLOCK:
-            self.parts.append("\n")
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+            self.skipping = 0
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP and self.skipping:
-            self.skipping -= 1
-        elif tag in self.BLOCK:
-            self.parts.append("\n")
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag in self.SKIP:
+                self.skipping += 1
+            elif tag in self.BLOCK:
+                self.parts.append("\n")
 
-    def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.parts.append(data)
+        def handle_endtag(self, tag: str) -> None:
+            if tag in self.SKIP and self.skipping:
+                self.skipping -= 1
+            elif tag in self.BLOCK:
+                self.parts.append("\n")
 
-    def text(self) -> str:
-        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
-        return "\n".join(line for line in lines if line)
+        def handle_data(self, data: str) -> None:
+            if not self.skipping:
+                self.parts.append(data)
+
+    parser = TextOf()
+    parser.feed(page)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line)
 
 
 def _fetch_into(url: str, timeout: float, result: dict) -> None:
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "agentfactory-browser/1.0"})
     deadline = time.monotonic() + timeout
     try:
@@ -499,9 +511,7 @@ def _fetch_into(url: str, timeout: float, result: dict) -> None:
     kind = headers.get_content_type() if headers else "application/octet-stream"
     text = bytes(body).decode(headers.get_content_charset() or "utf-8", "replace") if headers else ""
     if kind in ("text/html", "application/xhtml+xml"):
-        parser = _TextOf()
-        parser.feed(text)
-        text = parser.text()
+        text = html_text(text)
     elif not (kind.startswith("text/") or kind.endswith(("json", "xml"))):
         text = f"(binary content: {kind}, {len(body)} bytes)"
     result.update(
