@@ -28,7 +28,6 @@ from agentfactory.store.tables import AgentRow
 
 log = structlog.get_logger("agentfactory.logpump")
 BATCH_LINES = 50_000
-BATCH_SECONDS = 0.02
 
 ChunkRow = tuple[int, int, int, float, int, str]  # agent_pk, last_seq, first_seq, ts, stream, text
 
@@ -216,12 +215,12 @@ class LogPump:
                 stopping = True
             else:
                 items.append(item)
-            deadline = time.monotonic() + BATCH_SECONDS
+            # Group commit: take what is queued now and commit it; what arrives meanwhile is the
+            # next batch. No waiting for more, so a lone line is committed at once.
             n = 0
             while not stopping and n < BATCH_LINES:
-                timeout = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
