@@ -18,6 +18,7 @@ import docker
 import docker.errors
 import docker.utils
 import requests
+import structlog
 
 from agentfactory.backends.base import (
     LABEL_AGENT,
@@ -38,6 +39,8 @@ from agentfactory.backends.docker_spec import build_create_args, container_name
 from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
 
 T = TypeVar("T")
+log = structlog.get_logger("agentfactory.docker")
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
 _STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
 
 
@@ -138,6 +141,7 @@ class DockerBackend(Backend):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
+        self._network_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -202,9 +206,28 @@ class DockerBackend(Backend):
         return Launched(container_id=cid, output=AttachOutput(sock))
 
     def _ensure_network(self, api: docker.APIClient, name: str) -> None:
-        if not api.networks(names=[name]):
+        """The agents' bridge, with inter-container traffic off: an agent given a network reaches
+        what is beyond the bridge, never another agent. A bridge made before that (ICC on) is
+        replaced once no container uses it; while one does, it is used as it is, with a warning."""
+        with self._network_lock:
+            self._ensure_network_locked(api, name)
+
+    @staticmethod
+    def _ensure_network_locked(api: docker.APIClient, name: str) -> None:
+        found = [n for n in api.networks(names=[name]) if n.get("Name") == name]  # the filter matches substrings
+        if found and (found[0].get("Options") or {}).get(ICC_OPTION) != "false":
             try:
-                api.create_network(name, driver="bridge", labels={LABEL_MANAGED: "true"})
+                api.remove_network(found[0]["Id"])
+                found = []
+            except docker.errors.NotFound:
+                found = []
+            except docker.errors.APIError as exc:
+                log.warning("agent_network_allows_icc", network=name, error=exc.explanation)
+        if not found:
+            try:
+                api.create_network(
+                    name, driver="bridge", options={ICC_OPTION: "false"}, labels={LABEL_MANAGED: "true"}
+                )
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise
