@@ -1,7 +1,7 @@
 """Every benchmark in one go, then one table: metric, ours, baseline, ratio, goal, met?
 
 Runs (each in its own process, output shown live and kept under bench/results/):
-launch.py, throughput.py, capture.py, fanout.py, footprint.py, gateway_overhead.py and load.py.
+launch.py, throughput.py, capture.py, fanout.py, footprint.py, gateway_overhead.py, status_rate.py and load.py.
 Needs a Docker Engine and the runtime image; when either is missing it runs scripts/setup.sh first.
 Takes about 15 minutes on a 2-core machine.
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, ensure_ready, machine_note
 
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ["launch", "throughput", "capture", "fanout", "footprint", "gateway_overhead", "load"]
+BENCHES = ["launch", "throughput", "capture", "fanout", "footprint", "gateway_overhead", "status_rate", "load"]
 
 
 def run(name: str) -> tuple[int, Path]:

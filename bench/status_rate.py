@@ -1,0 +1,135 @@
+"""GET /agents/{id} at a fixed request rate: the status poll a CI step or a dashboard makes.
+
+An open-loop generator (one asyncio process, aiohttp, keep-alive connections) sends GET
+/agents/{id} at exactly --rate requests per second for --seconds, cycling over --agents running
+agents (their `shell` tool sleeps) and as many finished ones. Latency is counted from the moment
+each request was *due*, not sent, so a stalled server cannot hide behind a slowed generator
+(no coordinated omission). Meanwhile nothing else loads the server: this is the goal's figure
+("p99 < 20 ms at 300 req/s"); `load.py` measures the mixed workload with locust.
+
+The baseline is the same poll answered by the engine: `GET /containers/{id}/json` (what `docker
+inspect` asks) on the same running containers, at the same rate, by the same generator.
+
+    .venv/bin/python bench/status_rate.py [--rate 300] [--seconds 20] [--agents 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    BenchServer,
+    Report,
+    Row,
+    Sidecar,
+    Summary,
+    agent_body,
+    common_args,
+    create_agent,
+    ensure_ready,
+    machine_note,
+    print_rows,
+    wait_terminal,
+)
+
+
+async def fixed_rate(
+    session: aiohttp.ClientSession, urls: list[str], rate: float, seconds: float
+) -> tuple[list[float], int, float]:
+    """(latencies from due time, failures, achieved rate)."""
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    failures = 0
+    start = time.perf_counter() + 0.2
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            async with session.get(urls[i % len(urls)]) as r:
+                await r.read()
+                if r.status != 200:
+                    failures += 1
+                    return
+        except aiohttp.ClientError:
+            failures += 1
+            return
+        latencies.append(time.perf_counter() - due)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return latencies, failures, n / (time.perf_counter() - start)
+
+
+def measure(base: str, paths: list[str], headers: dict[str, str], rate: float, seconds: float, unix: str = "") -> Any:
+    async def go() -> Any:
+        connector = aiohttp.UnixConnector(path=unix, limit=64) if unix else aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(base, headers=headers, connector=connector) as session:
+            await fixed_rate(session, paths, rate, 1.0)  # warm the connections and the caches
+            return await fixed_rate(session, paths, rate, seconds)
+
+    return asyncio.run(go())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--agents", type=int, default=20)
+    common_args(parser)
+    args = parser.parse_args()
+    ensure_ready()
+    print(f"status_rate: GET /agents/{{id}} at {args.rate:.0f}/s for {args.seconds:.0f} s; {machine_note()}")
+    report = Report("status_rate")
+    with Sidecar() as sidecar, BenchServer(sidecar) as srv:
+        key = srv.create_key()
+        with srv.client(key) as c:
+            finished = [create_agent(c, agent_body())["id"] for _ in range(args.agents)]
+            for agent_id in finished:
+                wait_terminal(c, agent_id)
+            running = [create_agent(c, agent_body(shell="sleep 600"))["id"] for _ in range(args.agents)]
+        headers = {"Authorization": f"Bearer {key}"}
+        ours, ours_failed, ours_rate = measure(
+            srv.url, [f"/agents/{a}" for a in finished + running], headers, args.rate, args.seconds
+        )
+        containers = [f"/containers/agentfactory-{a}/json" for a in running]
+        engine, engine_failed, engine_rate = measure(
+            "http://docker", containers, {}, args.rate, args.seconds, unix="/var/run/docker.sock"
+        )
+        with srv.client(key) as c:
+            for agent_id in running:
+                c.delete(f"/agents/{agent_id}")
+    s_ours, s_engine = Summary.of(ours), Summary.of(engine)
+    print(
+        f"  ours   GET /agents/{{id}}          : p50 {s_ours.median * 1e3:6.2f} ms  p99 {s_ours.p99 * 1e3:6.2f} ms"
+        f"  max {s_ours.max * 1e3:7.1f} ms  at {ours_rate:.0f}/s, {ours_failed} failed"
+    )
+    print(
+        f"  engine GET /containers/{{id}}/json : p50 {s_engine.median * 1e3:6.2f} ms  p99 {s_engine.p99 * 1e3:6.2f} ms"
+        f"  max {s_engine.max * 1e3:7.1f} ms  at {engine_rate:.0f}/s, {engine_failed} failed"
+    )
+    print(f"after: {machine_note()}")
+    at = f"at {args.rate:.0f} req/s"
+    row = report.add(
+        Row(f"GET /agents/{{id}} p99 {at}", s_ours.p99 * 1e3, s_engine.p99 * 1e3, "ms", goal=f"< 20 ms {at}")
+    )
+    row.met = s_ours.p99 < 0.020 and not ours_failed and ours_rate >= args.rate * 0.95
+    report.add(Row(f"GET /agents/{{id}} p50 {at}", s_ours.median * 1e3, s_engine.median * 1e3, "ms"))
+    report.details = {"ours_failed": ours_failed, "engine_failed": engine_failed, "ours_rate": ours_rate}
+    print("\nsummary")
+    print_rows(report.rows)
+    report.write(args.json)
+
+
+if __name__ == "__main__":
+    main()
