@@ -225,9 +225,7 @@ class DockerBackend(Backend):
                 log.warning("agent_network_allows_icc", network=name, error=exc.explanation)
         if not found:
             try:
-                api.create_network(
-                    name, driver="bridge", options={ICC_OPTION: "false"}, labels={LABEL_MANAGED: "true"}
-                )
+                api.create_network(name, driver="bridge", options={ICC_OPTION: "false"}, labels={LABEL_MANAGED: "true"})
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise
