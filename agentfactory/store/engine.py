@@ -13,6 +13,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agentfactory.store.point import AgentPointReader
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -44,6 +46,7 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.point_reader = AgentPointReader(self.engine) if self.is_sqlite else None
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -65,4 +68,6 @@ class Store:
             conn.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
+        if self.point_reader is not None:
+            self.point_reader.close()
         self.engine.dispose()
