@@ -101,14 +101,14 @@ class Reaper(Loop):
             return
         ids = [m.agent_id for m in managed]
 
-        def rows_by_id() -> dict[str, AgentRow]:
+        def states() -> dict[str, tuple[int, str]]:
             with lch.store.session() as s:
-                return {r.id: r for aid in ids if (r := queries.get_agent(session=s, agent_id=aid)) is not None}
+                return queries.get_agent_states(session=s, agent_ids=ids)
 
-        rows = await asyncio.to_thread(rows_by_id)
+        known = await asyncio.to_thread(states)
         for m in managed:
-            row = rows.get(m.agent_id)
-            orphan = row is None or (row.status in TERMINAL and not lch.watching(row.pk))
+            state = known.get(m.agent_id)
+            orphan = state is None or (state[1] in TERMINAL and not lch.watching(state[0]))
             if orphan:
                 try:
                     await lch.backend.remove(m.container_id)

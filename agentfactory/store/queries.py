@@ -21,6 +21,12 @@ def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> 
     return session.scalars(q).first()
 
 
+def get_agent_states(*, session: Session, agent_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """{agent id: (pk, status)} of those ids that have a row: one query for a whole engine listing."""
+    q = select(AgentRow.id, AgentRow.pk, AgentRow.status).where(AgentRow.id.in_(agent_ids))
+    return {agent_id: (pk, status) for agent_id, pk, status in session.execute(q)}
+
+
 def get_agent_by_pk(*, session: Session, pk: int) -> AgentRow | None:
     return session.get(AgentRow, pk)
 
