@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import uvicorn
@@ -21,6 +22,11 @@ def serve(settings: Settings) -> None:
     except (CatalogInvalid, ValueError) as exc:
         print(f"agentfactory: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # What start-up built (modules, the app, its schemas, the ORM's mappers) lives as long as the
+    # process. Frozen, the cyclic GC no longer re-scans it on every full collection (those took
+    # 30-140 ms here, a pause that every request in flight waits out).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,
