@@ -196,12 +196,16 @@ def test_many_stream_clients_get_every_line_and_a_stalled_one_slows_nothing(shel
 
 
 def test_a_stalled_client_does_not_slow_the_producer(shell_server: ServerProcess) -> None:
-    """Producer time is measured inside the container: printing 300,000 lines would block on a full
-    pipe if capture stalled behind a client that never reads."""
+    """Producer time is measured inside the container: printing 800,000 lines would block on a full
+    pipe if capture stalled behind a client that never reads.
+
+    800,000 lines (about 2 s), not fewer: runs of 0.4 s varied by +-40 % on a 2-core machine from
+    scheduling alone, and the stalled client's one burst (filling its socket buffers before it
+    stalls) was a large share of such a short run. Two seconds average both out."""
     headers = {"Authorization": f"Bearer {shell_server.admin_key}"}
     producer = (
         'sleep 1; python3 -c "import sys, time; t = time.perf_counter(); '
-        "sys.stdout.writelines(f'{i}\\n' for i in range(300000)); sys.stdout.flush(); "
+        "sys.stdout.writelines(f'{i}\\n' for i in range(800000)); sys.stdout.flush(); "
         "print('PRODUCER', time.perf_counter() - t)\""
     )
     with shell_server.client(timeout=120) as c:
