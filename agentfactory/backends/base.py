@@ -59,6 +59,7 @@ class ContainerStatus:
     oom_killed: bool = False
     message: str = ""
     runtime: str | None = None  # the OCI runtime it ran under (runsc...), where the engine says
+    finished_at: float | None = None  # when it exited (epoch seconds), where the engine says
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,17 @@ class ManagedContainer:
 class OutputSource(Protocol):
     """A blocking stream of (stream, bytes) chunks of a container's output, in order per stream.
 
-    Read from a thread; `close()` may be called from another thread to stop it.
+    Read from a thread; `close()` may be called from another thread to stop it. Once `chunks()`
+    has ended, `ended()` (blocking, same thread) says whether the output ended because the
+    container exited (True) or was cut while the container may run on: the engine went away or
+    restarted (False). Only a real end lets capture flush a last unterminated line and seal.
     """
 
     def chunks(self) -> Iterator[tuple[int, bytes]]: ...
 
     def close(self) -> None: ...
+
+    def ended(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise RuntimeUnavailableError when the engine does not answer."""
+
+    @abc.abstractmethod
+    async def engine_id(self) -> str:
+        """The engine's stable identity (Docker's `info()["ID"]`): replicas that reach the same
+        engine see the same id, so one adopts or marks lost only agents on an engine it reaches."""
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release the client."""

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
@@ -42,6 +43,9 @@ T = TypeVar("T")
 log = structlog.get_logger("agentfactory.docker")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 _STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
+# How long the end of an output stream waits for the container's exit to be confirmed: the stream
+# of a container that exits closes a moment before the engine records the exit.
+ENDED_WAIT_SECONDS = 3
 
 
 class LaunchError(AgentFactoryError):
@@ -54,6 +58,33 @@ def _unavailable(exc: BaseException) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(f"the container engine is unreachable: {type(exc).__name__}")
 
 
+def _exited(api: docker.APIClient, container_id: str) -> Callable[[], bool]:
+    """`OutputSource.ended` of one container: its exit confirmed by the engine. False when the
+    engine does not answer (it went away: the stream was cut) or the container still runs (the
+    engine restarted with live-restore and dropped our stream)."""
+
+    def ended() -> bool:
+        try:
+            api.wait(container_id, timeout=ENDED_WAIT_SECONDS)
+            return True
+        except docker.errors.NotFound:
+            return True  # removed: its output is over (the watcher finds it missing)
+        except Exception:
+            return False
+
+    return ended
+
+
+def _epoch(value: str | None) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, "Z") as epoch seconds; None for its zero time."""
+    if not value or value.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
 class AttachOutput:
     """Docker's multiplexed attach stream (8-byte frame headers), read in large chunks.
 
@@ -61,9 +92,10 @@ class AttachOutput:
     writes costs one Python object per socket read, not one per line.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, ended: Callable[[], bool]):
         self._sock = sock
         self._closed = threading.Event()
+        self.ended = ended
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
         buf = bytearray()
@@ -105,8 +137,9 @@ class LogsOutput:
     """`docker logs --follow` of a container from its start, demultiplexed frame by frame
     (restart recovery). docker-py's own `logs()` drops which stream a frame came from."""
 
-    def __init__(self, response: Any):
+    def __init__(self, response: Any, ended: Callable[[], bool]):
         self._response = response
+        self.ended = ended
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
         raw = self._response.raw
@@ -142,6 +175,7 @@ class DockerBackend(Backend):
         self._api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
         self._network_lock = threading.Lock()
+        self._engine_id: str | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -175,6 +209,11 @@ class DockerBackend(Backend):
 
         await self._run(ping)
 
+    async def engine_id(self) -> str:
+        if self._engine_id is None:
+            self._engine_id = str(await self._run(lambda api: api.info()["ID"]))
+        return self._engine_id
+
     async def launch(self, spec: AgentSpec) -> Launched:
         return await self._run(lambda api: self._launch(api, spec))
 
@@ -203,7 +242,7 @@ class DockerBackend(Backend):
             if isinstance(exc, docker.errors.APIError):
                 raise LaunchError(f"the engine refused to start the container: {exc.explanation}") from exc
             raise
-        return Launched(container_id=cid, output=AttachOutput(sock))
+        return Launched(container_id=cid, output=AttachOutput(sock, _exited(api, cid)))
 
     def _ensure_network(self, api: docker.APIClient, name: str) -> None:
         """The agents' bridge, with inter-container traffic off: an agent given a network reaches
@@ -246,6 +285,7 @@ class DockerBackend(Backend):
             oom_killed=bool(state.get("OOMKilled")),
             message=state.get("Error") or "",
             runtime=(info.get("HostConfig") or {}).get("Runtime") or None,
+            finished_at=_epoch(state.get("FinishedAt")),
         )
 
     async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
@@ -298,7 +338,7 @@ class DockerBackend(Backend):
             response = api._get(url, params=params, stream=True)  # type: ignore[attr-defined]
             sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
             api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
-            return LogsOutput(response)
+            return LogsOutput(response, _exited(api, container_id))
 
         return await self._run(logs)
 

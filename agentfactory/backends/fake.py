@@ -1,14 +1,14 @@
 """FakeBackend: a behavioural stand-in for the engine (JupyterHub's SlowSpawner/NeverSpawner idea).
 
 Knobs per agent (through env `FAKE_*` of the spec): print N lines, exit with a code, start slowly,
-never start, crash at launch, report OOM, run until stopped. Used to test the state machine fast;
-the Docker adapter itself is tested against the real engine.
+never start, crash at launch, report OOM, run until stopped, keep its output open after its exit.
+Engine knobs for tests: `engine_down`, `cut_output()` (a restart with live-restore), `vanish`.
+Used to test the state machine fast; the Docker adapter itself is tested against the real engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,34 +33,64 @@ class FakeLaunchError(AgentFactoryError):
 @dataclass
 class _Container:
     spec: AgentSpec
-    chunks: queue.SimpleQueue[tuple[int, bytes] | None] = field(default_factory=queue.SimpleQueue)
     state: ContainerState = ContainerState.RUNNING
     exit_code: int | None = None
     oom: bool = False
     exited: threading.Event = field(default_factory=threading.Event)
+    # Everything it printed, in order, as an engine's log keeps it (a re-read replays it).
+    history: list[tuple[int, bytes]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    outputs: list[_Output] = field(default_factory=list)
+    hold_output: bool = False  # its output stream stays open after it exits (a stuck engine)
+
+    def print(self, stream: int, data: bytes) -> None:
+        with self.changed:
+            self.history.append((stream, data))
+            self.changed.notify_all()
 
 
-class _QueueOutput:
-    def __init__(self, c: _Container):
+class _Output:
+    """A follower of one container's output from position `start`: ends when the container
+    exits, when it is closed, or when the fake engine cuts it (`ended()` is then False)."""
+
+    def __init__(self, c: _Container, start: int):
         self._c = c
+        self._pos = start
+        self._closed = False
+        self.cut = False
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
+        c = self._c
         while True:
-            item = self._c.chunks.get()
-            if item is None:
-                return
+            with c.changed:
+                while self._pos >= len(c.history) and not self._over():
+                    c.changed.wait()
+                if self._pos < len(c.history):
+                    item = c.history[self._pos]
+                    self._pos += 1
+                elif self._over():
+                    return
             yield item
 
+    def _over(self) -> bool:
+        return self._closed or self.cut or (self._c.exited.is_set() and not self._c.hold_output)
+
     def close(self) -> None:
-        self._c.chunks.put(None)
+        with self._c.changed:
+            self._closed = True
+            self._c.changed.notify_all()
+
+    def ended(self) -> bool:
+        return not self.cut and self._c.exited.is_set()
 
 
 class FakeBackend(Backend):
     """In-memory containers driven by the spec's FAKE_* env knobs, keyed by agent id: a test
     that finds an agent's id in `containers` after its end has found a leftover container."""
 
-    def __init__(self, *, instance: str = "fake"):
+    def __init__(self, *, instance: str = "fake", engine_id: str = "FAKE:ENGINE"):
         self.instance = instance
+        self.id = engine_id
         self.containers: dict[str, _Container] = {}
         self.engine_down = False
         self.launches = 0
@@ -82,20 +112,28 @@ class FakeBackend(Backend):
             await asyncio.Event().wait()
         self.launches += 1
         cid = f"fake-{spec.agent_id}"
-        c = self.containers[spec.agent_id] = _Container(spec)
+        c = self.containers[spec.agent_id] = _Container(spec, hold_output=bool(env.get("FAKE_HOLD_OUTPUT")))
+        out = self._follow(c, 0)
         lines = int(env.get("FAKE_LINES", "0"))
         for i in range(1, lines + 1):
-            c.chunks.put((STDOUT, f"line {i}\n".encode()))
+            c.print(STDOUT, f"line {i}\n".encode())
         if not env.get("FAKE_RUN_UNTIL_STOPPED"):
             self._exit(c, int(env.get("FAKE_EXIT_CODE", "0")), bool(env.get("FAKE_OOM")))
-        return Launched(container_id=cid, output=_QueueOutput(c))
+        return Launched(container_id=cid, output=out)
+
+    @staticmethod
+    def _follow(c: _Container, start: int) -> _Output:
+        out = _Output(c, start)
+        c.outputs.append(out)
+        return out
 
     def _exit(self, c: _Container, code: int, oom: bool = False) -> None:
-        if c.state is ContainerState.EXITED:
-            return
-        c.state, c.exit_code, c.oom = ContainerState.EXITED, code, oom
-        c.chunks.put(None)
-        c.exited.set()
+        with c.changed:
+            if c.state is ContainerState.EXITED:
+                return
+            c.state, c.exit_code, c.oom = ContainerState.EXITED, code, oom
+            c.exited.set()
+            c.changed.notify_all()
 
     async def status(self, agent_id: str) -> ContainerStatus:
         self._check()
@@ -122,9 +160,9 @@ class FakeBackend(Backend):
         if c is not None:
             self._exit(c, 137)
 
-    async def logs(self, agent_id: str) -> _QueueOutput:
-        c = self.containers[agent_id]
-        return _QueueOutput(c)
+    async def logs(self, agent_id: str) -> _Output:
+        self._check()
+        return self._follow(self.containers[agent_id], 0)
 
     async def list_managed(self) -> list[ManagedContainer]:
         self._check()
@@ -133,9 +171,31 @@ class FakeBackend(Backend):
     async def usage(self, agent_id: str) -> ResourceUsage:
         return ResourceUsage()
 
+    async def engine_id(self) -> str:
+        self._check()
+        return self.id
+
+    # -- knobs for tests -------------------------------------------------------------------------
+
     def vanish(self, agent_id: str) -> None:
         """Someone removed the agent's container behind our back."""
         c = self.containers.pop(agent_id, None)
         if c is not None:
-            c.chunks.put(None)
-            c.exited.set()
+            self._exit(c, 137)
+
+    def print(self, agent_id: str, text: str) -> None:
+        """The agent prints `text` (raw: include the newline) on stdout."""
+        self.containers[agent_id].print(STDOUT, text.encode())
+
+    def exit(self, agent_id: str, code: int) -> None:
+        self._exit(self.containers[agent_id], code)
+
+    def cut_output(self) -> None:
+        """The engine goes away for a moment (live-restore: containers run on): every output
+        stream ends without the container having exited."""
+        for c in self.containers.values():
+            with c.changed:
+                for out in c.outputs:
+                    out.cut = True
+                c.outputs.clear()
+                c.changed.notify_all()

@@ -24,7 +24,7 @@ from agentfactory.catalog import Catalog
 from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import LogPump, Resume, Seal
+from agentfactory.runtime.logpump import CaptureInterrupted, LogPump, Resume, Seal
 from agentfactory.runtime.outcome import classify_exit
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
@@ -60,7 +60,9 @@ class Launcher:
         self.metrics = metrics
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._launching: set[int] = set()  # launches in flight here: the controller keeps off
         self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
+        self.stop_wait_seconds = 10.0  # past the grace, how long a stop waits for its watcher
 
     # -- reading and compare-and-set -------------------------------------------------------------
 
@@ -74,13 +76,21 @@ class Launcher:
         return await self.store.run(queries.list_agents_in, statuses=ACTIVE)
 
     def watching(self, pk: int) -> bool:
-        return pk in self._watchers
+        """Whether this process is launching or capturing the agent (the controller keeps off)."""
+        return pk in self._watchers or pk in self._launching
 
     # -- launching -------------------------------------------------------------------------------
 
     async def launch(self, row: AgentRow, token: str) -> AgentRow:
         """Start an admitted agent's container. RuntimeUnavailableError deletes the row: nothing
         is left behind; any other launch error ends the agent `failed`/`launch_failed`."""
+        self._launching.add(row.pk)
+        try:
+            return await self._launch(row, token)
+        finally:
+            self._launching.discard(row.pk)
+
+    async def _launch(self, row: AgentRow, token: str) -> AgentRow:
         await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING)
         try:
             launched = await self.backend.launch(
@@ -191,26 +201,48 @@ class Launcher:
         seal: Seal | None = None
         try:
             seal = await captured
+        except CaptureInterrupted as exc:
+            if not self.pump.stopping:
+                await self._hand_over(pk, agent_id, str(exc))
+            return
         except Exception as exc:
             log.warning("agent_capture_ended_with_error", agent_id=agent_id, error=type(exc).__name__)
         if self.pump.stopping:
             return  # shutting down while the container runs on: the next start resumes it
         try:
             st = await self.backend.wait(agent_id, timeout=30)
+            if st.state is ContainerState.RUNNING:  # its output ended but it runs on
+                await self._hand_over(pk, agent_id, "the output ended while the container runs")
+                return
             await self.finalize(pk, st, seal)
             await self.backend.remove(agent_id)
         except RuntimeUnavailableError:
-            log.warning("agent_finish_engine_down", agent_id=agent_id)
+            await self._hand_over(pk, agent_id, "the engine went away before the agent's end was read")
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("agent_finish_failed", agent_id=agent_id)
+
+    async def _hand_over(self, pk: int, agent_id: str, why: str) -> None:
+        """This watcher cannot finish the agent: the engine cut its output stream, or stopped
+        answering, while the container may run on (it stops, restarts, or restarts with
+        live-restore). Stop watching, note the outage on the row (an end it caused is then
+        reported as such), and leave the agent to the controller, which resumes or finalizes it
+        once the engine answers."""
+        self.metrics.agents_running.dec()
+        await self.store.run(queries.mark_engine_lost, pks=[pk], at=self.clock())
+        log.warning("agent_capture_handed_over", agent_id=agent_id, why=why)
 
     async def finalize(self, pk: int, st: ContainerStatus, seal: Seal | None = None) -> AgentRow | None:
         """Move the agent to its terminal status with exit code and seal (once). `seal` is the
         capture's running one; without it (after a restart) the stored lines are read back."""
         row = await self.load(pk)
         if row is None or row.status in TERMINAL:
+            return row
+        if st.state is ContainerState.RUNNING:
+            # With live-restore an engine reports a container it lost track of as exit code 0; a
+            # running container is never an end. The controller resumes it.
+            log.warning("finalize_refused_container_running", agent_id=row.id)
             return row
         status, reason, error = classify_exit(row, st)
         if reason == Reason.EXIT and status == AgentStatus.FAILED:
@@ -269,42 +301,62 @@ class Launcher:
         if row.status == AgentStatus.RUNNING:
             await self.backend.stop(row.id, grace)
             if watcher is not None:
-                await asyncio.wait({watcher}, timeout=grace + 10)
+                await asyncio.wait({watcher}, timeout=grace + self.stop_wait_seconds)
+                if not watcher.done():
+                    await self._give_up(row, watcher)
             else:
                 st = await self.backend.wait(row.id, timeout=5)
-                await self.finalize(row.pk, st)
-                await self.backend.remove(row.id)
+                fresh = await self.finalize(row.pk, st)
+                if fresh is not None and fresh.status in TERMINAL:
+                    await self.backend.remove(row.id)
         elif watcher is None:  # pending or starting, and no launch in flight here
             await self.backend.remove(row.id)
             await self.finalize(row.pk, ContainerStatus(ContainerState.EXITED, exit_code=None))
         return await self.load(row.pk) or row
 
+    async def _give_up(self, row: AgentRow, watcher: asyncio.Task[None]) -> None:
+        """A watcher that did not finish after its container was stopped: close its reader (its
+        capture then ends and it finalizes), or else cancel it and finalize from the engine's
+        status and the stored lines' seal."""
+        log.warning("agent_watcher_stuck", agent_id=row.id)
+        self.pump.close_reader(row.pk)
+        await asyncio.wait({watcher}, timeout=5)
+        if not watcher.done():
+            watcher.cancel()
+            await asyncio.wait({watcher}, timeout=1)
+        fresh = await self.load(row.pk)
+        if fresh is None or fresh.status in TERMINAL:
+            return
+        st = await self.backend.status(row.id)
+        done = await self.finalize(row.pk, st)
+        if done is not None and done.status in TERMINAL:
+            await self.backend.remove(row.id)
+
     # -- reconciling -----------------------------------------------------------------------------
 
-    async def finalize_if_lost(self, row: AgentRow) -> None:
-        """A running agent nobody here watches whose container is gone ends `failed`/`lost`."""
-        st = await self.backend.status(row.id)
-        if st.state is not ContainerState.MISSING:
-            return
+    async def reconcile(self, row: AgentRow) -> None:
+        """A running agent nobody here watches (after a restart, an adoption, an engine restart):
+        its container runs or has exited → capture it again from its stored position (the
+        watcher then finalizes an exited one with its real exit code, after its last lines);
+        gone → `failed`/`lost`."""
         fresh = await self.load(row.pk)
-        if fresh is not None and fresh.status == AgentStatus.RUNNING and not self.watching(row.pk):
-            await self.finalize(row.pk, st)
-
-    async def recover(self, row: AgentRow) -> None:
-        """After a restart: an interrupted launch fails, a vanished container is `lost`, a running
-        one is captured again from its stored position (and expires at once if overdue)."""
-        if row.status in (AgentStatus.PENDING, AgentStatus.STARTING):
-            await self.fail_launch(row.pk, row.id, "the control plane restarted during the launch")
+        if fresh is None or fresh.status != AgentStatus.RUNNING or self.watching(row.pk):
             return
         st = await self.backend.status(row.id)
         if st.state is ContainerState.MISSING:
-            await self.finalize(row.pk, ContainerStatus(ContainerState.MISSING))
+            await self.finalize(row.pk, st)
             return
-        await self.resume(row)
+        await self.resume(fresh, st)
+        if fresh.stop_reason is not None and st.state is ContainerState.RUNNING:
+            # A stop asked for while the engine was away never reached the container.
+            await self.backend.stop(row.id, self.settings.stop_grace_seconds)
 
-    async def resume(self, row: AgentRow) -> None:
-        """Capture a running agent again after a restart, from its stored position."""
+    async def resume(self, row: AgentRow, st: ContainerStatus | None = None) -> None:
+        """Capture a running agent again, from its stored position."""
         source = await self.backend.logs(row.id)
+        if self.watching(row.pk):  # resumed meanwhile by another path
+            source.close()
+            return
         last = await self.store.run(queries.last_log_seq, agent_pk=row.pk)
         resume = Resume(
             last_seq=last,
@@ -313,9 +365,15 @@ class Launcher:
             dropped_lines=row.log_dropped_lines,
             dropped_bytes=row.log_dropped_bytes,
         )
+        if self.watching(row.pk):
+            source.close()
+            return
         self.metrics.agents_running.inc()
         self._watch(row.pk, row.id, source, list(row.secrets.values()), resume)
         self.arm_ttl(row.pk, row.expires_at)
+        if st is not None and st.state is ContainerState.RUNNING and row.engine_lost_at is not None:
+            # It outlived the engine's outage (live-restore): the outage is no longer its story.
+            await self.store.run(queries.clear_engine_lost, pk=row.pk)
         log.info("agent_resumed", agent_id=row.id, from_seq=last)
 
     async def shutdown(self) -> None:

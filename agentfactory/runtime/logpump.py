@@ -53,6 +53,18 @@ class _Done:
     seal: Seal | None
 
 
+class CaptureInterrupted(Exception):
+    """The output stream ended while the container had not: the engine went away or restarted."""
+
+
+def _output_ended(source: OutputSource) -> bool:
+    """Whether `source` ended because its container exited (asks the engine; False on doubt)."""
+    try:
+        return bool(source.ended())
+    except Exception:
+        return False
+
+
 @dataclass(frozen=True)
 class Resume:
     """Where capture of an agent continues: the last stored seq and how many raw lines of each
@@ -178,16 +190,29 @@ class LogPump:
         except Exception as exc:  # the engine went away mid-read: keep what we have, report it
             error = exc
             log.warning("log_capture_interrupted", agent_pk=agent_pk, error=type(exc).__name__)
-        finally:
-            if not self.stopping:  # at shutdown a partial line stays unread: the restart re-reads it
+        # Only an output that ended with its container is finished: a stream the engine cut (it
+        # stopped or restarted) leaves its partial line and tail unread, its position stored, for
+        # the capture that resumes it (as at shutdown).
+        ended = not self.stopping and _output_ended(source)
+        try:
+            if ended:
                 rest = splitter.flush()
                 for chunk in rest:
                     seen[chunk.stream] += chunk.raw_complete
                 push(bounded.admit(rest) + bounded.finish(), final=True)
+        finally:
             self._readers.pop(agent_pk, None)
-            whole = resume.last_seq == 0 and not self.stopping
+            whole = resume.last_seq == 0 and ended
             seal = (sealed_lines, sealed_bytes, digest.hexdigest()) if whole else None
+            if not ended and not self.stopping:
+                error = CaptureInterrupted(f"the output stream was cut ({type(error).__name__ if error else 'EOF'})")
             self._queue.put(_Done(agent_pk, notify, error, seal))
+
+    def close_reader(self, agent_pk: int) -> None:
+        """Stop reading one agent (a watcher that cannot finish is given up): its capture ends."""
+        reader = self._readers.get(agent_pk)
+        if reader is not None:
+            reader[1].close()
 
     @staticmethod
     def _skip(chunks: list[Chunk], skip: dict[int, int]) -> list[Chunk]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from agentfactory.backends.base import ContainerState, ContainerStatus
 from agentfactory.store.tables import AgentRow
 
+ENGINE_LOST = "the container engine stopped or restarted while the agent ran"
+KILLED_BY_ENGINE = (128 + 15, 128 + 9)  # SIGTERM, SIGKILL: how an engine that stops ends its containers
+
 
 def classify_exit(row: AgentRow, st: ContainerStatus) -> tuple[str, str, str | None]:
     """(status, reason, error) of an agent whose container ended as `st`.
@@ -20,13 +23,31 @@ def classify_exit(row: AgentRow, st: ContainerStatus) -> tuple[str, str, str | N
     ("panic: unable to activate mm: creating stub process: resource temporarily unavailable") and the
     whole sandbox goes. Such an agent is `failed`/`sandbox_died`, not an ordinary non-zero exit. The
     runtime's own "bad spec" exit is also 2; its reason is on stderr, which the log keeps.
+
+    Engine outages: `row.engine_lost_at` is set when the engine went away while the agent ran, and
+    cleared once its container is seen running again (live-restore). A container then found gone,
+    or stopped by a signal (SIGTERM/SIGKILL: the engine stops its containers when it stops without
+    live-restore), was ended by the outage, not by the agent: `failed`/`lost`, and `error` says so.
+
+    A running container has not ended: the caller never classifies one (ValueError).
     """
+    if st.state is ContainerState.RUNNING:
+        raise ValueError("a running container has not ended")
     if row.stop_reason == "cancelled":
         return "cancelled", "cancelled", None
     if row.stop_reason == "ttl_expired":
         return "expired", "ttl_expired", f"TTL of {row.ttl_seconds}s ran out"
     if st.state is ContainerState.MISSING:
+        if row.engine_lost_at is not None:
+            return "failed", "lost", f"{ENGINE_LOST}; its container is gone"
         return "failed", "lost", "the agent's container disappeared"
+    if row.engine_lost_at is not None and st.exit_code in KILLED_BY_ENGINE and not st.oom_killed:
+        return (
+            "failed",
+            "lost",
+            f"{ENGINE_LOST} and stopped its container (exit code {st.exit_code}; "
+            "an engine with live-restore keeps agents running through a restart)",
+        )
     if st.oom_killed:
         if st.exit_code == 0:
             return "failed", "oom_killed", "a process inside the agent was killed for memory (main process exited 0)"

@@ -1,8 +1,15 @@
-"""The reaper: TTL expiry, stuck launches, lost containers, orphans, retention; and start-up recovery.
+"""The controller: every pass brings each agent this replica runs back to the truth.
+
+TTL expiry, stuck launches, and agents nobody here watches (after a restart, or an engine that
+went away and came back): their container runs or has exited → capture resumes from the stored
+position (an exited one is then finalized with its real exit code); gone → `lost`. While the
+engine does not answer, the pass only notes the outage on the running agents (so an end caused by
+it is reported truthfully) and waits: when the engine is back, the next pass catches up, with no
+restart of ours. Then orphans and retention.
 
 Each decision re-reads the row before acting (a status may have changed since the listing), and
 each item is handled in its own try/except so one bad agent never stops a pass. Every action is
-one of the launcher's public operations; the reaper only decides which, and when.
+one of the launcher's public operations; the controller only decides which, and when.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from collections.abc import Awaitable, Sequence
 
 import structlog
 
+from agentfactory.errors import RuntimeUnavailableError
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import queries
@@ -30,6 +38,7 @@ class Reaper(Loop):
         self.launcher = launcher
         self.retention_seconds = retention_days * 86_400
         self.start_deadline = start_deadline
+        self.engine_up: bool | None = None  # as the last pass found it
 
     async def _each(self, items: Sequence[Awaitable[None]]) -> None:
         results = await asyncio.gather(*items, return_exceptions=True)
@@ -37,21 +46,52 @@ class Reaper(Loop):
             if isinstance(r, BaseException):
                 log.error("reaper_item_failed", error=repr(r))
 
+    async def _engine_answers(self) -> bool:
+        try:
+            await self.launcher.backend.ping()
+            up = True
+        except RuntimeUnavailableError:
+            up = False
+        if up != self.engine_up:
+            log.info("engine_up" if up else "engine_down")
+        self.engine_up = up
+        return up
+
     async def run_once(self) -> None:
+        await self._pass(recovering=False)
+
+    async def recover(self) -> None:
+        """At start-up: a pass that also fails the launches a previous process left unfinished.
+        Lines printed while nobody watched are read back from the engine's copy of the output;
+        none is stored twice. The overdue agents go first, so that they expire at once."""
+        await self._pass(recovering=True)
+
+    async def _pass(self, *, recovering: bool) -> None:
         lch = self.launcher
         now = lch.clock()
         rows = await lch.active_agents()
         running = [r for r in rows if r.status == AgentStatus.RUNNING]
-        await self._each(
-            [lch.expire_if_due(r.pk) for r in running if r.expires_at <= now]
-            + [
-                self._fail_stuck(r)
-                for r in rows
-                if r.status in LAUNCHING and r.created_at < now - self.start_deadline and not lch.watching(r.pk)
-            ]
-            + [lch.finalize_if_lost(r) for r in running if not lch.watching(r.pk)]
-        )
-        await self.remove_orphans()
+        if not await self._engine_answers():
+            # Nothing can be decided about containers now; note the outage on the agents it hits.
+            await lch.store.run(queries.mark_engine_lost, pks=[r.pk for r in running], at=now)
+        else:
+            running.sort(key=lambda r: r.expires_at)
+            stuck_before = now if recovering else now - self.start_deadline
+            why = (
+                "the control plane restarted during the launch"
+                if recovering
+                else "the agent did not start within the start deadline"
+            )
+            await self._each(
+                [lch.reconcile(r) for r in running if not lch.watching(r.pk)]
+                + [lch.expire_if_due(r.pk) for r in running if r.expires_at <= now and lch.watching(r.pk)]
+                + [
+                    self._fail_stuck(r, why)
+                    for r in rows
+                    if r.status in LAUNCHING and r.created_at < stuck_before and not lch.watching(r.pk)
+                ]
+            )
+            await self.remove_orphans()
         purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)
         if purged:
             lch.metrics.agents_purged.inc(purged)
@@ -59,11 +99,11 @@ class Reaper(Loop):
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
 
-    async def _fail_stuck(self, row: AgentRow) -> None:
+    async def _fail_stuck(self, row: AgentRow, why: str) -> None:
         fresh = await self.launcher.load(row.pk)
-        if fresh is None or fresh.status not in LAUNCHING:
+        if fresh is None or fresh.status not in LAUNCHING or self.launcher.watching(row.pk):
             return
-        await self.launcher.fail_launch(fresh.pk, fresh.id, "the agent did not start within the start deadline")
+        await self.launcher.fail_launch(fresh.pk, fresh.id, why)
 
     async def remove_orphans(self) -> None:
         """Remove labelled containers whose agent has no row (or is finished and not being finalized)."""
@@ -82,18 +122,3 @@ class Reaper(Loop):
                     log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
                 except Exception as exc:
                     log.error("orphan_remove_failed", agent_id=m.agent_id, error=repr(exc))
-
-    async def recover(self) -> None:
-        """At start-up: resume running agents, expire overdue ones, fail interrupted launches,
-        remove orphans. Lines printed while the control plane was down are read back from the
-        engine's copy of the output; none is stored twice. Agents are handled concurrently, the
-        overdue ones first, so that they expire within moments of the restart."""
-        lch = self.launcher
-        rows = await lch.active_agents()
-        now = lch.clock()
-        rows.sort(key=lambda r: (r.status != AgentStatus.RUNNING or r.expires_at > now, r.expires_at))
-        results = await asyncio.gather(*(lch.recover(r) for r in rows), return_exceptions=True)
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("recover_failed", agent_id=row.id, error=repr(result))
-        await self.remove_orphans()

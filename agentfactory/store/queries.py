@@ -114,6 +114,21 @@ def update_agent(*, session: Session, pk: int, only_if_status: Iterable[str] | N
     return bool(session.execute(q.values(**values)).rowcount)  # type: ignore[attr-defined]
 
 
+def mark_engine_lost(*, session: Session, pks: Sequence[int], at: float) -> None:
+    """Note that the engine of these running agents was unreachable at `at` (the first note stays)."""
+    if pks:
+        session.execute(
+            update(AgentRow)
+            .where(AgentRow.pk.in_(pks), AgentRow.status == "running", AgentRow.engine_lost_at.is_(None))
+            .values(engine_lost_at=at)
+        )
+
+
+def clear_engine_lost(*, session: Session, pk: int) -> None:
+    """The agent's container was seen running after an engine outage: the outage did not end it."""
+    session.execute(update(AgentRow).where(AgentRow.pk == pk).values(engine_lost_at=None))
+
+
 def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion_tokens: int) -> None:
     session.execute(
         update(AgentRow)

@@ -9,7 +9,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agentfactory.vocabulary import ACTIVE, STDERR, STDOUT, TERMINAL
 
-__all__ = ["ACTIVE", "STDERR", "STDOUT", "TERMINAL", "AgentRow", "ApiKeyRow", "Base", "LogChunkRow"]
+__all__ = [
+    "ACTIVE",
+    "STDERR",
+    "STDOUT",
+    "TERMINAL",
+    "AgentRow",
+    "ApiKeyRow",
+    "Base",
+    "LogChunkRow",
+    "RateBucketRow",
+    "ReplicaRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -56,6 +67,11 @@ class AgentRow(Base):
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # High availability (SPEC §13): the replica that watches it, the engine its container is on,
+    # and when that engine was last found unreachable while it ran (None once seen running again).
+    owner: Mapped[str | None] = mapped_column(String(80), index=True)
+    engine_id: Mapped[str | None] = mapped_column(String(200))
+    engine_lost_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
@@ -77,6 +93,31 @@ class LogChunkRow(Base):
     ts: Mapped[float] = mapped_column(Float)
     stream: Mapped[int] = mapped_column(SmallInteger)
     text: Mapped[str] = mapped_column(Text)
+
+
+class ReplicaRow(Base):
+    """One control-plane process's lease: alive while `heartbeat_at` (the database's clock) is
+    recent. `host` and `pid` let a replica on the same machine see at once that one is dead."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str | None] = mapped_column(String(255))
+    engine_id: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class RateBucketRow(Base):
+    """A key's request token bucket, shared by every replica (PostgreSQL): tokens left at `updated_at`."""
+
+    __tablename__ = "rate_buckets"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class ApiKeyRow(Base):

@@ -1,0 +1,127 @@
+"""The Docker Engine restarts under a running control plane, or is down when it starts (issue 17,
+SPEC §13 "The engine misbehaves"). Each test stops and starts an engine of its own (PrivateEngine:
+own socket, data root, exec root), never the machine's shared one, and destroys it whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.fake_openai import FakeOpenAI
+from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
+from tests.support.engine import PrivateEngine
+from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
+REAPER_INTERVAL = 1.0  # tests/support/server.py's AGENTFACTORY_REAPER_INTERVAL_SECONDS
+
+
+@pytest.fixture(scope="module")
+def engine(docker_engine: None) -> Iterator[PrivateEngine]:
+    eng = PrivateEngine()
+    try:
+        eng.start()
+        eng.load_image()
+        yield eng
+    finally:
+        eng.destroy()
+
+
+@pytest.fixture
+def srv(make_server: type[ServerProcess], upstream: FakeOpenAI, engine: PrivateEngine, tmp_path: Path) -> ServerProcess:
+    catalog = write_catalog(tmp_path / "catalog.json", upstream)
+    return make_server(catalog=catalog, env={UPSTREAM_KEY_ENV: UPSTREAM_KEY, "DOCKER_HOST": engine.host})
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def printer(c: httpx.Client, lines: int) -> str:
+    command = f"for i in $(seq 1 {lines}); do echo n$i; sleep 0.1; done"
+    r = c.post("/agents", json={"model": "sh", "tools": ["shell"], "prompt": command, "ttl_seconds": 300})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def numbered(lines: list[dict[str, Any]]) -> list[str]:
+    return [x["text"] for x in lines if x["text"].startswith("n") and x["text"][1:].isdigit()]
+
+
+def assert_whole(c: httpx.Client, agent_id: str, final: dict[str, Any], n: int) -> None:
+    lines = all_log_lines(c, agent_id)
+    assert numbered(lines) == [f"n{i}" for i in range(1, n + 1)]
+    data = "".join(x["text"] + "\n" for x in lines).encode()
+    assert (final["log_lines"], final["log_sha256"]) == (len(lines), hashlib.sha256(data).hexdigest())
+
+
+def restart(engine: PrivateEngine, *, live_restore: bool) -> None:
+    if engine.live_restore != live_restore:
+        engine.stop()
+        engine.start(live_restore=live_restore)
+
+
+def test_live_restore_agents_resume_and_finish_with_every_line(engine: PrivateEngine, srv: ServerProcess) -> None:
+    restart(engine, live_restore=True)
+    srv.start()
+    with srv.client() as c:
+        ids = [printer(c, 60) for _ in range(3)]
+        wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 10 for a in ids), timeout=60, what="lines")
+        engine.stop()
+        engine.start(live_restore=True)
+        for a in ids:
+            final = wait_terminal(c, a, timeout=60)
+            assert (final["status"], final["exit_code"]) == ("succeeded", 0), final
+            assert_whole(c, a, final, 60)
+
+
+def test_without_live_restore_agents_end_lost_naming_the_engine_within_a_pass(
+    engine: PrivateEngine, srv: ServerProcess
+) -> None:
+    restart(engine, live_restore=False)
+    srv.start()
+    with srv.client() as c:
+        ids = [printer(c, 600) for _ in range(3)]
+        wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 5 for a in ids), timeout=60, what="lines")
+        engine.stop()  # it stops its containers (the runtime exits 143 on SIGTERM)
+        back = engine.start(live_restore=False)
+        lags = []
+        for a in ids:
+            final = wait_terminal(c, a, timeout=30)
+            assert (final["status"], final["reason"]) == ("failed", "lost"), final
+            assert "engine stopped or restarted" in final["error"]
+            lags.append(ts(final["finished_at"]) - back)
+            texts = numbered(all_log_lines(c, a))
+            assert texts == [f"n{i}" for i in range(1, len(texts) + 1)]
+        print(f"lost after the engine's return: {', '.join(f'{x:.2f}s' for x in lags)}")
+        # One pass interval (jitter 10 %), plus the pass itself on a loaded 2-core machine.
+        assert max(lags) <= REAPER_INTERVAL * 1.1 + 1.5
+
+
+def test_a_control_plane_started_while_the_engine_is_down_adopts_what_runs(
+    engine: PrivateEngine, srv: ServerProcess
+) -> None:
+    restart(engine, live_restore=True)
+    srv.start()
+    with srv.client() as c:
+        ids = [printer(c, 80) for _ in range(3)]
+        wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 5 for a in ids), timeout=60, what="lines")
+    srv.stop()  # its containers run on
+    engine.stop()
+    srv.start()
+    with srv.client() as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["engine"].startswith("down")
+        engine.start(live_restore=True)
+        wait_until(lambda: c.get("/ready").status_code == 200, timeout=30, what="ready")
+        for a in ids:
+            final = wait_terminal(c, a, timeout=60)
+            assert final["status"] == "succeeded", final
+            assert_whole(c, a, final, 80)
