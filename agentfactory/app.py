@@ -17,6 +17,7 @@ from agentfactory import __version__
 from agentfactory.api import mount_http_api
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.gateway.seat import GatewaySeat
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
@@ -66,13 +67,17 @@ def create_app(
         metrics=metrics,
         logger=structlog.get_logger("agentfactory.gateway"),
     )
+    seat = GatewaySeat(gateway)
     reaper = Reaper(
         launcher=svc.launcher,
+        replica=svc.replica,
         interval=settings.reaper_interval_seconds,
         retention_days=settings.retention_days,
         start_deadline=settings.start_deadline_seconds,
     )
-    sampler = UsageSampler(store=store, backend=svc.backend, interval=settings.usage_interval_seconds)
+    sampler = UsageSampler(
+        store=store, backend=svc.backend, interval=settings.usage_interval_seconds, owner=svc.replica.id
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,18 +88,25 @@ def create_app(
         await asyncio.to_thread(store.migrate)
         await asyncio.to_thread(ensure_bootstrap_admin, store=store, admin_key=settings.admin_key)
         svc.start(loop)
-        if serve_gateway:
-            await gateway.start()
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
+        if serve_gateway and not await seat.take():
+            # Another replica on this machine serves the socket: take over if it dies.
+            log.info("gateway_served_by_another_replica", socket=str(gateway.socket_path))
+            loops.append(loop.create_task(seat.run(stop)))
         if run_loops:
             try:
+                await svc.replica.run_once()  # the lease, the database's clock, the engine's id
+            except Exception as exc:  # the lease loop retries
+                log.warning("lease_failed", error=repr(exc))
+            try:
                 await reaper.recover()
-            except Exception as exc:  # the engine may be down at start; the reaper catches up later
+            except Exception as exc:  # the controller catches up on its next passes
                 log.warning("recover_failed", error=repr(exc))
+            loops.append(loop.create_task(svc.replica.run(stop)))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
-        log.info("control_plane_started", version=__version__, backend=settings.backend)
+        log.info("control_plane_started", version=__version__, backend=settings.backend, replica_id=svc.replica.id)
         try:
             async with mcp.session_manager.run():
                 yield
@@ -103,8 +115,10 @@ def create_app(
             if loops:
                 await asyncio.wait(loops, timeout=10)
             await svc.launcher.shutdown()
+            if svc.replica.leasing:
+                await svc.replica.release()  # after capture stopped: our agents are adopted at once
             if serve_gateway:
-                await gateway.stop()
+                await seat.release()
             await svc.backend.close()
             store.dispose()
             log.info("control_plane_stopped")

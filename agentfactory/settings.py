@@ -43,7 +43,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
-    instance_id: str = Field("local", description="label value naming this control plane on its containers")
+    instance_id: str = Field(
+        "local", description="label value naming this control plane (all its replicas) on its containers"
+    )
+    replica_id: str | None = Field(
+        None, description="this replica's id in the replicas' leases; default: generated per process"
+    )
+    adopt_after_seconds: float = Field(
+        15, gt=0, description="a dead replica's agents are adopted by another replica within this"
+    )
 
     @field_validator("agent_network")
     @classmethod

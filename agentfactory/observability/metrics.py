@@ -79,6 +79,12 @@ class Metrics:
         self.gateway_requests = Counter(
             p + "gateway_requests_total", "Model gateway calls", ["model", "outcome"], registry=r
         )
+        self.replicas_live = Gauge(
+            p + "replicas_live", "Replicas whose lease is current, as this replica sees them", registry=r
+        )
+        self.agents_adopted = Counter(
+            p + "agents_adopted_total", "Agents this replica adopted from a replica that died or stopped", registry=r
+        )
         for s in STATUSES:
             self.agents_finished.labels(status=s)
         for reason in REASONS:

@@ -49,8 +49,10 @@ class Launcher:
         pump: LogPump,
         hub: Hub,
         metrics: Metrics,
+        replica_id: str = "local",
         clock: Callable[[], float] = time.time,
     ):
+        self.replica_id = replica_id  # the owner this process writes on the agents it runs
         self.settings = settings
         self.catalog = catalog
         self.store = store
@@ -63,6 +65,8 @@ class Launcher:
         self._launching: set[int] = set()  # launches in flight here: the controller keeps off
         self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
         self.stop_wait_seconds = 10.0  # past the grace, how long a stop waits for its watcher
+        self._stopping: set[int] = set()  # stops in progress here
+        self._abandoned: set[int] = set()  # adopted by another replica while watched here
 
     # -- reading and compare-and-set -------------------------------------------------------------
 
@@ -70,10 +74,23 @@ class Launcher:
         return await self.store.run(queries.get_agent_by_pk, pk=pk)
 
     async def _cas(self, pk: int, only_if: tuple[str, ...] | None, **values: Any) -> bool:
-        return await self.store.run(queries.update_agent, pk=pk, only_if_status=only_if, **values)
+        """A transition of an agent this replica owns (none of one another replica adopted)."""
+        return await self.store.run(
+            queries.update_agent, pk=pk, only_if_status=only_if, only_if_owner=self.replica_id, **values
+        )
 
     async def active_agents(self) -> list[AgentRow]:
-        return await self.store.run(queries.list_agents_in, statuses=ACTIVE)
+        """The active agents this replica owns."""
+        return await self.store.run(queries.list_agents_in, statuses=ACTIVE, owner=self.replica_id)
+
+    def owns(self, row: AgentRow) -> bool:
+        return row.owner == self.replica_id
+
+    def watched(self) -> list[int]:
+        return list(self._watchers)
+
+    def stopping(self, pk: int) -> bool:
+        return pk in self._stopping
 
     def watching(self, pk: int) -> bool:
         """Whether this process is launching or capturing the agent (the controller keeps off)."""
@@ -91,8 +108,10 @@ class Launcher:
             self._launching.discard(row.pk)
 
     async def _launch(self, row: AgentRow, token: str) -> AgentRow:
-        await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING)
         try:
+            # The engine it runs on, so that only replicas reaching that engine adopt it.
+            engine_id = await self.backend.engine_id()
+            await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING, engine_id=engine_id)
             launched = await self.backend.launch(
                 agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
             )
@@ -176,9 +195,10 @@ class Launcher:
         await self.stop(row, Reason.TTL_EXPIRED, 0)
 
     async def set_expiry(self, row: AgentRow, expires_at: float) -> AgentRow:
-        """Move an active agent's `expires_at` (the caller checked the bounds)."""
-        await self._cas(row.pk, ACTIVE, expires_at=expires_at)
-        if row.status == AgentStatus.RUNNING:
+        """Move an active agent's `expires_at` (the caller checked the bounds). Any replica may;
+        the owner's timer re-reads the row when it fires, and its controller catches an earlier one."""
+        await self.store.run(queries.update_agent, pk=row.pk, only_if_status=ACTIVE, expires_at=expires_at)
+        if row.status == AgentStatus.RUNNING and self.owns(row):
             self.arm_ttl(row.pk, expires_at)
         self.hub.bump(row.pk)
         return await self.load(row.pk) or row
@@ -186,6 +206,7 @@ class Launcher:
     # -- watching --------------------------------------------------------------------------------
 
     def _watch(self, pk: int, agent_id: str, source: OutputSource, secrets: list[str], resume: Resume) -> None:
+        self._abandoned.discard(pk)
         done = self.pump.capture(
             agent_pk=pk,
             source=source,
@@ -197,25 +218,38 @@ class Launcher:
         self._watchers[pk] = task
         task.add_done_callback(lambda _t: self._watchers.pop(pk, None))
 
+    def abandon(self, pk: int) -> None:
+        """Another replica adopted this agent (our lease lapsed): stop capturing and timing it
+        here, finalize nothing. The log writer already refuses our lines for it."""
+        timer = self._ttl_timers.pop(pk, None)
+        if timer is not None:
+            timer.cancel()
+        if pk in self._watchers:
+            self._abandoned.add(pk)
+            self.metrics.agents_running.dec()
+            self.pump.close_reader(pk)
+        log.warning("agent_adopted_elsewhere", agent_pk=pk)
+
     async def _finish_when_captured(self, pk: int, agent_id: str, captured: asyncio.Future[Seal | None]) -> None:
         seal: Seal | None = None
         try:
             seal = await captured
         except CaptureInterrupted as exc:
-            if not self.pump.stopping:
+            if not self.pump.stopping and pk not in self._abandoned:
                 await self._hand_over(pk, agent_id, str(exc))
             return
         except Exception as exc:
             log.warning("agent_capture_ended_with_error", agent_id=agent_id, error=type(exc).__name__)
-        if self.pump.stopping:
-            return  # shutting down while the container runs on: the next start resumes it
+        if self.pump.stopping or pk in self._abandoned:
+            return  # shutting down while the container runs on (the next start resumes it), or adopted
         try:
             st = await self.backend.wait(agent_id, timeout=30)
             if st.state is ContainerState.RUNNING:  # its output ended but it runs on
                 await self._hand_over(pk, agent_id, "the output ended while the container runs")
                 return
-            await self.finalize(pk, st, seal)
-            await self.backend.remove(agent_id)
+            row = await self.finalize(pk, st, seal)
+            if row is not None and row.status in TERMINAL:
+                await self.backend.remove(agent_id)
         except RuntimeUnavailableError:
             await self._hand_over(pk, agent_id, "the engine went away before the agent's end was read")
         except asyncio.CancelledError:
@@ -297,6 +331,15 @@ class Launcher:
         if row.status in TERMINAL:
             return row
         await self.store.run(queries.set_stop_reason, pk=row.pk, stop_reason=stop_reason)
+        if not self.owns(row):
+            return await self._stop_elsewhere(row, grace)
+        self._stopping.add(row.pk)
+        try:
+            return await self._stop(row, grace)
+        finally:
+            self._stopping.discard(row.pk)
+
+    async def _stop(self, row: AgentRow, grace: float) -> AgentRow:
         watcher = self._watchers.get(row.pk)
         if row.status == AgentStatus.RUNNING:
             await self.backend.stop(row.id, grace)
@@ -313,6 +356,28 @@ class Launcher:
             await self.backend.remove(row.id)
             await self.finalize(row.pk, ContainerStatus(ContainerState.EXITED, exit_code=None))
         return await self.load(row.pk) or row
+
+    async def _stop_elsewhere(self, row: AgentRow, grace: float) -> AgentRow:
+        """Another replica owns the agent: it finalizes it (the seal needs its capture). Stop the
+        container here when it is on our engine (the owner's controller stops it otherwise, as it
+        sees the stop reason), then wait for the owner's terminal write."""
+        if row.status == AgentStatus.RUNNING and row.engine_id is not None:
+            try:
+                if row.engine_id == await self.backend.engine_id():
+                    await self.backend.stop(row.id, grace)
+            except RuntimeUnavailableError:
+                pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace + self.stop_wait_seconds + 5
+        fresh: AgentRow | None = row
+        while (remaining := deadline - loop.time()) > 0:
+            wake = self.hub.subscribe(row.pk)
+            fresh = await self.load(row.pk)
+            if fresh is None or fresh.status in TERMINAL:
+                wake.cancel()
+                break
+            await self.hub.wait(row.pk, min(remaining, 0.25), wake)
+        return fresh or row
 
     async def _give_up(self, row: AgentRow, watcher: asyncio.Task[None]) -> None:
         """A watcher that did not finish after its container was stopped: close its reader (its

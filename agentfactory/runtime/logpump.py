@@ -80,8 +80,9 @@ class Resume:
 class LogPump:
     """Owns the writer thread and the per-agent reader threads."""
 
-    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics):
+    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics, owner: str | None = None):
         self._store = store
+        self._owner = owner  # lines are stored only for agents this replica (still) owns
         self._hub = hub
         self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -285,25 +286,35 @@ class LogPump:
             return
         with self._store.session() as s:
             conn = s.connection()
-            if rows:
-                conn.exec_driver_sql(self._insert_sql, rows)
+            # Positions first: on PostgreSQL this locks each agent's row (an adoption waits for
+            # it or skips it), and an agent another replica adopted meanwhile is fenced off: its
+            # lines are left to the adopter, which resumes from the position stored before.
+            fenced: set[int] = set()
             for pk, batch in positions.items():
-                conn.execute(
-                    update(AgentRow)
-                    .where(AgentRow.pk == pk)
-                    .values(
+                q = update(AgentRow).where(AgentRow.pk == pk)
+                if self._owner is not None:
+                    q = q.where(AgentRow.owner == self._owner)
+                moved = conn.execute(
+                    q.values(
                         stdout_consumed=batch.consumed[0],
                         stderr_consumed=batch.consumed[1],
                         log_dropped_lines=batch.dropped[0],
                         log_dropped_bytes=batch.dropped[1],
                     )
                 )
-                if pk in first_ts:
-                    conn.execute(
-                        update(AgentRow)
-                        .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
-                        .values(first_output_at=first_ts[pk])
-                    )
+                if not moved.rowcount:
+                    fenced.add(pk)
+            if fenced:
+                rows = [r for r in rows if r[0] not in fenced]
+                log.warning("log_lines_fenced", agent_pks=sorted(fenced))
+            if rows:
+                conn.exec_driver_sql(self._insert_sql, rows)
+            for pk in first_ts.keys() - fenced:
+                conn.execute(
+                    update(AgentRow)
+                    .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
+                    .values(first_output_at=first_ts[pk])
+                )
         self._metrics.log_lines.inc(lines)
         self._metrics.log_bytes.inc(nbytes)
         self._hub.bump_threadsafe(list(positions))

@@ -1,11 +1,15 @@
-"""The controller: every pass brings each agent this replica runs back to the truth.
+"""The controller: every pass brings each agent this replica owns back to the truth, and adopts
+the agents of replicas that died.
 
-TTL expiry, stuck launches, and agents nobody here watches (after a restart, or an engine that
-went away and came back): their container runs or has exited → capture resumes from the stored
-position (an exited one is then finalized with its real exit code); gone → `lost`. While the
-engine does not answer, the pass only notes the outage on the running agents (so an end caused by
-it is reported truthfully) and waits: when the engine is back, the next pass catches up, with no
-restart of ours. Then orphans and retention.
+A pass: adopt the active agents nobody live owns on this engine (a replica whose lease lapsed, one
+that stopped, one on this machine whose process is gone), and let go of those another replica
+adopted from us; then, for each agent this replica owns: TTL expiry, stuck or interrupted
+launches, a stop asked for on another replica, and agents nobody here watches (after a restart,
+an adoption, or an engine that went away and came back): their container runs or has exited →
+capture resumes from the stored position (an exited one is then finalized with its real exit
+code); gone → `lost`. While the engine does not answer, the pass only notes the outage on the
+running agents (so an end caused by it is reported truthfully) and waits: when the engine is back,
+the next pass catches up, with no restart of ours. Then orphans and retention.
 
 Each decision re-reads the row before acting (a status may have changed since the listing), and
 each item is handled in its own try/except so one bad agent never stops a pass. Every action is
@@ -22,6 +26,7 @@ import structlog
 from agentfactory.errors import RuntimeUnavailableError
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
+from agentfactory.runtime.replicas import Replica
 from agentfactory.store import queries
 from agentfactory.store.tables import TERMINAL, AgentRow
 from agentfactory.vocabulary import AgentStatus
@@ -33,14 +38,23 @@ LAUNCHING = (AgentStatus.PENDING, AgentStatus.STARTING)
 class Reaper(Loop):
     name = "reaper"
 
-    def __init__(self, *, launcher: Launcher, interval: float, retention_days: float, start_deadline: float):
+    def __init__(
+        self,
+        *,
+        launcher: Launcher,
+        replica: Replica,
+        interval: float,
+        retention_days: float,
+        start_deadline: float,
+    ):
         super().__init__(interval=interval)
         self.launcher = launcher
+        self.replica = replica
         self.retention_seconds = retention_days * 86_400
         self.start_deadline = start_deadline
         self.engine_up: bool | None = None  # as the last pass found it
 
-    async def _each(self, items: Sequence[Awaitable[None]]) -> None:
+    async def _each(self, items: Sequence[Awaitable[object]]) -> None:
         results = await asyncio.gather(*items, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -49,6 +63,8 @@ class Reaper(Loop):
     async def _engine_answers(self) -> bool:
         try:
             await self.launcher.backend.ping()
+            if self.replica.engine_id is None:
+                self.replica.engine_id = await self.launcher.backend.engine_id()
             up = True
         except RuntimeUnavailableError:
             up = False
@@ -69,26 +85,31 @@ class Reaper(Loop):
     async def _pass(self, *, recovering: bool) -> None:
         lch = self.launcher
         now = lch.clock()
+        engine_up = await self._engine_answers()
+        adopted: set[int] = set()
+        if engine_up:
+            await self._let_go()
+            adopted = await self._adopt()
         rows = await lch.active_agents()
         running = [r for r in rows if r.status == AgentStatus.RUNNING]
-        if not await self._engine_answers():
+        if not engine_up:
             # Nothing can be decided about containers now; note the outage on the agents it hits.
             await lch.store.run(queries.mark_engine_lost, pks=[r.pk for r in running], at=now)
         else:
             running.sort(key=lambda r: r.expires_at)
-            stuck_before = now if recovering else now - self.start_deadline
-            why = (
-                "the control plane restarted during the launch"
-                if recovering
-                else "the agent did not start within the start deadline"
-            )
+            grace = lch.settings.stop_grace_seconds
             await self._each(
                 [lch.reconcile(r) for r in running if not lch.watching(r.pk)]
                 + [lch.expire_if_due(r.pk) for r in running if r.expires_at <= now and lch.watching(r.pk)]
                 + [
-                    self._fail_stuck(r, why)
+                    lch.stop(r, r.stop_reason, grace)
+                    for r in running
+                    if r.stop_reason and r.expires_at > now and lch.watching(r.pk) and not lch.stopping(r.pk)
+                ]
+                + [
+                    self._fail_stuck(r, self._why_stuck(r, now, recovering or r.pk in adopted))
                     for r in rows
-                    if r.status in LAUNCHING and r.created_at < stuck_before and not lch.watching(r.pk)
+                    if r.status in LAUNCHING and not lch.watching(r.pk)
                 ]
             )
             await self.remove_orphans()
@@ -99,26 +120,69 @@ class Reaper(Loop):
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
 
-    async def _fail_stuck(self, row: AgentRow, why: str) -> None:
+    def _why_stuck(self, row: AgentRow, now: float, interrupted: bool) -> str | None:
+        if interrupted:
+            return "the control plane that launched it stopped during the launch"
+        if row.created_at < now - self.start_deadline:
+            return "the agent did not start within the start deadline"
+        return None
+
+    async def _adopt(self) -> set[int]:
+        """Claim the active agents nobody live owns on this engine; they are then this replica's."""
+        lch, rep = self.launcher, self.replica
+        if rep.engine_id is None:
+            return set()
+        pks = await lch.store.run(
+            queries.claim_agents,
+            owner=lch.replica_id,
+            engine_id=rep.engine_id,
+            lease_seconds=rep.lease_seconds,
+            dead=rep.dead_here(),
+        )
+        if pks:
+            lch.metrics.agents_adopted.inc(len(pks))
+            log.info("agents_adopted", count=len(pks), agent_pks=pks[:50])
+        return set(pks)
+
+    async def _let_go(self) -> None:
+        """Agents watched here that another replica adopted (our lease lapsed): stop watching them."""
+        lch = self.launcher
+        watched = lch.watched()
+        if not watched:
+            return
+        mine = await lch.store.run(queries.owned_among, owner=lch.replica_id, pks=watched)
+        for pk in watched:
+            if pk not in mine:
+                lch.abandon(pk)
+
+    async def _fail_stuck(self, row: AgentRow, why: str | None) -> None:
+        if why is None:
+            return
         fresh = await self.launcher.load(row.pk)
         if fresh is None or fresh.status not in LAUNCHING or self.launcher.watching(row.pk):
             return
         await self.launcher.fail_launch(fresh.pk, fresh.id, why)
 
     async def remove_orphans(self) -> None:
-        """Remove labelled containers whose agent has no row (or is finished and not being finalized)."""
+        """Remove labelled containers whose agent has no row, or is finished and being finalized
+        by nobody: never one another live replica owns (it may be finalizing it right now)."""
         lch = self.launcher
         managed = await lch.backend.list_managed()
         if not managed:
             return
-        known = await lch.store.run(queries.get_agent_states, agent_ids=[m.agent_id for m in managed])
+        known = await lch.store.run(queries.get_agent_owners, agent_ids=[m.agent_id for m in managed])
+        live = {r.id for r in self.replica.live(lch.clock())}
         for m in managed:
             state = known.get(m.agent_id)
-            orphan = state is None or (state[1] in TERMINAL and not lch.watching(state[0]))
-            if orphan:
-                try:
-                    await lch.backend.remove(m.agent_id)
-                    lch.metrics.orphans_reaped.inc()
-                    log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
-                except Exception as exc:
-                    log.error("orphan_remove_failed", agent_id=m.agent_id, error=repr(exc))
+            if state is not None:
+                pk, status, owner = state
+                if status not in TERMINAL or lch.watching(pk):
+                    continue
+                if owner is not None and owner != lch.replica_id and owner in live:
+                    continue
+            try:
+                await lch.backend.remove(m.agent_id)
+                lch.metrics.orphans_reaped.inc()
+                log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
+            except Exception as exc:
+                log.error("orphan_remove_failed", agent_id=m.agent_id, error=repr(exc))

@@ -22,15 +22,18 @@ log = structlog.get_logger("agentfactory.usage")
 class UsageSampler(Loop):
     name = "usage-sampler"
 
-    def __init__(self, *, store: Store, backend: Backend, interval: float, per_pass: int = 20):
+    def __init__(
+        self, *, store: Store, backend: Backend, interval: float, per_pass: int = 20, owner: str | None = None
+    ):
         super().__init__(interval=interval)
+        self.owner = owner  # only the agents this replica runs (on the engine it reaches)
         self.store = store
         self.backend = backend
         self.per_pass = per_pass
         self._next = 0
 
     async def run_once(self) -> None:
-        running = await self.store.run(queries.list_agents_in, statuses=(AgentStatus.RUNNING,))
+        running = await self.store.run(queries.list_agents_in, statuses=(AgentStatus.RUNNING,), owner=self.owner)
         if not running:
             return
         start = self._next % len(running)

@@ -68,6 +68,7 @@ def admit(
     ttl: int,
     idempotency_key: str | None,
     token: str,
+    owner: str | None = None,
 ) -> tuple[AgentRow, bool]:
     """Insert the pending row, atomically with the idempotency and concurrency checks. Returns
     (agent, replayed): a replay is the agent an earlier request with the same key and body made.
@@ -117,5 +118,6 @@ def admit(
         stderr_consumed=0,
         idempotency_key=idempotency_key,
         request_hash=rhash,
+        owner=owner,
     )
     return row, False

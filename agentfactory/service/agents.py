@@ -40,6 +40,7 @@ async def create_agent(
         ttl=ttl,
         idempotency_key=idempotency_key,
         token=token,
+        owner=svc.launcher.replica_id,
     )
     if replayed:
         return agent_out(row), True

@@ -16,6 +16,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
+from agentfactory.runtime.replicas import Replica, new_replica_id
 from agentfactory.service.auth import AuthCache, RateLimiter
 from agentfactory.service.memo import GenerationMemo
 from agentfactory.settings import Settings
@@ -33,6 +34,7 @@ class Services:
     hub: Hub
     pump: LogPump
     launcher: Launcher
+    replica: Replica
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
@@ -42,9 +44,25 @@ class Services:
         cls, *, settings: Settings, catalog: Catalog, store: Store, backend: Backend, metrics: Metrics
     ) -> Services:
         hub = Hub()
-        pump = LogPump(store=store, hub=hub, metrics=metrics)
+        replica = Replica(
+            store=store,
+            backend=backend,
+            metrics=metrics,
+            replica_id=settings.replica_id or new_replica_id(),
+            adopt_after=settings.adopt_after_seconds,
+            url=f"http://{settings.host}:{settings.port}",
+        )
+        pump = LogPump(store=store, hub=hub, metrics=metrics, owner=replica.id)
         launcher = Launcher(
-            settings=settings, catalog=catalog, store=store, backend=backend, pump=pump, hub=hub, metrics=metrics
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            backend=backend,
+            pump=pump,
+            hub=hub,
+            metrics=metrics,
+            replica_id=replica.id,
+            clock=replica.clock,
         )
         return cls(
             settings=settings,
@@ -55,6 +73,7 @@ class Services:
             hub=hub,
             pump=pump,
             launcher=launcher,
+            replica=replica,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -23,7 +23,22 @@ async def readiness(svc: Services) -> dict[str, str]:
         checks["engine"] = "ok"
     except Exception as exc:
         checks["engine"] = f"down: {type(exc).__name__}"
+    if svc.replica.leasing:
+        checks["lease"] = svc.replica.lease_state()
     return checks
+
+
+def replica(svc: Services) -> dict[str, Any]:
+    """This replica as `/ready` tells it: its id, its lease, the replicas it sees live."""
+    rep = svc.replica
+    now = rep.clock()
+    return {
+        "id": rep.id,
+        "lease": rep.lease_state() if rep.leasing else "not leasing (loops off)",
+        "live_replicas": len(rep.live(now)),
+        "engine_id": rep.engine_id,
+        "database_clock_offset_seconds": round(rep.offset, 3),
+    }
 
 
 def catalog(svc: Services) -> dict[str, Any]:

@@ -7,10 +7,19 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
-from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogChunkRow
+from agentfactory.store.tables import (
+    ACTIVE,
+    STDERR,
+    TERMINAL,
+    AgentRow,
+    ApiKeyRow,
+    LogChunkRow,
+    ReplicaRow,
+)
 
 
 def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
@@ -50,8 +59,12 @@ def list_agents(
     return list(session.scalars(q))
 
 
-def list_agents_in(*, session: Session, statuses: Sequence[str]) -> list[AgentRow]:
-    return list(session.scalars(select(AgentRow).where(AgentRow.status.in_(statuses)).order_by(AgentRow.pk)))
+def list_agents_in(*, session: Session, statuses: Sequence[str], owner: str | None = None) -> list[AgentRow]:
+    """Agents in these statuses (with owner: only those that replica owns), oldest first."""
+    q = select(AgentRow).where(AgentRow.status.in_(statuses)).order_by(AgentRow.pk)
+    if owner is not None:
+        q = q.where(AgentRow.owner == owner)
+    return list(session.scalars(q))
 
 
 def insert_agent(*, session: Session, **values: Any) -> AgentRow:
@@ -103,14 +116,24 @@ def find_idempotent_agent(*, session: Session, key_id: str, idempotency_key: str
     return session.scalars(q).first()
 
 
-def update_agent(*, session: Session, pk: int, only_if_status: Iterable[str] | None = None, **values: Any) -> bool:
-    """Set columns; with only_if_status, only while the agent is in one of those statuses.
+def update_agent(
+    *,
+    session: Session,
+    pk: int,
+    only_if_status: Iterable[str] | None = None,
+    only_if_owner: str | None = None,
+    **values: Any,
+) -> bool:
+    """Set columns; with only_if_status, only while the agent is in one of those statuses; with
+    only_if_owner, only while that replica owns it (an agent another replica adopted is not ours).
 
     Returns whether a row changed: the compare-and-set every state transition goes through.
     """
     q = update(AgentRow).where(AgentRow.pk == pk)
     if only_if_status is not None:
         q = q.where(AgentRow.status.in_(tuple(only_if_status)))
+    if only_if_owner is not None:
+        q = q.where(AgentRow.owner == only_if_owner)
     return bool(session.execute(q.values(**values)).rowcount)  # type: ignore[attr-defined]
 
 
@@ -229,6 +252,95 @@ def purge_agents_finished_before(*, session: Session, cutoff: float, limit: int 
         session.execute(delete(LogChunkRow).where(LogChunkRow.agent_pk.in_(pks)))
         session.execute(delete(AgentRow).where(AgentRow.pk.in_(pks)))
     return len(pks)
+
+
+# --- replicas: leases, ownership, adoption ---------------------------------------------------
+
+
+def db_now(*, session: Session) -> float:
+    """The database's clock, in epoch seconds: the one clock every replica's lease is judged by."""
+    if session.get_bind().dialect.name == "postgresql":
+        return float(session.execute(sql("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
+    return float(session.execute(sql("SELECT (julianday('now') - 2440587.5) * 86400.0")).scalar_one())
+
+
+def heartbeat_replica(
+    *, session: Session, replica_id: str, host: str, pid: int, url: str | None, engine_id: str | None
+) -> tuple[float, list[ReplicaRow]]:
+    """Renew this replica's lease (heartbeat_at = the database's now); returns (that now, every lease)."""
+    now = db_now(session=session)
+    values = {"host": host, "pid": pid, "url": url, "engine_id": engine_id, "heartbeat_at": now}
+    changed = session.execute(update(ReplicaRow).where(ReplicaRow.id == replica_id).values(**values)).rowcount  # type: ignore[attr-defined]
+    if not changed:
+        session.add(ReplicaRow(id=replica_id, started_at=now, **values))
+        session.flush()
+    return now, list(session.scalars(select(ReplicaRow).order_by(ReplicaRow.started_at)))
+
+
+def release_replica(*, session: Session, replica_id: str) -> int:
+    """A replica that stops: its active agents are left ownerless (another replica, or its
+    successor, adopts them at its next pass) and its lease is gone. Returns how many agents."""
+    n = session.execute(
+        update(AgentRow).where(AgentRow.owner == replica_id, AgentRow.status.in_(ACTIVE)).values(owner=None)
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(delete(ReplicaRow).where(ReplicaRow.id == replica_id))
+    return int(n)
+
+
+def delete_replicas_lapsed_before(*, session: Session, cutoff: float) -> int:
+    """Forget leases not renewed since `cutoff` (the database's clock); their agents stay adoptable."""
+    return int(session.execute(delete(ReplicaRow).where(ReplicaRow.heartbeat_at < cutoff)).rowcount)  # type: ignore[attr-defined]
+
+
+def claim_agents(
+    *,
+    session: Session,
+    owner: str,
+    engine_id: str,
+    lease_seconds: float,
+    dead: Sequence[str] = (),
+    limit: int = 500,
+) -> list[int]:
+    """Adopt the active agents nobody live owns, on this engine (or on none yet): owner NULL, or a
+    replica whose lease was not renewed within lease_seconds by the database's clock, or one in
+    `dead`. Each row is taken with a compare-and-set on its owner (and, on PostgreSQL, locked
+    FOR UPDATE SKIP LOCKED first), so two replicas never adopt the same agent. Returns their pks."""
+    now = db_now(session=session)
+    live = select(ReplicaRow.id).where(ReplicaRow.heartbeat_at >= now - lease_seconds)
+    if dead:
+        live = live.where(ReplicaRow.id.not_in(list(dead)))
+    q = (
+        select(AgentRow.pk, AgentRow.owner)
+        .where(
+            AgentRow.status.in_(ACTIVE),
+            or_(AgentRow.owner.is_(None), and_(AgentRow.owner != owner, AgentRow.owner.not_in(live))),
+            or_(AgentRow.engine_id.is_(None), AgentRow.engine_id == engine_id),
+        )
+        .order_by(AgentRow.pk)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=AgentRow)
+    claimed: list[int] = []
+    for pk, old in session.execute(q).all():
+        same = AgentRow.owner.is_(None) if old is None else AgentRow.owner == old
+        cas = update(AgentRow).where(AgentRow.pk == pk, same, AgentRow.status.in_(ACTIVE)).values(owner=owner)
+        if session.execute(cas).rowcount:  # type: ignore[attr-defined]
+            claimed.append(pk)
+    return claimed
+
+
+def owned_among(*, session: Session, owner: str, pks: Sequence[int]) -> set[int]:
+    """Which of these agents `owner` still owns (the others were adopted by another replica)."""
+    if not pks:
+        return set()
+    return set(session.scalars(select(AgentRow.pk).where(AgentRow.pk.in_(list(pks)), AgentRow.owner == owner)))
+
+
+def get_agent_owners(*, session: Session, agent_ids: Sequence[str]) -> dict[str, tuple[int, str, str | None]]:
+    """{agent id: (pk, status, owner)} of those ids that have a row (orphan checks)."""
+    q = select(AgentRow.id, AgentRow.pk, AgentRow.status, AgentRow.owner).where(AgentRow.id.in_(agent_ids))
+    return {agent_id: (pk, status, owner) for agent_id, pk, status, owner in session.execute(q)}
 
 
 # --- API keys ---------------------------------------------------------------------------------

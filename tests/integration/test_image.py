@@ -173,7 +173,7 @@ def test_control_plane_image_launches_an_agent_and_stops_clean(control_plane: Ru
 
     headers = {"Authorization": f"Bearer {control_plane.admin_key}"}
     with httpx.Client(base_url=control_plane.url, headers=headers, timeout=30) as client:
-        assert client.get("/ready").json()["checks"] == {"database": "ok", "engine": "ok"}
+        assert client.get("/ready").json()["checks"] == {"database": "ok", "engine": "ok", "lease": "ok"}
         prompt = "hello from the image test " + uuid.uuid4().hex[:8]
         created = client.post("/agents", json={"model": "echo", "prompt": prompt, "ttl_seconds": 60})
         assert created.status_code == 201, created.text

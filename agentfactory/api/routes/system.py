@@ -20,18 +20,20 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Health, summary="200 when the database and the engine answer")
+@router.get("/ready", response_model=Health, summary="200 when the database and the engine answer and the lease holds")
 async def ready(svc: ServicesDep) -> JSONResponse:
     checks = await system.readiness(svc)
+    replica = system.replica(svc)
     down = [k for k, v in checks.items() if v != "ok"]
     if down:
         body = {
             "status": "unavailable",
             "checks": checks,
+            "replica": replica,
             "error": {"code": "E_RUNTIME", "message": f"not ready: {', '.join(down)} down", "details": []},
         }
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ok", "checks": checks})
+    return JSONResponse({"status": "ok", "checks": checks, "replica": replica})
 
 
 @router.get("/catalog", summary="The catalog of models and tools")
