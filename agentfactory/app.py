@@ -119,6 +119,7 @@ def create_app(
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once
             if serve_gateway:
                 await seat.release()
+            svc.stop()
             await svc.backend.close()
             store.dispose()
             log.info("control_plane_stopped")

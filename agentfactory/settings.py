@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(
         None, description="this replica's id in the replicas' leases; default: generated per process"
     )
+    replica_host: str | None = Field(
+        None,
+        description="the machine name in this replica's lease (default: the hostname); replicas that share it "
+        "see at once when one of them exits, without waiting for its lease to lapse",
+    )
     adopt_after_seconds: float = Field(
         15, gt=0, description="a dead replica's agents are adopted by another replica within this"
     )

@@ -6,7 +6,8 @@
 #   AGENTFACTORY_BASE_IMAGE    use this base image instead of building one with debootstrap
 #   AGENTFACTORY_RUNTIME_IMAGE tag of the agent runtime image (default agentfactory-runtime:latest)
 #   AGENTFACTORY_WITH_RUNSC=1  also install gVisor and register it as the Docker runtime "runsc"
-#   AGENTFACTORY_WITH_TEST_TOOLS=1  also install what the test suite uses (promtool/prometheus, postgresql)
+#   AGENTFACTORY_WITH_TEST_TOOLS=1  also install what the test suite uses (promtool/prometheus,
+#                                   postgresql and haproxy for the replicas' tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,7 +103,11 @@ fi
 
 # --- test tools -------------------------------------------------------------------------------
 if [ "${AGENTFACTORY_WITH_TEST_TOOLS:-0}" = 1 ]; then
-  apt_install prometheus
+  apt_install prometheus postgresql haproxy
+fi
+# `make up-ha` (scripts/up_ha.sh): PostgreSQL and HAProxy from Debian, no registry.
+if [ "${AGENTFACTORY_WITH_HA:-0}" = 1 ]; then
+  apt_install postgresql haproxy
 fi
 
 # --- images -----------------------------------------------------------------------------------

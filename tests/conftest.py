@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import server as server_support
+from tests.support.postgres import LocalPostgres
 from tests.support.server import ServerProcess
+
+# `AGENTFACTORY_TEST_DATABASE=postgres` runs every server under test on PostgreSQL (a cluster
+# of the run's own, Debian's binaries); the default is a SQLite file per server.
+DATABASE = os.environ.get("AGENTFACTORY_TEST_DATABASE", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """The run's PostgreSQL cluster (started once, whatever the database selection)."""
+    if server_support.POSTGRES is not None:
+        yield server_support.POSTGRES
+        return
+    pg = LocalPostgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _database_selection(request: pytest.FixtureRequest) -> Iterator[None]:
+    if DATABASE != "postgres":
+        yield
+        return
+    server_support.POSTGRES = request.getfixturevalue("postgres")
+    try:
+        yield
+    finally:
+        server_support.POSTGRES = None
 
 
 def _docker_ok() -> bool:

@@ -90,7 +90,7 @@ class EdgeMiddleware:
                     caller = await authenticate(store=ctx.store, authorization=authorization)
                     ctx.auth_cache.put(authorization or "", caller)
                 scope["state"]["caller"] = caller
-                wait = ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
+                wait = await ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
                 if wait is not None:
                     ctx.metrics.quota_rejections.labels(reason="rate").inc()
                     log.info("quota_rejected", reason="rate", key_id=caller.key_id)

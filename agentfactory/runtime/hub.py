@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 
 class Hub:
@@ -14,6 +15,8 @@ class Hub:
         self._bound: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
+        # Set on PostgreSQL: tells the other replicas which agents changed here (LISTEN/NOTIFY).
+        self.publish: Callable[[list[int]], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._bound = loop
@@ -25,11 +28,25 @@ class Hub:
         return self._bound
 
     def bump(self, agent_pk: int) -> None:
+        self._wake(agent_pk)
+        if self.publish is not None:
+            self.publish([agent_pk])
+
+    def _wake(self, agent_pk: int) -> None:
         self.generation += 1
         waiters = self._waiters.pop(agent_pk, None)
         for fut in waiters or ():
             if not fut.done():
                 fut.set_result(None)
+
+    def wake_threadsafe(self, agent_pks: list[int] | None) -> None:
+        """Wake-ups announced by another replica (None: every waiter, after a reconnection)."""
+
+        def wake() -> None:
+            for pk in list(self._waiters) if agent_pks is None else agent_pks:
+                self._wake(pk)
+
+        self._loop.call_soon_threadsafe(wake)
 
     def bump_threadsafe(self, agent_pks: list[int]) -> None:
         def bump_all() -> None:

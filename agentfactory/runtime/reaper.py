@@ -112,6 +112,7 @@ class Reaper(Loop):
                     if r.status in LAUNCHING and not lch.watching(r.pk)
                 ]
             )
+            await self._stop_overdue_elsewhere(now)
             await self.remove_orphans()
         purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)
         if purged:
@@ -143,6 +144,24 @@ class Reaper(Loop):
             lch.metrics.agents_adopted.inc(len(pks))
             log.info("agents_adopted", count=len(pks), agent_pks=pks[:50])
         return set(pks)
+
+    async def _stop_overdue_elsewhere(self, now: float) -> None:
+        """TTLs hold while an agent's owner is dead and not yet replaced: a container on this
+        engine past its TTL by a second, with no stop under way (a live owner's timer sets the stop
+        reason at the TTL itself), is stopped from here; its stop reason says ttl_expired, and
+        whoever captures it finalizes it `expired`."""
+        lch, rep = self.launcher, self.replica
+        if rep.engine_id is None:
+            return
+        ids = await lch.store.run(
+            queries.claim_overdue_elsewhere,
+            owner=lch.replica_id,
+            engine_id=rep.engine_id,
+            before=now - 1.0,
+        )
+        for agent_id in ids:
+            log.info("agent_expiring_for_its_owner", agent_id=agent_id)
+        await self._each([lch.backend.stop(agent_id, 0) for agent_id in ids])
 
     async def _let_go(self) -> None:
         """Agents watched here that another replica adopted (our lease lapsed): stop watching them."""

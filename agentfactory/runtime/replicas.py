@@ -57,6 +57,7 @@ class Replica(Loop):
         replica_id: str,
         adopt_after: float,
         url: str | None = None,
+        host: str | None = None,
     ):
         # Lapsed after 60 % of adopt_after, renewed 4 times within that, so that a dead replica's
         # agents are adopted (a controller pass later) within adopt_after of its death.
@@ -67,7 +68,7 @@ class Replica(Loop):
         self.metrics = metrics
         self.id = replica_id
         self.url = url
-        self.host = socket.gethostname()
+        self.host = host or socket.gethostname()
         self.pid = os.getpid()
         self.engine_id: str | None = None
         self.offset = 0.0  # database clock minus this machine's

@@ -17,11 +17,14 @@ from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.replicas import Replica, new_replica_id
-from agentfactory.service.auth import AuthCache, RateLimiter
+from agentfactory.service.auth import AuthCache, LocalRateLimiter, RateLimiter, SharedRateLimiter
 from agentfactory.service.memo import GenerationMemo
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.store.bus import PgBus
 from agentfactory.store.tables import AgentRow
+
+KEYS_CHANGED = "keys"
 
 
 @dataclass
@@ -35,7 +38,8 @@ class Services:
     pump: LogPump
     launcher: Launcher
     replica: Replica
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    bus: PgBus | None = None
+    limiter: RateLimiter = field(default_factory=LocalRateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
 
@@ -51,6 +55,7 @@ class Services:
             replica_id=settings.replica_id or new_replica_id(),
             adopt_after=settings.adopt_after_seconds,
             url=f"http://{settings.host}:{settings.port}",
+            host=settings.replica_host,
         )
         pump = LogPump(store=store, hub=hub, metrics=metrics, owner=replica.id)
         launcher = Launcher(
@@ -74,9 +79,38 @@ class Services:
             pump=pump,
             launcher=launcher,
             replica=replica,
+            bus=None if store.is_sqlite else PgBus(settings.database_url),
+            limiter=LocalRateLimiter() if store.is_sqlite else SharedRateLimiter(store),
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the serving event loop and start the log writer."""
+        """Bind to the serving event loop and start the log writer (and, on PostgreSQL, the
+        cross-replica bus)."""
         self.hub.bind(loop)
         self.pump.start(loop)
+        if self.bus is not None:
+            self.hub.publish = self.bus.publish
+            self.bus.start(self.replica.id, self._on_bus)
+
+    def stop(self) -> None:
+        if self.bus is not None:
+            self.hub.publish = None
+            self.bus.stop()
+
+    def _on_bus(self, items: list[str]) -> None:
+        """Another replica's announcement (listener thread): agents changed, or keys did."""
+        if "*" in items:
+            self.hub.wake_threadsafe(None)
+            self.auth_cache.clear()
+            return
+        if KEYS_CHANGED in items:
+            self.auth_cache.clear()
+        pks = [int(x) for x in items if x.isdigit()]
+        if pks:
+            self.hub.wake_threadsafe(pks)
+
+    def keys_changed(self) -> None:
+        """A key was revoked or changed here: forget cached callers here and on every replica."""
+        self.auth_cache.clear()
+        if self.bus is not None:
+            self.bus.publish([KEYS_CHANGED])

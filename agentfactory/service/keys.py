@@ -44,7 +44,7 @@ async def list_keys(svc: Services) -> KeyList:
 async def revoke_key(svc: Services, key_id: str) -> KeyOut:
     """Revoke at once: this replica forgets the key now, others within the auth cache's TTL."""
     row = await svc.store.run(queries.revoke_api_key, key_id=key_id, now=time.time())
-    svc.auth_cache.clear()
+    svc.keys_changed()
     if row is None:
         raise NotFoundError(f"no key {key_id!r}")
     return key_out(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
@@ -18,6 +19,7 @@ from agentfactory.store.tables import (
     AgentRow,
     ApiKeyRow,
     LogChunkRow,
+    RateBucketRow,
     ReplicaRow,
 )
 
@@ -330,6 +332,31 @@ def claim_agents(
     return claimed
 
 
+def claim_overdue_elsewhere(*, session: Session, owner: str, engine_id: str, before: float) -> list[str]:
+    """Running agents another replica owns, on this engine, past their TTL since before `before`
+    and not being stopped: mark them `ttl_expired` (their owner, or their adopter, finalizes them)
+    and return their ids, so that their containers are stopped on time even while their owner
+    is dead and not yet replaced."""
+    ids = list(
+        session.scalars(
+            select(AgentRow.id).where(
+                AgentRow.status == "running",
+                AgentRow.expires_at < before,
+                AgentRow.stop_reason.is_(None),
+                AgentRow.engine_id == engine_id,
+                or_(AgentRow.owner.is_(None), AgentRow.owner != owner),
+            )
+        )
+    )
+    if ids:
+        session.execute(
+            update(AgentRow)
+            .where(AgentRow.id.in_(ids), AgentRow.stop_reason.is_(None))
+            .values(stop_reason="ttl_expired")
+        )
+    return ids
+
+
 def owned_among(*, session: Session, owner: str, pks: Sequence[int]) -> set[int]:
     """Which of these agents `owner` still owns (the others were adopted by another replica)."""
     if not pks:
@@ -341,6 +368,29 @@ def get_agent_owners(*, session: Session, agent_ids: Sequence[str]) -> dict[str,
     """{agent id: (pk, status, owner)} of those ids that have a row (orphan checks)."""
     q = select(AgentRow.id, AgentRow.pk, AgentRow.status, AgentRow.owner).where(AgentRow.id.in_(agent_ids))
     return {agent_id: (pk, status, owner) for agent_id, pk, status, owner in session.execute(q)}
+
+
+def take_rate_token(*, session: Session, key_id: str, per_minute: int) -> int | None:
+    """Take one request token from the key's shared bucket (capacity per_minute, refilled
+    continuously, by the database's clock) under its row lock: None when admitted, else the
+    seconds until a token is back. PostgreSQL (the bucket row is created on first use)."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    rate = per_minute / 60.0
+    now_expr = sql("extract(epoch FROM clock_timestamp())")
+    q = select(RateBucketRow, now_expr).where(RateBucketRow.key_id == key_id).with_for_update()
+    found = session.execute(q).first()
+    if found is None:
+        now = db_now(session=session)
+        new = insert(RateBucketRow).values(key_id=key_id, tokens=float(per_minute), updated_at=now)
+        session.execute(new.on_conflict_do_nothing(index_elements=["key_id"]))
+        found = session.execute(q).first()
+        assert found is not None
+    bucket, now = found[0], float(found[1])
+    tokens = min(float(per_minute), bucket.tokens + max(0.0, now - bucket.updated_at) * rate)
+    admitted = tokens >= 1
+    bucket.tokens, bucket.updated_at = (tokens - 1 if admitted else tokens), now
+    return None if admitted else max(1, math.ceil((1 - tokens) / rate))
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# Set by tests/conftest.py when AGENTFACTORY_TEST_DATABASE=postgres selects PostgreSQL: every
+# ServerProcess then gets a fresh database on it instead of a SQLite file.
+POSTGRES: Any = None
 
 
 def free_port() -> int:
@@ -54,6 +57,7 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, *, catalog: Path | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
+        database = POSTGRES.new_database() if POSTGRES is not None else f"sqlite:///{workdir / 'agentfactory.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = "af_admin_" + uuid.uuid4().hex
@@ -61,7 +65,7 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         self.env = {
             **os.environ,
-            "AGENTFACTORY_DATABASE_URL": f"sqlite:///{workdir / 'agentfactory.db'}",
+            "AGENTFACTORY_DATABASE_URL": database,
             "AGENTFACTORY_CATALOG": str(catalog or ROOT / "catalog.json"),
             "AGENTFACTORY_ADMIN_KEY": self.admin_key,
             "AGENTFACTORY_HOST": "127.0.0.1",
