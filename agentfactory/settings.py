@@ -38,12 +38,31 @@ class Settings(BaseSettings):
     agent_network: str = Field(
         "agentfactory-agents", description="isolated bridge network for agents whose tools need a network"
     )
+    agent_dns: list[str] = Field(
+        ["8.8.8.8", "1.1.1.1"],
+        description="public DNS resolvers of agents with a network (the host's own resolver is a host or private "
+        "address, which their egress policy blocks); [] leaves the engine's default",
+    )
     start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
+
+    @field_validator("agent_dns")
+    @classmethod
+    def _public_resolvers(cls, value: list[str]) -> list[str]:
+        from agentfactory.backends.egress import is_public_ipv4
+
+        for address in value:
+            try:
+                public = is_public_ipv4(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IPv4 address") from None
+            if not public:
+                raise ValueError(f"{address} is not a public address: agents with a network may not reach it")
+        return value
 
     @field_validator("agent_network")
     @classmethod

@@ -19,6 +19,7 @@ from agentfactory.api.middleware import EdgeMiddleware
 from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
@@ -42,6 +43,21 @@ def build_backend(settings: Settings) -> Backend:
     from agentfactory.backends.docker import DockerBackend
 
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)
+
+
+async def prepare_agent_network(backend: Backend, catalog: Catalog, network: str) -> None:
+    """At start, when the catalog has a network tool: the agents' bridge made and its egress policy
+    installed and read back, so the log says now whether network tools will be refused and why.
+    Every network launch checks again (the engine may be down now, the rules flushed later)."""
+    if not any(t.network for t in catalog.tools):
+        return
+    try:
+        await backend.prepare_network(network)
+        log.info("agent_network_ready", network=network)
+    except NetworkPolicyError as exc:
+        log.error("network_tools_refused", network=network, reason=exc.message)
+    except RuntimeUnavailableError as exc:
+        log.warning("agent_network_not_prepared", network=network, error=exc.message)
 
 
 def create_app(
@@ -101,6 +117,7 @@ def create_app(
             start_deadline=settings.start_deadline_seconds,
         )
         app.state.reaper = reaper
+        await prepare_agent_network(ctx.backend, catalog, settings.agent_network)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
         if run_loops:

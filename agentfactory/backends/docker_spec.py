@@ -69,6 +69,8 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
     }
     if spec.gateway_socket_dir is not None:
         host_config["binds"] = {str(spec.gateway_socket_dir): {"bind": GATEWAY_MOUNT, "mode": "ro"}}
+    if spec.network is not None and spec.dns:
+        host_config["dns"] = list(spec.dns)
     if spec.runtime:
         runtime = RUNSC_NETWORK_RUNTIMES.get(spec.runtime, spec.runtime) if spec.network else spec.runtime
         host_config["runtime"] = runtime

@@ -230,6 +230,9 @@ class Launcher:
     async def create(self, caller: Caller, req: AgentCreate, idempotency_key: str | None) -> tuple[AgentRow, bool]:
         """Admit and launch an agent. Returns (agent, replayed). RuntimeUnavailableError leaves nothing."""
         ttl = self.check_request(caller, req)
+        if self.catalog.needs_network(req.tools):
+            # Refused before anything is stored when the egress policy cannot be enforced (SPEC §14).
+            await self.backend.prepare_network(self.settings.agent_network)
         token = secrets.token_urlsafe(32)
         row, replayed = await self._db(self._admit, caller, req, ttl, idempotency_key, token)
         if replayed:
@@ -241,6 +244,7 @@ class Launcher:
 
     def _spec(self, row: AgentRow, token: str) -> AgentSpec:
         limits = self.catalog.limits
+        network = self.settings.agent_network if self.catalog.needs_network(row.tools) else None
         runtime_spec = {
             "agent_id": row.id,
             "model": row.model,
@@ -268,7 +272,8 @@ class Launcher:
             pids=limits.pids,
             scratch_mb=limits.scratch_mb,
             max_log_bytes=limits.max_log_bytes,
-            network=self.settings.agent_network if self.catalog.needs_network(row.tools) else None,
+            network=network,
+            dns=tuple(self.settings.agent_dns) if network else (),
             runtime=self.catalog.runtime or self.settings.container_runtime,
             gateway_socket_dir=self.settings.gateway_socket_dir,
             instance=self.settings.instance_id,
