@@ -26,6 +26,7 @@ from agentfactory.errors import (
     AgentFactoryError,
     ConflictError,
     ForbiddenError,
+    NetworkPolicyError,
     QuotaError,
     RuntimeUnavailableError,
     SchemaError,
@@ -170,6 +171,19 @@ class Launcher:
             )
         return ttl
 
+    async def _network_ready(self, tools: list[str]) -> None:
+        """Refuse a network tool, before anything is stored, when its egress policy (SPEC §14) cannot
+        be enforced."""
+        try:
+            await self.backend.prepare_network(self.settings.agent_network)
+        except NetworkPolicyError as exc:
+            network_tools = [t for t in tools if (tool := self.catalog.tool(t)) is not None and tool.network]
+            raise NetworkPolicyError(
+                f"tool(s) {', '.join(network_tools)} need a network, and this server cannot hold agents with a "
+                f"network to the public internet: {exc.message}",
+                details=[{"field": "tools", "refused": network_tools, "reason": exc.message}],
+            ) from exc
+
     def _admit(
         self, caller: Caller, req: AgentCreate, ttl: int, idempotency_key: str | None, token: str
     ) -> tuple[AgentRow, bool]:
@@ -231,8 +245,7 @@ class Launcher:
         """Admit and launch an agent. Returns (agent, replayed). RuntimeUnavailableError leaves nothing."""
         ttl = self.check_request(caller, req)
         if self.catalog.needs_network(req.tools):
-            # Refused before anything is stored when the egress policy cannot be enforced (SPEC §14).
-            await self.backend.prepare_network(self.settings.agent_network)
+            await self._network_ready(req.tools)
         token = secrets.token_urlsafe(32)
         row, replayed = await self._db(self._admit, caller, req, ttl, idempotency_key, token)
         if replayed:
