@@ -241,7 +241,7 @@ class DockerBackend(Backend):
             bridge = bridge_of(net)
             egress.enforce(egress.build_policy(bridge, host_networks=egress.host_networks()))
             if checked is None or checked[0] != net["Id"]:
-                log.info("agent_network_egress_enforced", network=name, interface=bridge.interface)
+                log.info("agent_network_egress_in_force", network=name, interface=bridge.interface)
             self._egress_checked[name] = (net["Id"], time.monotonic())
 
     @staticmethod

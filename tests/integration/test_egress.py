@@ -375,6 +375,32 @@ def test_a_network_agent_reaches_the_public_internet_only(
     assert len(lab.host.from_subnet(lab.subnet)) == host_before, lab.host.from_subnet(lab.subnet)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_an_agent_without_a_network_tool_reaches_nothing(
+    servers: dict[str, ServerProcess], lab: Lab, runtime: str
+) -> None:
+    if runtime not in servers:
+        pytest.skip(f"{runtime} is not registered with Docker")
+    script = f"""python3 - <<'EOF'
+import socket
+try:
+    socket.create_connection(("{PUBLIC}", {INTERNET_PORT}), timeout=3)
+    print("TCP connected")
+except OSError as e:
+    print("TCP", e)
+print("IFACES", sorted(n for _, n in socket.if_nameindex()))
+EOF"""
+    with servers[runtime].client() as c:
+        r = c.post("/agents", json={"model": "sh", "tools": ["shell"], "prompt": script})
+        assert r.status_code == 201, r.text
+        agent = wait_terminal(c, r.json()["id"], timeout=90)
+        lines = texts(c, agent["id"])
+    print(f"{runtime}: shell only -> {[x for x in lines if x.startswith(('TCP', 'IFACES'))]}")
+    assert agent["status"] == "succeeded", (agent, lines[-5:])
+    assert "IFACES ['lo']" in lines
+    assert any(x.startswith("TCP ") and x != "TCP connected" for x in lines), lines
+
+
 def test_browser_server_fetches_public_pages_and_refuses_the_rest(
     servers: dict[str, ServerProcess], lab: Lab, upstream: FakeOpenAI
 ) -> None:
