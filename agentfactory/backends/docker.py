@@ -66,8 +66,9 @@ def bridge_of(net: dict[str, Any]) -> egress.Bridge:
     interface = (net.get("Options") or {}).get(BRIDGE_NAME_OPTION) or f"br-{net['Id'][:12]}"
     if not egress.bridge_on_this_host(interface):
         raise NetworkPolicyError(
-            f"the agents' bridge {interface} is not on this host (is DOCKER_HOST another machine, or the engine "
-            "rootless?): its egress cannot be filtered here"
+            f"the agents' bridge {interface} is not in the control plane's network namespace (a control plane in a "
+            "container needs the host's network; an engine on another machine or a rootless one cannot be "
+            "filtered from here)"
         )
     subnets = tuple(c["Subnet"] for c in (net.get("IPAM") or {}).get("Config") or [] if ":" not in c.get("Subnet", ":"))
     return egress.Bridge(network=name, interface=interface, subnets=subnets)

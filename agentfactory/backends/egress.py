@@ -163,7 +163,7 @@ def bridge_on_this_host(interface: str) -> bool:
 def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
     """Run an iptables command; NetworkPolicyError says what is missing or refused."""
     if shutil.which(argv[0]) is None:
-        raise NetworkPolicyError(f"{argv[0]} is not installed on this host")
+        raise NetworkPolicyError(f"{argv[0]} is not installed where the control plane runs")
     try:
         done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
