@@ -63,6 +63,7 @@ class FakeBackend(Backend):
         self.containers: dict[str, _Container] = {}
         self.engine_down = False
         self.egress_refused: str | None = None  # set: agents with a network are refused for this reason
+        self.network_checks = 0
         self.launches = 0
 
     def _check(self) -> None:
@@ -74,6 +75,7 @@ class FakeBackend(Backend):
 
     async def prepare_network(self, network: str) -> None:
         self._check()
+        self.network_checks += 1
         if self.egress_refused:
             raise NetworkPolicyError(self.egress_refused)
 

@@ -13,6 +13,7 @@ import structlog
 
 from agentfactory.backends.base import ContainerState, ContainerStatus
 from agentfactory.backends.docker_spec import container_name
+from agentfactory.errors import NetworkPolicyError
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import queries
@@ -45,6 +46,7 @@ class Reaper(Loop):
         lch = self.launcher
         now = lch.clock()
         rows = await asyncio.to_thread(self._active_rows)
+        networked = any(r.status == "running" and lch.catalog.needs_network(r.tools) for r in rows)
         await self._each(
             [self._expire(r) for r in rows if r.status == "running" and r.expires_at <= now]
             + [
@@ -55,6 +57,7 @@ class Reaper(Loop):
                 and not lch.watching(r.pk)
             ]
             + [self._check_lost(r) for r in rows if r.status == "running" and not lch.watching(r.pk)]
+            + ([self._recheck_egress()] if networked else [])
         )
         await self.remove_orphans()
         purged = await asyncio.to_thread(self._purge, now - self.retention_seconds)
@@ -67,6 +70,15 @@ class Reaper(Loop):
     def _purge(self, cutoff: float) -> int:
         with self.launcher.store.session() as s:
             return queries.purge_agents_finished_before(session=s, cutoff=cutoff)
+
+    async def _recheck_egress(self) -> None:
+        """While agents with a network run, their egress rules are read back (as often as the backend's
+        check allows) and put back if something flushed them (a firewall reload)."""
+        network = self.launcher.settings.agent_network
+        try:
+            await self.launcher.backend.prepare_network(network)
+        except NetworkPolicyError as exc:
+            log.error("agent_egress_not_enforced", network=network, reason=exc.message)
 
     async def _expire(self, row: AgentRow) -> None:
         fresh = await asyncio.to_thread(self.launcher._load, row.pk)

@@ -35,3 +35,20 @@ def test_network_tools_run_once_the_policy_holds(api: Api) -> None:
     (container,) = api.backend.containers.values()
     assert container.spec.network == "agentfactory-agents"
     assert container.spec.dns == ("8.8.8.8", "1.1.1.1")
+
+
+def test_each_reaper_pass_rechecks_egress_while_a_network_agent_runs(api: Api) -> None:
+    reaper = api.client.app.state.reaper  # type: ignore[attr-defined]
+    plain = {"model": "echo", "prompt": "hi", "env": {"FAKE_RUN_UNTIL_STOPPED": "1"}}
+    assert api.client.post("/agents", json=plain, headers=api.admin).status_code == 201
+    checks = api.backend.network_checks
+    api.client.portal.call(reaper.run_once)  # type: ignore[union-attr]
+    assert api.backend.network_checks == checks  # no network agent: nothing to check
+    networked = {**plain, "tools": ["browser_server"]}
+    assert api.client.post("/agents", json=networked, headers=api.admin).status_code == 201
+    checks = api.backend.network_checks
+    api.client.portal.call(reaper.run_once)  # type: ignore[union-attr]
+    assert api.backend.network_checks == checks + 1
+    api.backend.egress_refused = "the rules were flushed and cannot be put back"
+    api.client.portal.call(reaper.run_once)  # type: ignore[union-attr]  # logged, and the pass completes
+    assert api.backend.network_checks == checks + 2
