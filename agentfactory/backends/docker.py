@@ -240,7 +240,8 @@ class DockerBackend(Backend):
                 return
             self._egress_checked.pop(name, None)
             bridge = bridge_of(net)
-            egress.enforce(egress.build_policy(bridge, host_networks=egress.host_networks()))
+            policy = egress.build_policy(bridge, host_networks=egress.host_networks(), ipv6=egress.kernel_has_ipv6())
+            egress.enforce(policy)
             if checked is None or checked[0] != net["Id"]:
                 log.info("agent_network_egress_in_force", network=name, interface=bridge.interface)
             self._egress_checked[name] = (net["Id"], time.monotonic())

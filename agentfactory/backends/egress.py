@@ -102,11 +102,12 @@ def _covered(net: ipaddress.IPv4Network, by: Iterable[ipaddress.IPv4Network]) ->
     return any(net.subnet_of(other) for other in by)
 
 
-def build_policy(bridge: Bridge, *, host_networks: Sequence[str] = ()) -> list[Chain]:
+def build_policy(bridge: Bridge, *, host_networks: Sequence[str] = (), ipv6: bool = True) -> list[Chain]:
     """The chains that hold `bridge`'s agents to the public internet.
 
     `host_networks`: IPv4 networks the host reaches directly (its links, device routes); those not
-    already in DENIED_IPV4 are denied too, after the agents' own subnets.
+    already in DENIED_IPV4 are denied too, after the agents' own subnets. `ipv6`: whether the kernel
+    has IPv6 at all (without it there is no IPv6 to filter, and no ip6tables table to write).
     """
     fwd, inp = chain_names(bridge.network)
     br = bridge.interface
@@ -126,12 +127,13 @@ def build_policy(bridge: Bridge, *, host_networks: Sequence[str] = ()) -> list[C
         f"-A {inp} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         f"-A {inp} {REJECT_V4}",
     )
-    return [
-        Chain(4, fwd, DOCKER_USER, forward),
-        Chain(4, inp, "INPUT", into_host),
-        Chain(6, fwd, "FORWARD", (f"-A {fwd} -i {br} {REJECT_V6}",)),
-        Chain(6, inp, "INPUT", (f"-A {inp} -i {br} {REJECT_V6}",)),
-    ]
+    chains = [Chain(4, fwd, DOCKER_USER, forward), Chain(4, inp, "INPUT", into_host)]
+    if ipv6:
+        chains += [
+            Chain(6, fwd, "FORWARD", (f"-A {fwd} -i {br} {REJECT_V6}",)),
+            Chain(6, inp, "INPUT", (f"-A {inp} -i {br} {REJECT_V6}",)),
+        ]
+    return chains
 
 
 # -- the host --------------------------------------------------------------------------------------
@@ -154,6 +156,10 @@ def host_networks(route_table: Path = Path("/proc/net/route")) -> list[str]:
         if net.prefixlen:  # a device default route is "everything", not a link
             found.append(str(net))
     return sorted(set(found))
+
+
+def kernel_has_ipv6() -> bool:
+    return Path("/proc/net/if_inet6").exists()
 
 
 def bridge_on_this_host(interface: str) -> bool:
@@ -254,7 +260,7 @@ def enforce(chains: Sequence[Chain], run: Runner = run_command) -> None:
 def remove(network: str, run: Runner = run_command) -> None:
     """Take a network's chains out (their jumps, then the chains). For operators and tests; what is
     already gone is fine."""
-    for family in (4, 6):
+    for family in (4, 6) if kernel_has_ipv6() else (4,):
         table = _tables(run, family)
         for name in chain_names(network):
             for hook in (DOCKER_USER, "FORWARD", "INPUT"):

@@ -48,7 +48,9 @@ def icc(api: docker.APIClient, name: str) -> str | None:
 
 
 def policy(api: docker.APIClient, name: str) -> list[egress.Chain]:
-    return egress.build_policy(bridge_of(network(api, name)), host_networks=egress.host_networks())
+    return egress.build_policy(
+        bridge_of(network(api, name)), host_networks=egress.host_networks(), ipv6=egress.kernel_has_ipv6()
+    )
 
 
 def iptables(*args: str, v6: bool = False) -> str:

@@ -322,7 +322,10 @@ def test_the_server_installs_the_egress_policy_at_start(servers: dict[str, Serve
     net = json.loads(docker("network", "inspect", lab.network))[0]
     bridge = egress.Bridge(network=lab.network, interface=lab.bridge, subnets=(lab.subnet,))
     assert net["Options"]["com.docker.network.bridge.enable_icc"] == "false"
-    assert egress.verify(egress.build_policy(bridge, host_networks=egress.host_networks())) == []
+    assert (
+        egress.verify(egress.build_policy(bridge, host_networks=egress.host_networks(), ipv6=egress.kernel_has_ipv6()))
+        == []
+    )
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -76,6 +76,10 @@ def test_a_bridge_becomes_exactly_these_chains() -> None:
     ]
 
 
+def test_a_kernel_without_ipv6_gets_no_ip6tables_chains() -> None:
+    assert [c.family for c in build_policy(BRIDGE, ipv6=False)] == [4, 4]
+
+
 def test_an_agents_subnet_outside_the_private_ranges_is_denied_by_name() -> None:
     bridge = Bridge(network="n", interface="br-x", subnets=("203.0.113.0/24",))
     forward = build_policy(bridge)[0].rules
