@@ -243,22 +243,29 @@ class ApiClient:
     ) -> dict[str, Any]:
         return self.get(f"/agents/{agent_id}/logs", cursor=cursor, limit=limit, stream=stream)
 
-    def iter_logs(
+    def iter_log_pages(
         self, agent_id: str, *, after: int | None = None, stream: str | None = None, until: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every captured line after `after` (and before `until`), page by page, to the current end."""
+        """The logs pages after `after` (sized not to pass `until`), to the current end: a page without
+        lines, or the `complete` one (the agent finished and nothing follows)."""
         cursor = after
         while True:
             limit = MAX_LOG_PAGE if until is None else max(1, min(MAX_LOG_PAGE, until - (cursor or 0) - 1))
             page = self.get_logs(agent_id, cursor=cursor, limit=limit, stream=stream)
-            lines = page.get("lines") or []
-            for line in lines:
+            yield page
+            if not page.get("lines") or page.get("complete") or page.get("next_cursor") is None:
+                return
+            cursor = int(page["next_cursor"])
+
+    def iter_logs(
+        self, agent_id: str, *, after: int | None = None, stream: str | None = None, until: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every captured line after `after` (and before `until`), page by page, to the current end."""
+        for page in self.iter_log_pages(agent_id, after=after, stream=stream, until=until):
+            for line in page.get("lines") or []:
                 if until is not None and line["seq"] >= until:
                     return
                 yield line
-            if not lines or page.get("next_cursor") is None:
-                return
-            cursor = int(page["next_cursor"])
 
     def get_catalog(self) -> dict[str, Any]:
         return self.get("/catalog")
