@@ -17,6 +17,8 @@ from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
 from tests.support.server import ServerProcess, all_log_lines, wait_terminal
 from tests.support.sse import read_stream
 
+pytestmark = pytest.mark.docker
+
 
 def run(c: httpx.Client, command: str, **extra: object) -> str:
     r = c.post("/agents", json={"model": "sh", "tools": ["shell"], "prompt": command, **extra})

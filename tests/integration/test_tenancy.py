@@ -10,8 +10,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.server import ServerProcess, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 
