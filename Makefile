@@ -13,10 +13,11 @@ setup:         ## deps, Docker Engine, images, gVisor (runsc) and the test tools
 test: setup    ## the whole test suite against the real engine
 	$(VENV)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: setup    ## ruff and mypy
+lint: setup    ## ruff, mypy and the package graph's contracts (import-linter)
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 fmt:
 	$(VENV)/ruff check --fix .

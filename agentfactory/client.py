@@ -23,7 +23,9 @@ from typing import Any
 
 import httpx
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+from agentfactory.vocabulary import TERMINAL
+
+TERMINAL_STATUSES = frozenset(TERMINAL)
 MAX_LOG_PAGE = 5000
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 

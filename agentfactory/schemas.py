@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentfactory.vocabulary import AgentStatus, Reason
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The runtime's own variables: a request may not override them.
 RESERVED_ENV = {
@@ -17,7 +19,6 @@ RESERVED_ENV = {
 MAX_ENV_ITEMS = 64
 MAX_ENV_VALUE = 8192
 MAX_METADATA_ITEMS = 32
-Status = Literal["pending", "starting", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -138,8 +139,8 @@ class AgentOut(BaseModel):
     )
 
     id: str
-    status: Status
-    reason: str | None
+    status: AgentStatus
+    reason: Reason | None
     model: str
     tools: list[str]
     created_at: str
@@ -258,8 +259,8 @@ class AgentResult(BaseModel):
     )
 
     id: str
-    status: Status
-    reason: str | None
+    status: AgentStatus
+    reason: Reason | None
     exit_code: int | None
     error: str | None
     timings: Timings
