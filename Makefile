@@ -26,7 +26,7 @@ fmt:
 image: setup   ## the control-plane image agentfactory:latest, built with no registry (scripts/build_image.sh)
 	bash scripts/build_image.sh
 
-bench:         ## agentfactory vs docker run, one table (bench/README.md); about 13 minutes
+bench:         ## agentfactory vs docker run, one table (bench/README.md); about 17 minutes
 	bash scripts/setup.sh
 	$(VENV)/python bench/run_all.py $(BENCH_ARGS)
 
