@@ -67,10 +67,9 @@ class RuntimeUnavailableError(AgentFactoryError):
     code, status = "E_RUNTIME", 503
 
 
-class ContainerNotFound(AgentFactoryError):
-    """The backend has no container for this agent (it is gone)."""
-
-    code, status = "E_NOT_FOUND", 404
+def error_body(*, code: str, message: str, request_id: str, details: list[Any] | None = None) -> dict[str, Any]:
+    """The SPEC §3 error envelope: the one builder that HTTP, the edge middleware and MCP share."""
+    return {"error": {"code": code, "message": message, "details": details or []}, "request_id": request_id}
 
 
 class CatalogInvalid(Exception):

@@ -35,7 +35,7 @@ from agentfactory.backends.base import (
     Launched,
     ManagedContainer,
     OutputSource,
-    Usage,
+    ResourceUsage,
 )
 from agentfactory.backends.docker_spec import build_create_args, container_name
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
@@ -275,8 +275,8 @@ class DockerBackend(Backend):
         net: dict[str, Any] = found[0]
         return net
 
-    async def status(self, container_id: str) -> ContainerStatus:
-        return await self._run(lambda api: self._status(api, container_id))
+    async def status(self, agent_id: str) -> ContainerStatus:
+        return await self._run(lambda api: self._status(api, container_name(agent_id)))
 
     @staticmethod
     def _status(api: docker.APIClient, container_id: str) -> ContainerStatus:
@@ -293,7 +293,9 @@ class DockerBackend(Backend):
             runtime=(info.get("HostConfig") or {}).get("Runtime") or None,
         )
 
-    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
+    async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
+        container_id = container_name(agent_id)
+
         def wait(api: docker.APIClient) -> ContainerStatus:
             try:
                 api.wait(container_id, timeout=max(1, round(timeout)))
@@ -305,7 +307,9 @@ class DockerBackend(Backend):
 
         return await self._run(wait)
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, agent_id: str, grace_seconds: float) -> None:
+        container_id = container_name(agent_id)
+
         def stop(api: docker.APIClient) -> None:
             try:
                 api.stop(container_id, timeout=max(0, round(grace_seconds)))
@@ -317,8 +321,8 @@ class DockerBackend(Backend):
 
         await self._run(stop)
 
-    async def remove(self, container_id: str) -> None:
-        await self._run(lambda api: self._remove(api, container_id))
+    async def remove(self, agent_id: str) -> None:
+        await self._run(lambda api: self._remove(api, container_name(agent_id)))
 
     @staticmethod
     def _remove(api: docker.APIClient, container_id: str) -> None:
@@ -330,7 +334,9 @@ class DockerBackend(Backend):
             if exc.status_code != 409:  # 409: a removal is already in progress
                 raise
 
-    async def logs(self, container_id: str) -> OutputSource:
+    async def logs(self, agent_id: str) -> OutputSource:
+        container_id = container_name(agent_id)
+
         def logs(api: docker.APIClient) -> OutputSource:
             params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
             url = api._url("/containers/{0}/logs", container_id)  # type: ignore[attr-defined]
@@ -355,16 +361,18 @@ class DockerBackend(Backend):
 
         return await self._run(list_managed)
 
-    async def usage(self, container_id: str) -> Usage:
-        def usage(api: docker.APIClient) -> Usage:
+    async def usage(self, agent_id: str) -> ResourceUsage:
+        container_id = container_name(agent_id)
+
+        def usage(api: docker.APIClient) -> ResourceUsage:
             try:
                 stats = api.stats(container_id, stream=False, one_shot=True)
             except docker.errors.NotFound:
-                return Usage()
+                return ResourceUsage()
             mem = stats.get("memory_stats") or {}
             cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
             peak = mem.get("max_usage") or mem.get("usage")
-            return Usage(
+            return ResourceUsage(
                 peak_memory_bytes=int(peak) if peak else None,
                 cpu_seconds=cpu / 1e9 if cpu else None,
             )

@@ -36,7 +36,6 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
     if spec.network is not None and (spec.network in FORBIDDEN_NETWORKS or spec.network.startswith("container:")):
         raise ValueError(f"agents may not join network {spec.network!r}: use an isolated user-defined bridge")
     labels = {
-        **spec.labels,
         LABEL_MANAGED: "true",
         LABEL_AGENT: spec.agent_id,
         LABEL_PREFIX + "key_id": spec.key_id,

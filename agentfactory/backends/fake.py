@@ -21,7 +21,7 @@ from agentfactory.backends.base import (
     ContainerStatus,
     Launched,
     ManagedContainer,
-    Usage,
+    ResourceUsage,
 )
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
@@ -56,7 +56,8 @@ class _QueueOutput:
 
 
 class FakeBackend(Backend):
-    """In-memory containers driven by the spec's FAKE_* env knobs."""
+    """In-memory containers driven by the spec's FAKE_* env knobs, keyed by agent id: a test
+    that finds an agent's id in `containers` after its end has found a leftover container."""
 
     def __init__(self, *, instance: str = "fake"):
         self.instance = instance
@@ -91,7 +92,7 @@ class FakeBackend(Backend):
             await asyncio.Event().wait()
         self.launches += 1
         cid = f"fake-{spec.agent_id}"
-        c = self.containers[cid] = _Container(spec)
+        c = self.containers[spec.agent_id] = _Container(spec)
         lines = int(env.get("FAKE_LINES", "0"))
         for i in range(1, lines + 1):
             c.chunks.put((STDOUT, f"line {i}\n".encode()))
@@ -106,45 +107,45 @@ class FakeBackend(Backend):
         c.chunks.put(None)
         c.exited.set()
 
-    async def status(self, container_id: str) -> ContainerStatus:
+    async def status(self, agent_id: str) -> ContainerStatus:
         self._check()
-        c = self.containers.get(container_id)
+        c = self.containers.get(agent_id)
         if c is None:
             return ContainerStatus(ContainerState.MISSING)
         return ContainerStatus(c.state, exit_code=c.exit_code, oom_killed=c.oom)
 
-    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
-        c = self.containers.get(container_id)
+    async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
+        c = self.containers.get(agent_id)
         if c is not None:
             await asyncio.to_thread(c.exited.wait, timeout)
-        return await self.status(container_id)
+        return await self.status(agent_id)
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, agent_id: str, grace_seconds: float) -> None:
         self._check()
-        c = self.containers.get(container_id)
+        c = self.containers.get(agent_id)
         if c is not None:
             self._exit(c, 137)
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, agent_id: str) -> None:
         self._check()
-        c = self.containers.pop(container_id, None)
+        c = self.containers.pop(agent_id, None)
         if c is not None:
             self._exit(c, 137)
 
-    async def logs(self, container_id: str) -> _QueueOutput:
-        c = self.containers[container_id]
+    async def logs(self, agent_id: str) -> _QueueOutput:
+        c = self.containers[agent_id]
         return _QueueOutput(c)
 
     async def list_managed(self) -> list[ManagedContainer]:
         self._check()
-        return [ManagedContainer(cid, c.spec.agent_id, c.state) for cid, c in self.containers.items()]
+        return [ManagedContainer(f"fake-{aid}", aid, c.state) for aid, c in self.containers.items()]
 
-    async def usage(self, container_id: str) -> Usage:
-        return Usage()
+    async def usage(self, agent_id: str) -> ResourceUsage:
+        return ResourceUsage()
 
-    def vanish(self, container_id: str) -> None:
-        """Someone removed the container behind our back."""
-        c = self.containers.pop(container_id, None)
+    def vanish(self, agent_id: str) -> None:
+        """Someone removed the agent's container behind our back."""
+        c = self.containers.pop(agent_id, None)
         if c is not None:
             c.chunks.put(None)
             c.exited.set()

@@ -93,10 +93,10 @@ def test_no_seccomp_or_apparmor_opt_out_and_nothing_privileged() -> None:
     assert list(hc["binds"]) == ["/run/agentfactory/gateway"]
 
 
-def test_system_labels_win_over_extra_labels() -> None:
-    labels = build_create_args(spec(labels={"io.agentfactory.agent_id": "ag_other", "team": "x"}))["labels"]
+def test_labels_point_back_to_the_agent() -> None:
+    labels = build_create_args(spec())["labels"]
     assert labels["io.agentfactory.agent_id"] == "ag_1"
-    assert labels["team"] == "x"
+    assert labels["io.agentfactory.managed"] == "true"
 
 
 def test_runsc_raises_the_pids_limit_for_its_own_threads() -> None:
