@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from agentfactory import __version__
 from agentfactory.api import mount_http_api
+from agentfactory.backends import egress
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
@@ -67,6 +68,7 @@ def create_app(
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
     from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
     catalog = catalog or load_catalog(settings.catalog)
+    egress.check_resolvers(settings.agent_dns)
     metrics = Metrics()
     metrics.prepare_models([m.id for m in catalog.models])
     store = Store(settings.database_url)

@@ -5,6 +5,7 @@ Built by the caller (`Settings()` in the CLI, explicit values in tests); nothing
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -52,16 +53,13 @@ class Settings(BaseSettings):
 
     @field_validator("agent_dns")
     @classmethod
-    def _public_resolvers(cls, value: list[str]) -> list[str]:
-        from agentfactory.backends.egress import is_public_ipv4
-
+    def _ipv4_resolvers(cls, value: list[str]) -> list[str]:
+        # Whether each is public is the egress policy's call, checked when the app is built.
         for address in value:
             try:
-                public = is_public_ipv4(address)
+                ipaddress.IPv4Address(address)
             except ValueError:
                 raise ValueError(f"{address!r} is not an IPv4 address") from None
-            if not public:
-                raise ValueError(f"{address} is not a public address: agents with a network may not reach it")
         return value
 
     @field_validator("agent_network")

@@ -92,6 +92,17 @@ def is_public_ipv4(address: str) -> bool:
     return not any(ip in ipaddress.IPv4Network(n) for n in DENIED_IPV4)
 
 
+def check_resolvers(addresses: Sequence[str]) -> None:
+    """ValueError unless every resolver given to agents is one they may reach (the server then
+    refuses to start: an agent's DNS through the host's or a private resolver would be blocked)."""
+    private = [a for a in addresses if not is_public_ipv4(a)]
+    if private:
+        raise ValueError(
+            f"AGENTFACTORY_AGENT_DNS: {', '.join(private)} is not a public address, which agents with a network "
+            "may not reach; give public resolvers"
+        )
+
+
 def chain_names(network: str) -> tuple[str, str]:
     """(forward, input) chain names of a network: short (iptables allows 28 characters) and stable."""
     digest = hashlib.sha256(network.encode()).hexdigest()[:8]

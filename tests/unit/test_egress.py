@@ -13,6 +13,7 @@ from agentfactory.backends.egress import (
     Chain,
     build_policy,
     chain_names,
+    check_resolvers,
     host_networks,
     is_public_ipv4,
     run_command,
@@ -126,8 +127,11 @@ def test_a_missing_iptables_is_named() -> None:
 
 
 def test_agents_resolvers_must_be_public() -> None:
+    check_resolvers(["9.9.9.9", "1.1.1.1"])
+    check_resolvers([])
+    for bad in ("10.255.255.53", "127.0.0.53", "169.254.169.253"):
+        with pytest.raises(ValueError, match=f"AGENTFACTORY_AGENT_DNS: {bad} is not a public address"):
+            check_resolvers(["8.8.8.8", bad])
     assert Settings(agent_dns=["9.9.9.9"]).agent_dns == ["9.9.9.9"]
-    assert Settings(agent_dns=[]).agent_dns == []
-    for bad in ("10.255.255.53", "127.0.0.53", "169.254.169.253", "resolver.local"):
-        with pytest.raises(ValueError, match=bad):
-            Settings(agent_dns=[bad])
+    with pytest.raises(ValueError, match=r"'resolver\.local' is not an IPv4 address"):
+        Settings(agent_dns=["resolver.local"])
