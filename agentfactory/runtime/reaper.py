@@ -111,6 +111,8 @@ class Reaper(Loop):
                     for r in rows
                     if r.status in LAUNCHING and not lch.watching(r.pk)
                 ]
+                # While agents with a network run, their egress rules are read back and put back if flushed.
+                + ([lch.recheck_egress()] if any(lch.catalog.needs_network(r.tools) for r in running) else [])
             )
             await self._stop_overdue_elsewhere(now)
             await self.remove_orphans()
