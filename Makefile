@@ -2,16 +2,30 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up setup test test-no-engine lint fmt bench load image clean
+.PHONY: up up-ha setup test test-pg test-no-engine lint fmt bench load image clean
 
 up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
 	bash scripts/up.sh
 
+up-ha:         ## PostgreSQL + 3 replicas + HAProxy on 127.0.0.1:8000, all from Debian (docs/ha.md)
+	bash scripts/up_ha.sh
+
 setup:         ## deps, Docker Engine, images, gVisor (runsc) and the test tools; idempotent
 	AGENTFACTORY_WITH_TEST_TOOLS=1 AGENTFACTORY_WITH_RUNSC=1 bash scripts/setup.sh
 
-test: setup    ## the whole test suite against the real engine
+test: setup    ## the whole test suite against the real engine (SQLite), then its database-bound part on PostgreSQL
 	$(VENV)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-pg
+
+# The tests whose servers use the database, again with every server on PostgreSQL (a cluster the run
+# starts from Debian's binaries). The replicas' and engine-restart tests run once, in `test` (the
+# former on PostgreSQL always); the image and engine-adapter tests do not touch the database.
+PG_TESTS := tests/api tests/integration tests/cli/test_commands.py tests/cli/test_e2e.py \
+	--ignore=tests/integration/test_replicas.py --ignore=tests/integration/test_engine_restart.py \
+	--ignore=tests/integration/test_image.py --ignore=tests/integration/test_docker_network.py \
+	--ignore=tests/integration/test_gateway.py --ignore=tests/integration/test_runtime_docker.py
+test-pg: setup ## the database-bound tests on PostgreSQL only
+	AGENTFACTORY_TEST_DATABASE=postgres $(VENV)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PG_PYTEST_ARGS)
 
 test-no-engine: setup  ## the tests that need no Docker Engine, run with the engine out of reach
 	DOCKER_HOST=unix:///nonexistent/docker.sock $(VENV)/pytest -q -p no:cacheprovider -m "not docker"

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from agentfactory.app import create_app
 from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
+from tests.support.server import database_url
 
 ADMIN = "af_admin_test_key"
 
@@ -32,7 +33,7 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'af.db'}",
+        database_url=database_url(tmp_path / "af.db"),
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,

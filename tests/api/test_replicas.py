@@ -25,7 +25,7 @@ from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 from agentfactory.store.tables import AgentRow, ReplicaRow
 from tests.api.conftest import ADMIN
-from tests.support.server import wait_until
+from tests.support.server import database_url, wait_until
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -78,8 +78,12 @@ class Rep:
 
 
 def make(tmp_path: Path, name: str, backend: FakeBackend) -> Iterator[Rep]:
+    """A replica on the test's one database (tmp_path/db_url names it)."""
+    url_file = tmp_path / "db_url"
+    if not url_file.exists():
+        url_file.write_text(database_url(tmp_path / "af.db"))
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'af.db'}",
+        database_url=url_file.read_text(),
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / f"gw-{name}",
         reaper_interval_seconds=3600,

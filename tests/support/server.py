@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 POSTGRES: Any = None
 
 
+def database_url(sqlite_file: Path) -> str:
+    """The database of one control plane under test: a fresh PostgreSQL database when the run
+    selected PostgreSQL, else the SQLite file `sqlite_file`."""
+    return str(POSTGRES.new_database()) if POSTGRES is not None else f"sqlite:///{sqlite_file}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +63,7 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, *, catalog: Path | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
-        database = POSTGRES.new_database() if POSTGRES is not None else f"sqlite:///{workdir / 'agentfactory.db'}"
+        database = database_url(workdir / "agentfactory.db")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = "af_admin_" + uuid.uuid4().hex

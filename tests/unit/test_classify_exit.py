@@ -40,3 +40,28 @@ def test_stop_reasons_and_clean_exits_are_unchanged_under_runsc() -> None:
     assert classify_exit(row("cancelled"), ended(2, runtime="runsc"))[:2] == ("cancelled", "cancelled")
     assert classify_exit(row("ttl_expired"), ended(137, runtime="runsc"))[:2] == ("expired", "ttl_expired")
     assert classify_exit(row(), ended(1, runtime="runsc")) == ("failed", "exit", "exited with code 1")
+
+
+def test_a_running_container_is_never_classified_as_an_end() -> None:
+    # An engine with live-restore reports a container it lost track of with exit code 0.
+    with pytest.raises(ValueError):
+        classify_exit(row(), ContainerStatus(ContainerState.RUNNING, exit_code=0))
+
+
+@pytest.mark.parametrize("code", [143, 137])
+def test_a_container_the_engine_stopped_during_an_outage_is_lost_naming_the_engine(code: int) -> None:
+    outage = AgentRow(id="ag_1", status="running", ttl_seconds=60, engine_lost_at=1.0)
+    status, reason, error = classify_exit(outage, ended(code))
+    assert (status, reason) == ("failed", "lost")
+    assert error is not None and "engine stopped or restarted" in error and str(code) in error
+    gone = classify_exit(outage, ContainerStatus(ContainerState.MISSING))
+    assert gone[:2] == ("failed", "lost") and "engine" in (gone[2] or "")
+
+
+def test_an_agents_own_exit_after_an_outage_is_still_its_own() -> None:
+    outage = AgentRow(id="ag_1", status="running", ttl_seconds=60, engine_lost_at=1.0)
+    assert classify_exit(outage, ended(0)) == ("succeeded", "exit", None)
+    assert classify_exit(outage, ended(1)) == ("failed", "exit", "exited with code 1")
+    assert classify_exit(outage, ended(137, oom=True))[1] == "oom_killed"
+    # Without an outage, a signal exit is the agent's (or its tools') own.
+    assert classify_exit(row(), ended(143)) == ("failed", "exit", "exited with code 143")
