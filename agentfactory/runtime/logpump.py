@@ -17,14 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import update
 
 from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.lines import Bounded, Chunk, LineSplitter
-from agentfactory.store import Store
-from agentfactory.store.tables import AgentRow
+from agentfactory.store import Store, queries
 
 log = structlog.get_logger("agentfactory.logpump")
 BATCH_LINES = 50_000
@@ -90,12 +88,6 @@ class LogPump:
         self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
         self.stopping = False
         self._writer = threading.Thread(target=self._write_loop, name="logpump-writer", daemon=True)
-        self._insert_sql = (
-            "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) VALUES (?, ?, ?, ?, ?, ?)"
-            if store.is_sqlite
-            else "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) "
-            "VALUES (%s, %s, %s, %s, %s, %s)"
-        )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the writer; capture futures complete on `loop`."""
@@ -284,37 +276,15 @@ class LogPump:
                 nbytes += it.nbytes
         if not positions:
             return
-        with self._store.session() as s:
-            conn = s.connection()
-            # Positions first: on PostgreSQL this locks each agent's row (an adoption waits for
-            # it or skips it), and an agent another replica adopted meanwhile is fenced off: its
-            # lines are left to the adopter, which resumes from the position stored before.
-            fenced: set[int] = set()
-            for pk, batch in positions.items():
-                q = update(AgentRow).where(AgentRow.pk == pk)
-                if self._owner is not None:
-                    q = q.where(AgentRow.owner == self._owner)
-                moved = conn.execute(
-                    q.values(
-                        stdout_consumed=batch.consumed[0],
-                        stderr_consumed=batch.consumed[1],
-                        log_dropped_lines=batch.dropped[0],
-                        log_dropped_bytes=batch.dropped[1],
-                    )
-                )
-                if not moved.rowcount:
-                    fenced.add(pk)
-            if fenced:
-                rows = [r for r in rows if r[0] not in fenced]
-                log.warning("log_lines_fenced", agent_pks=sorted(fenced))
-            if rows:
-                conn.exec_driver_sql(self._insert_sql, rows)
-            for pk in first_ts.keys() - fenced:
-                conn.execute(
-                    update(AgentRow)
-                    .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
-                    .values(first_output_at=first_ts[pk])
-                )
+        fenced = self._store.call(
+            queries.store_log_chunks,
+            rows=rows,
+            positions={pk: (*b.consumed, *b.dropped) for pk, b in positions.items()},
+            first_output_at=first_ts,
+            owner=self._owner,
+        )
+        if fenced:  # adopted by another replica: its lines are the adopter's to store
+            log.warning("log_lines_fenced", agent_pks=sorted(fenced))
         self._metrics.log_lines.inc(lines)
         self._metrics.log_bytes.inc(nbytes)
         self._hub.bump_threadsafe(list(positions))

@@ -169,6 +169,55 @@ def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion
 CHUNKS_PER_READ = 64
 
 
+def store_log_chunks(
+    *,
+    session: Session,
+    rows: Sequence[tuple[int, int, int, float, int, str]],
+    positions: dict[int, tuple[int, int, int, int]],
+    first_output_at: dict[int, float],
+    owner: str | None = None,
+) -> set[int]:
+    """Insert log chunk rows (agent_pk, last_seq, first_seq, ts, stream, text) and record each
+    agent's resume position (stdout_consumed, stderr_consumed, dropped lines, dropped bytes) and
+    first output time, in the caller's one transaction. The rows go through the driver's
+    executemany: a flood's chunks cost no ORM objects.
+
+    With `owner`, only for agents that replica still owns: positions are written first (on
+    PostgreSQL this takes each agent's row lock, so an adoption waits for the batch or skips the
+    row), and an agent another replica adopted meanwhile is fenced off: none of its lines are
+    stored, its adopter resumes from the position stored before. Returns the fenced agents."""
+    conn = session.connection()
+    fenced: set[int] = set()
+    for pk, (stdout_consumed, stderr_consumed, dropped_lines, dropped_bytes) in positions.items():
+        q = update(AgentRow).where(AgentRow.pk == pk)
+        if owner is not None:
+            q = q.where(AgentRow.owner == owner)
+        moved = conn.execute(
+            q.values(
+                stdout_consumed=stdout_consumed,
+                stderr_consumed=stderr_consumed,
+                log_dropped_lines=dropped_lines,
+                log_dropped_bytes=dropped_bytes,
+            )
+        )
+        if not moved.rowcount:
+            fenced.add(pk)
+    kept = [r for r in rows if r[0] not in fenced] if fenced else rows
+    if kept:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) VALUES "
+            f"({', '.join([mark] * 6)})",
+            list(kept),
+        )
+    for pk, ts in first_output_at.items():
+        if pk not in fenced:
+            conn.execute(
+                update(AgentRow).where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None)).values(first_output_at=ts)
+            )
+    return fenced
+
+
 def read_log_lines(
     *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
 ) -> list[tuple[int, float, int, str]]:

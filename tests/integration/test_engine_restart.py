@@ -6,6 +6,7 @@ own socket, data root, exec root), never the machine's shared one, and destroys 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
 from tests.support.engine import PrivateEngine
+from tests.support.postgres import LocalPostgres
 from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wait_until
 
 pytestmark = pytest.mark.docker
@@ -125,3 +127,51 @@ def test_a_control_plane_started_while_the_engine_is_down_adopts_what_runs(
             final = wait_terminal(c, a, timeout=60)
             assert final["status"] == "succeeded", final
             assert_whole(c, a, final, 80)
+
+
+def passes(srv: ServerProcess) -> float:
+    text = httpx.get(srv.url + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("agentfactory_reaper_passes_total "))
+    return float(line.split()[1])
+
+
+def test_replicas_on_separate_engines_never_mark_each_others_agents_lost(
+    engine: PrivateEngine,
+    postgres: LocalPostgres,
+    make_server: type[ServerProcess],
+    upstream: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    """One database, two replicas, each on its own engine (the machine's and a private one)."""
+    if not engine.answers():
+        engine.start(live_restore=engine.live_restore)
+    catalog = write_catalog(tmp_path / "catalog.json", upstream)
+    env = {
+        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+        "AGENTFACTORY_DATABASE_URL": postgres.new_database("engines"),
+        "AGENTFACTORY_INSTANCE_ID": "engines-" + uuid.uuid4().hex[:8],
+    }
+    near = make_server(catalog=catalog, env=env)
+    far = make_server(catalog=catalog, env={**env, "DOCKER_HOST": engine.host})
+    far.admin_key = near.admin_key
+    far.env["AGENTFACTORY_ADMIN_KEY"] = near.admin_key
+    near.start()
+    far.start()
+    with near.client() as c, far.client() as f:
+        mine, theirs = printer(c, 100), printer(f, 100)
+        wait_until(
+            lambda: all(len(numbered(all_log_lines(c, a))) >= 5 for a in (mine, theirs)), timeout=60, what="lines"
+        )
+    far.kill()  # dead at once to `near` (same machine, its process is gone), but its agent is on another engine
+    with near.client() as c:
+        seen = passes(near)
+        wait_until(lambda: passes(near) >= seen + 3, timeout=30, what="three controller passes")
+        assert c.get(f"/agents/{theirs}").json()["status"] == "running"
+        final = wait_terminal(c, mine, timeout=60)
+        assert final["status"] == "succeeded", final
+        assert c.get(f"/agents/{theirs}").json()["status"] == "running"
+    far.start()  # a new replica on that engine adopts it
+    with near.client() as c:
+        final = wait_terminal(c, theirs, timeout=60)
+        assert final["status"] == "succeeded", final
+        assert_whole(c, theirs, final, 100)
