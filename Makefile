@@ -18,12 +18,15 @@ test: setup    ## the whole test suite against the real engine (SQLite), then it
 	$(MAKE) --no-print-directory test-pg
 
 # The tests whose servers use the database, again with every server on PostgreSQL (a cluster the run
-# starts from Debian's binaries). The replicas' and engine-restart tests run once, in `test` (the
-# former on PostgreSQL always); the image and engine-adapter tests do not touch the database.
+# starts from Debian's binaries). Left out: what does not depend on the database (the container's
+# hardening, runtime and egress, the image, the engine adapter, the gateway harness), and the
+# replicas' and engine-restart tests, which run once in `test` (the former on PostgreSQL always).
 PG_TESTS := tests/api tests/integration tests/cli/test_commands.py tests/cli/test_e2e.py \
 	--ignore=tests/integration/test_replicas.py --ignore=tests/integration/test_engine_restart.py \
 	--ignore=tests/integration/test_image.py --ignore=tests/integration/test_docker_network.py \
-	--ignore=tests/integration/test_gateway.py --ignore=tests/integration/test_runtime_docker.py
+	--ignore=tests/integration/test_gateway.py --ignore=tests/integration/test_runtime_docker.py \
+	--ignore=tests/integration/test_hardening.py --ignore=tests/integration/test_agent_runtime.py \
+	--ignore=tests/integration/test_egress.py
 test-pg: setup ## the database-bound tests on PostgreSQL only
 	AGENTFACTORY_TEST_DATABASE=postgres $(VENV)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PG_PYTEST_ARGS)
 

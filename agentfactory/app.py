@@ -112,12 +112,18 @@ def create_app(
             # Another replica on this machine serves the socket: take over if it dies.
             log.info("gateway_served_by_another_replica", socket=str(gateway.socket_path))
             loops.append(loop.create_task(seat.run(stop)))
-        await prepare_agent_network(svc.backend, catalog, settings.agent_network)
-        if run_loops:
+
+        async def lease() -> None:
             try:
                 await svc.replica.run_once()  # the lease, the database's clock, the engine's id
             except Exception as exc:  # the lease loop retries
                 log.warning("lease_failed", error=repr(exc))
+
+        await asyncio.gather(
+            prepare_agent_network(svc.backend, catalog, settings.agent_network),
+            *([lease()] if run_loops else []),
+        )
+        if run_loops:
             try:
                 await reaper.recover()
             except Exception as exc:  # the controller catches up on its next passes

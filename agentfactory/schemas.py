@@ -42,6 +42,11 @@ def _check_env(value: dict[str, str], what: str) -> dict[str, str]:
     return value
 
 
+# The largest value an integer column holds on PostgreSQL (int4): a number above it is a 422 here,
+# not a 500 from the database (SQLite would have stored it).
+INT32_MAX = 2_147_483_647
+
+
 class AgentCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -64,11 +69,11 @@ class AgentCreate(BaseModel):
     model: str = Field(min_length=1, max_length=64)
     prompt: str = Field(min_length=1)
     tools: list[str] = Field(default_factory=list, max_length=32)
-    ttl_seconds: int | None = Field(None, ge=1)
+    ttl_seconds: int | None = Field(None, ge=1, le=INT32_MAX)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    token_budget: int | None = Field(None, ge=1)
+    token_budget: int | None = Field(None, ge=1, le=INT32_MAX)
 
     @field_validator("tools")
     @classmethod
@@ -193,7 +198,7 @@ class LogPage(BaseModel):
 class TtlUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ttl_seconds": 600}]})
 
-    ttl_seconds: int = Field(ge=1)
+    ttl_seconds: int = Field(ge=1, le=INT32_MAX)
 
 
 class Timings(BaseModel):
@@ -296,7 +301,7 @@ class KeyCreate(BaseModel):
     tools: list[str] = Field(default_factory=list, max_length=256)
     max_concurrent_agents: int = Field(10, ge=1, le=100_000)
     max_requests_per_minute: int = Field(600, ge=1, le=1_000_000)
-    max_ttl_seconds: int = Field(3600, ge=1)
+    max_ttl_seconds: int = Field(3600, ge=1, le=INT32_MAX)
 
 
 class KeyOut(BaseModel):

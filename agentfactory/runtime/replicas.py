@@ -9,6 +9,7 @@ lease), so a restarted replica picks up its predecessor's agents in its first pa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -83,9 +84,19 @@ class Replica(Loop):
 
     async def run_once(self) -> None:
         self.leasing = True
-        if self.engine_id is None:
-            with contextlib.suppress(RuntimeUnavailableError):
-                self.engine_id = await self.backend.engine_id()
+        # The engine's id (Docker's `info`, a slow call) is asked while the lease is renewed.
+        ask = asyncio.ensure_future(self._ask_engine_id()) if self.engine_id is None else None
+        try:
+            await self._renew()
+        finally:
+            if ask is not None:
+                await ask
+
+    async def _ask_engine_id(self) -> None:
+        with contextlib.suppress(RuntimeUnavailableError):
+            self.engine_id = await self.backend.engine_id()
+
+    async def _renew(self) -> None:
         t0 = time.time()
         try:
             now, leases = await self.store.run(
