@@ -19,6 +19,7 @@ from agentfactory.api.middleware import EdgeMiddleware
 from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
@@ -91,6 +92,7 @@ def create_app(
             environ=dict(os.environ),
             metrics=metrics,
             logger=structlog.get_logger("agentfactory.gateway"),
+            limits=GatewayLimits.from_settings(settings),
         )
         if serve_gateway:
             await gateway.start()

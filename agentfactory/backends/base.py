@@ -35,6 +35,7 @@ class AgentSpec:
     pids: int
     scratch_mb: int
     max_log_bytes: int
+    nofile: int = 1024  # open-file limit, soft and hard: bounds the sockets an agent can open
     network: str | None = None  # None: no network at all; else the name of an isolated network
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
     gateway_socket_dir: Path | None = None

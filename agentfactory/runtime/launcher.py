@@ -41,7 +41,6 @@ from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
 
 log = structlog.get_logger("agentfactory.launcher")
 GATEWAY_SOCKET_IN_CONTAINER = "/run/agentfactory/gateway.sock"
-TOOL_OUTPUT_LIMIT = 16_384
 
 
 def request_hash(req: AgentCreate) -> str:
@@ -241,20 +240,11 @@ class Launcher:
 
     def _spec(self, row: AgentRow, token: str) -> AgentSpec:
         limits = self.catalog.limits
-        runtime_spec = {
-            "agent_id": row.id,
-            "model": row.model,
-            "prompt": row.prompt,
-            "tools": [t.model_dump() for tid in row.tools if (t := self.catalog.tool(tid)) is not None],
-            "max_steps": limits.max_steps,
-            "tool_timeout_seconds": limits.tool_timeout_seconds,
-            "tool_output_limit": TOOL_OUTPUT_LIMIT,
-            "model_timeout_seconds": (model.timeout_seconds + 15) if (model := self.catalog.model(row.model)) else 300,
-        }
+        # The runtime asks the gateway for its spec (prompt included) at start: an environment
+        # string is capped at 128 KiB by Linux, a prompt of max_prompt_chars is not.
         env = {
             **row.env,
             **row.secrets,
-            "AGENTFACTORY_SPEC": json.dumps(runtime_spec),
             "AGENTFACTORY_GATEWAY_SOCKET": GATEWAY_SOCKET_IN_CONTAINER,
             "AGENTFACTORY_GATEWAY_TOKEN": token,
         }
@@ -268,6 +258,7 @@ class Launcher:
             pids=limits.pids,
             scratch_mb=limits.scratch_mb,
             max_log_bytes=limits.max_log_bytes,
+            nofile=self.settings.agent_nofile,
             network=self.settings.agent_network if self.catalog.needs_network(row.tools) else None,
             runtime=self.catalog.runtime or self.settings.container_runtime,
             gateway_socket_dir=self.settings.gateway_socket_dir,

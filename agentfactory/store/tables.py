@@ -46,6 +46,8 @@ class AgentRow(Base):
     tokens_prompt: Mapped[int] = mapped_column(Integer, default=0)
     tokens_completion: Mapped[int] = mapped_column(Integer, default=0)
     model_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # Tokens held by the agent's model calls in flight (SPEC §14): used + reserved never exceeds the budget.
+    tokens_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     log_sha256: Mapped[str | None] = mapped_column(String(64))

@@ -21,6 +21,7 @@ import structlog
 
 from agentfactory.catalog import Catalog
 from agentfactory.gateway import ModelGateway
+from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.observability.metrics import Metrics
 from agentfactory.store.engine import Store
 from agentfactory.store.tables import AgentRow
@@ -60,7 +61,9 @@ def make_catalog(upstream_url: str, *, timeout_seconds: float = 5.0) -> Catalog:
 class GatewayHarness:
     """Starts the gateway in a background loop; `add_agent` returns (agent_id, gateway token)."""
 
-    def __init__(self, catalog: Catalog, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, catalog: Catalog, *, environ: Mapping[str, str] | None = None, limits: GatewayLimits | None = None
+    ) -> None:
         # AF_UNIX paths are limited to ~107 bytes: keep the directory short.
         self.dir = Path(tempfile.mkdtemp(prefix="afgw-", dir="/tmp"))
         self.socket_dir = self.dir / "sock"
@@ -77,6 +80,7 @@ class GatewayHarness:
             environ=dict(environ if environ is not None else {KEY_ENV: KEY_VALUE}),
             metrics=self.metrics,
             logger=structlog.get_logger("gateway-test"),
+            limits=limits,
         )
 
     def start(self) -> GatewayHarness:
@@ -98,7 +102,9 @@ class GatewayHarness:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def add_agent(self, model: str, *, status: str = "running", token_budget: int = 100_000) -> tuple[str, str]:
+    def add_agent(
+        self, model: str, *, status: str = "running", token_budget: int = 100_000, prompt: str = "(test)"
+    ) -> tuple[str, str]:
         token = secrets.token_urlsafe(24)
         agent_id = f"ag_{secrets.token_hex(8)}"
         now = time.time()
@@ -110,7 +116,7 @@ class GatewayHarness:
                     status=status,
                     model=model,
                     tools=["python", "shell"],
-                    prompt="(test)",
+                    prompt=prompt,
                     env={},
                     secrets={},
                     meta={},

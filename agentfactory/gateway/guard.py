@@ -1,0 +1,286 @@
+"""The gateway's own accept loop: it bounds the connections agents may hold on the shared socket.
+
+Over a Unix socket every agent looks the same until a request's head names its token, so:
+- at most `max_connections` are open, all agents together. Past it, the oldest connection that has
+  not yet sent a request is closed to make room (a flood of idle connections only evicts itself:
+  an honest agent sends its request as soon as it connects); if every open connection carries a
+  request, the new one gets a canned 503 and is closed, without an HTTP parser ever being built;
+- a connection that sends no complete request within `header_timeout_seconds` is closed;
+- once a request names a token, the connection counts against that token's
+  `max_connections_per_agent` (the handler asks `attribute`);
+- at most ACCEPTS_PER_TICK connections are accepted per turn of the event loop, so a connection
+  storm is served in slices between the API's requests rather than in one long stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from agentfactory.gateway.limits import GatewayLimits, TokenState
+from agentfactory.observability.metrics import Metrics
+
+ACCEPTS_PER_TICK = 16
+LISTEN_BACKLOG = 1024
+# When the process runs out of file descriptors, accepting pauses this long (as asyncio does).
+ACCEPT_RETRY_SECONDS = 1.0
+SWEEP_SECONDS = 1.0
+
+
+def _canned(status: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+FULL = _canned("503 Service Unavailable", "E_CAPACITY", "the model gateway has too many open connections; retry")
+
+
+class _Conn:
+    __slots__ = ("digest", "opened", "protocol", "transport")
+
+    def __init__(self, protocol: _Tracked, opened: float) -> None:
+        self.protocol = protocol
+        self.opened = opened
+        self.transport: asyncio.Transport | None = None
+        self.digest: str | None = None
+
+
+class _Tracked(asyncio.Protocol):
+    """Wraps aiohttp's protocol to tell the guard when a connection opens and closes."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self.conn: _Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._guard._opened(self, transport)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard._closed(self)
+        self._inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """Listens on the gateway's socket and owns the bookkeeping of every connection and token."""
+
+    def __init__(
+        self,
+        *,
+        limits: GatewayLimits,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        metrics: Metrics,
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self.limits = limits
+        self._factory = protocol_factory
+        self._metrics = metrics
+        self._log = logger
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._open: dict[_Tracked, _Conn] = {}
+        self._anonymous: OrderedDict[_Tracked, _Conn] = OrderedDict()
+        self._tokens: dict[str, TokenState] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._paused: asyncio.TimerHandle | None = None
+        self.max_connections = limits.max_connections
+
+    # -- listening ---------------------------------------------------------------------------------
+
+    def listen(self, path: Path) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.max_connections = _fit_to_fd_limit(self.limits.max_connections, self._log)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o666)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
+        self._loop.add_reader(sock.fileno(), self._accept)
+        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def close(self) -> None:
+        """Stop listening and close every connection. Safe to call twice."""
+        for handle in (self._sweeper, self._paused):
+            if handle is not None:
+                handle.cancel()
+        self._sweeper = self._paused = None
+        listener, self._listener = self._listener, None
+        if listener is not None and self._loop is not None:
+            self._loop.remove_reader(listener.fileno())
+            listener.close()
+        for conn in list(self._open.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        for _ in range(ACCEPTS_PER_TICK):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._log.warning("gateway_accept_out_of_resources", error=exc.strerror)
+                    self._loop.remove_reader(self._listener.fileno())
+                    self._paused = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume_accepting)
+                    return
+                raise
+            if len(self._open) >= self.max_connections and not self._evict_one():
+                self._refuse(sock)
+                continue
+            sock.setblocking(False)
+            protocol = _Tracked(self, self._factory())
+            conn = _Conn(protocol, self._loop.time())
+            self._open[protocol] = conn
+            self._anonymous[protocol] = conn
+            self._loop.create_task(self._connect(sock, protocol))
+
+    async def _connect(self, sock: socket.socket, protocol: _Tracked) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: protocol, sock)
+        except OSError:
+            self._forget(protocol)
+            sock.close()
+
+    def _resume_accepting(self) -> None:
+        self._paused = None
+        if self._listener is not None and self._loop is not None:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        self._metrics.gateway_connections_refused.inc()
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(FULL)
+        sock.close()
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection that has not sent a request; False if there is none."""
+        if not self._anonymous:
+            return False
+        protocol, conn = self._anonymous.popitem(last=False)
+        self._forget(protocol)
+        self._metrics.gateway_connections_refused.inc()
+        if conn.transport is not None:
+            conn.transport.abort()
+        return True
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def _opened(self, protocol: _Tracked, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        conn = self._open.get(protocol)
+        if conn is None:  # evicted before its transport existed
+            transport.abort()
+            return
+        conn.transport = transport
+        protocol.conn = conn
+
+    def _closed(self, protocol: _Tracked) -> None:
+        self._forget(protocol)
+
+    def _forget(self, protocol: _Tracked) -> None:
+        conn = self._open.pop(protocol, None)
+        self._anonymous.pop(protocol, None)
+        if conn is not None and conn.digest is not None:
+            state = self._tokens.get(conn.digest)
+            if state is not None:
+                state.connections -= 1
+
+    def state(self, digest: str) -> TokenState:
+        state = self._tokens.get(digest)
+        if state is None:
+            assert self._loop is not None
+            state = self._tokens[digest] = TokenState(self.limits.call_burst_per_agent, self._loop.time())
+        return state
+
+    def attribute(self, transport: Any, digest: str) -> bool:
+        """Count the connection carrying a request against its token; False past the per-token cap."""
+        protocol = transport.get_protocol() if transport is not None else None
+        conn = self._open.get(protocol) if isinstance(protocol, _Tracked) else None
+        if conn is None:
+            return True  # already closing
+        if conn.digest == digest:
+            return True
+        self._anonymous.pop(protocol, None)  # type: ignore[arg-type]
+        if conn.digest is not None:
+            self.state(conn.digest).connections -= 1
+        conn.digest = digest
+        state = self.state(digest)
+        state.connections += 1
+        return state.connections <= self.limits.max_connections_per_agent
+
+    def _sweep(self) -> None:
+        """Close connections that sent no request in time; forget tokens with nothing left."""
+        assert self._loop is not None
+        now = self._loop.time()
+        deadline = now - self.limits.header_timeout_seconds
+        while self._anonymous:
+            protocol, conn = next(iter(self._anonymous.items()))
+            if conn.opened > deadline:
+                break
+            self._anonymous.popitem(last=False)
+            self._forget(protocol)
+            if conn.transport is not None:
+                conn.transport.abort()
+        for digest in [d for d, s in self._tokens.items() if s.idle(self.limits, now)]:
+            del self._tokens[digest]
+        self._metrics.gateway_connections.set(len(self._open))
+        self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
+def _fit_to_fd_limit(wanted: int, log: FilteringBoundLogger) -> int:
+    """Raise the soft open-file limit toward the hard one so the cap fits, with room for the rest of
+    the control plane (API clients, the store, the engine); lower the cap if it still does not."""
+    import resource
+
+    room = 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted + room:
+        target = wanted + room if hard == resource.RLIM_INFINITY else min(hard, wanted + room)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted + room:
+        fitted = max(8, soft - room)
+        log.warning("gateway_connection_cap_lowered", wanted=wanted, cap=fitted, nofile=soft)
+        return fitted
+    return wanted
