@@ -164,6 +164,10 @@ class ModelGateway:
             raise
         self._log.info("gateway_started", socket=str(path), max_connections=self._guard.max_connections)
 
+    @property
+    def open_connections(self) -> int:
+        return self._guard.open_connections if self._guard is not None else 0
+
     async def stop(self) -> None:
         """Stop serving, close the upstream client, remove the socket. Safe to call twice."""
         guard, self._guard = self._guard, None

@@ -144,6 +144,16 @@ class GatewayHarness:
             s.expunge(row)
             return row
 
+    def agent_reserved_total(self) -> int:
+        with self.store.session() as s:
+            return sum(row.tokens_reserved for row in s.query(AgentRow))
+
+    def gateway_connections(self) -> int:
+        async def count() -> int:
+            return self.gateway.open_connections
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(timeout=5)
+
     def set_status(self, agent_id: str, status: str) -> None:
         with self.store.session() as s:
             s.query(AgentRow).filter_by(id=agent_id).update({"status": status})

@@ -1,0 +1,255 @@
+"""Hostile agents against the real control plane (SPEC §14): real server, real Docker, a fake upstream.
+
+The flood is sent from the test host, with the attacking agent's own gateway token read from its
+container, against the socket its container has mounted: that is everything an agent can reach, and
+from the host the attacker has no open-file limit and no CPU quota, so the gateway's own refusals
+are what is measured (the agents' `nofile` limit is checked on its own below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.fake_openai import FakeOpenAI, Reply, completion
+from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
+from tests.support.server import ROOT, ServerProcess, all_log_lines, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
+IDLE_SAMPLES = 1500
+PACE_SECONDS = 0.004
+MODEL_CALL_EVERY = 50  # probes: ~5 calls a second, under the default 10/s per agent
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(prompt_as_shell()) as fake:
+        yield fake
+
+
+def start_server(make_server: Any, upstream: FakeOpenAI, tmp_path: Path, **env: str) -> ServerProcess:
+    catalog = write_catalog(tmp_path / "catalog.json", upstream)
+    srv: ServerProcess = make_server(catalog=catalog, env={UPSTREAM_KEY_ENV: UPSTREAM_KEY, **env})
+    return srv.start()
+
+
+def new_key(srv: ServerProcess, name: str) -> str:
+    with srv.client() as admin:
+        response = admin.post(
+            "/keys", json={"name": name, "max_requests_per_minute": 1_000_000, "max_concurrent_agents": 10}
+        )
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        return key
+
+
+def launch(srv: ServerProcess, key: str, **body: Any) -> str:
+    with srv.client(key) as c:
+        response = c.post("/agents", json={"ttl_seconds": 600, **body})
+        assert response.status_code == 201, response.text
+        agent_id: str = response.json()["id"]
+        wait_until(
+            lambda: c.get(f"/agents/{agent_id}").json()["status"] == "running", timeout=60, what=f"{agent_id} running"
+        )
+        return agent_id
+
+
+def gateway_token(agent_id: str) -> str:
+    """The agent's own token, as its container holds it."""
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{json .Config.Env}}", f"agentfactory-{agent_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env = dict(item.split("=", 1) for item in json.loads(out))
+    return env["AGENTFACTORY_GATEWAY_TOKEN"]
+
+
+def socket_of(srv: ServerProcess) -> Path:
+    return srv.workdir / "gw" / "gateway.sock"
+
+
+def gateway_client(srv: ServerProcess) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_of(srv))), base_url="http://gateway", timeout=30)
+
+
+def model_call(gw: httpx.Client, token: str, **body: Any) -> httpx.Response:
+    return gw.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "echo hi"}], **body},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[98]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Prober:
+    """Another key's GET /agents/{id} at a steady pace, and its agent's model calls now and then."""
+
+    def __init__(self, srv: ServerProcess, key: str, agent_id: str, token: str) -> None:
+        self.api = srv.client(key, timeout=30)
+        self.gw = gateway_client(srv)
+        self.agent_id, self.token = agent_id, token
+        self.calls: list[int] = []
+
+    def run(self, *, samples: int = 0, while_alive: subprocess.Popen[bytes] | None = None) -> list[float]:
+        latencies: list[float] = []
+        next_at = time.perf_counter()
+        while len(latencies) < samples or (while_alive is not None and while_alive.poll() is None):
+            started = time.perf_counter()
+            response = self.api.get(f"/agents/{self.agent_id}")
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+            if len(latencies) % MODEL_CALL_EVERY == 0:
+                self.calls.append(model_call(self.gw, self.token).status_code)
+            next_at += PACE_SECONDS
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        return latencies
+
+    def close(self) -> None:
+        self.api.close()
+        self.gw.close()
+
+
+def test_a_flooding_agent_gets_refusals_and_other_keys_do_not_notice(
+    make_server: Any, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    srv = start_server(make_server, upstream, tmp_path)
+    attacker_key, victim_key = new_key(srv, "attacker"), new_key(srv, "victim")
+    attacker = launch(srv, attacker_key, model="sh", prompt="sleep 600", tools=["shell"], token_budget=1_000_000)
+    victim = launch(srv, victim_key, model="sh", prompt="sleep 600", tools=["shell"])
+    prober = Prober(srv, victim_key, victim, gateway_token(victim))
+    assert srv.proc is not None
+    try:
+        prober.run(samples=200)  # warm: connections, caches
+        idle = prober.run(samples=IDLE_SAMPLES)
+        idle_calls = list(prober.calls)
+        rss_before = rss_mb(srv.proc.pid)
+        out = tmp_path / "flood.json"
+        flooder = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.gateway_flood", str(socket_of(srv)), gateway_token(attacker),
+             str(out), "--seconds", "12"],
+            cwd=ROOT,
+        )  # fmt: skip
+        try:
+            flooded = prober.run(samples=IDLE_SAMPLES, while_alive=flooder)
+        finally:
+            if flooder.poll() is None:
+                flooder.kill()
+        assert flooder.wait(60) == 0
+        rss_after = rss_mb(srv.proc.pid)
+        attack = json.loads(out.read_text())
+    finally:
+        prober.close()
+    idle_p99, flood_p99 = p99(idle), p99(flooded)
+    figures = {
+        "idle": {"n": len(idle), "p50_ms": statistics.median(idle) * 1e3, "p99_ms": idle_p99 * 1e3},
+        "flood": {"n": len(flooded), "p50_ms": statistics.median(flooded) * 1e3, "p99_ms": flood_p99 * 1e3},
+        "bound_ms": (2 * idle_p99 + 0.005) * 1e3,
+        "victim_model_calls": {"idle": idle_calls, "during_flood": prober.calls[len(idle_calls) :]},
+        "control_plane_rss_mb": {"before": round(rss_before), "after": round(rss_after)},
+        "attack": attack,
+    }
+    print("gateway flood figures:", json.dumps(figures, default=str))
+    # Every attack got a refusal: no 200, nothing hung.
+    for name in ("bodies", "huge", "connections"):
+        outcomes = attack[name]
+        assert "200" not in outcomes and "timeout" not in outcomes, (name, outcomes)
+    assert set(attack["huge"]) <= {"413", "reset", "closed"}, attack["huge"]
+    # The other key's agent kept working, and its key's API kept its latency.
+    assert prober.calls and set(prober.calls) == {200}, prober.calls
+    assert flood_p99 <= 2 * idle_p99 + 0.005, figures
+    with srv.client() as admin:
+        assert admin.get("/health").status_code == 200
+
+
+def test_twenty_concurrent_calls_never_spend_more_than_a_budget_for_three(
+    make_server: Any, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    # Each call writes every completion token it may and counts a prompt token per byte: the worst
+    # an honest upstream can do. Slow, so that all twenty are in flight together.
+    upstream.responder = lambda body: Reply(
+        200, completion("x", usage=(len(json.dumps(body)), body["max_tokens"])), delay=0.5
+    )
+    srv = start_server(
+        make_server,
+        upstream,
+        tmp_path,
+        AGENTFACTORY_GATEWAY_MAX_CONCURRENT_CALLS_PER_AGENT="20",
+        AGENTFACTORY_GATEWAY_MAX_CONNECTIONS_PER_AGENT="20",
+        AGENTFACTORY_GATEWAY_CALL_BURST_PER_AGENT="20",
+    )
+    key = new_key(srv, "spender")
+    body = {"messages": [{"role": "user", "content": "echo hi"}], "max_tokens": 50}
+    per_call = len(json.dumps(body)) + 50
+    agent_id = launch(srv, key, model="sh", prompt="sleep 600", tools=["shell"], token_budget=3 * per_call)
+    token = gateway_token(agent_id)
+
+    def call(_: int) -> int:
+        with gateway_client(srv) as gw:
+            return model_call(gw, token, max_tokens=50).status_code
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(call, range(20)))
+    with srv.client(key) as c:
+        usage = c.get(f"/agents/{agent_id}").json()["tokens"]
+    spent = usage["prompt_tokens"] + usage["completion_tokens"]
+    print("budget figures:", json.dumps({"budget": 3 * per_call, "spent": spent, "codes": sorted(codes)}))
+    assert spent <= 3 * per_call
+    assert codes.count(200) == usage["model_calls"] == len(upstream.seen) <= 3
+    assert set(codes) <= {200, 429}
+
+
+def test_a_cjk_prompt_at_the_documented_maximum_launches_whole(
+    make_server: Any, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    srv = start_server(make_server, upstream, tmp_path)
+    prompt = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(65_536))
+    assert len(prompt.encode()) > 190_000
+    with srv.client() as c:
+        response = c.post("/agents", json={"model": "echo", "prompt": prompt, "token_budget": 1_000_000})
+        assert response.status_code == 201, response.text
+        agent_id = response.json()["id"]
+        done = wait_terminal(c, agent_id, timeout=90)
+        assert done["status"] == "succeeded", done
+        events = [json.loads(line["text"]) for line in all_log_lines(c, agent_id) if line["text"].startswith("{")]
+    [start] = [e for e in events if e.get("event") == "start"]
+    assert start["prompt_chars"] == 65_536
+    assert start["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    [final] = [e for e in events if e.get("event") == "final"]
+    assert prompt.startswith(final["content"]) and len(final["content"]) >= 4096
+
+
+def test_agents_have_an_open_file_limit(make_server: Any, upstream: FakeOpenAI, tmp_path: Path) -> None:
+    srv = start_server(make_server, upstream, tmp_path)
+    command = "ulimit -Sn; ulimit -Hn; python3 -c 'import socket; [socket.socket() for _ in range(5000)]'"
+    with srv.client() as c:
+        response = c.post("/agents", json={"model": "sh", "prompt": command, "tools": ["shell"]})
+        assert response.status_code == 201, response.text
+        agent_id = response.json()["id"]
+        wait_terminal(c, agent_id, timeout=60)
+        texts = [line["text"] for line in all_log_lines(c, agent_id)]
+    assert texts.count("1024") == 2, texts
+    assert any("Too many open files" in t for t in texts), texts
