@@ -23,7 +23,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from structlog.typing import FilteringBoundLogger
 
@@ -210,8 +210,9 @@ class ConnectionGuard:
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
-    def _opened(self, protocol: _Tracked, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def _opened(self, protocol: _Tracked, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio's: a cast, not an isinstance check.
+        transport = cast(asyncio.Transport, base)
         conn = self._open.get(protocol)
         if conn is None:  # evicted before its transport existed
             transport.abort()

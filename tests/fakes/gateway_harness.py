@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import uvloop
 
 from agentfactory.catalog import Catalog
 from agentfactory.gateway import ModelGateway
@@ -71,7 +72,8 @@ class GatewayHarness:
         self.store = Store(f"sqlite:///{self.dir / 'store.db'}")
         self.store.migrate()
         self.metrics = Metrics()
-        self.loop = asyncio.new_event_loop()
+        # The server runs the gateway on uvloop (uvicorn's choice when it is installed): so do tests.
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
         self.gateway = ModelGateway(
             catalog=catalog,

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.fake_openai import FakeOpenAI, Reply, completion
+from tests.fakes.fake_openai import FakeOpenAI, Reply, completion, tool_call
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
 from tests.support.server import ROOT, ServerProcess, all_log_lines, wait_terminal, wait_until
 
@@ -186,11 +186,18 @@ def test_a_flooding_agent_gets_refusals_and_other_keys_do_not_notice(
 def test_twenty_concurrent_calls_never_spend_more_than_a_budget_for_three(
     make_server: Any, upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
-    # Each call writes every completion token it may and counts a prompt token per byte: the worst
-    # an honest upstream can do. Slow, so that all twenty are in flight together.
-    upstream.responder = lambda body: Reply(
-        200, completion("x", usage=(len(json.dumps(body)), body["max_tokens"])), delay=0.5
-    )
+    body = json.dumps({"messages": [{"role": "user", "content": "y" * 900}], "max_tokens": 50}).encode()
+    per_call = len(body) + 50  # the prompt's bound (a token per body byte) and the completion's
+
+    def respond(request: Any) -> Reply:
+        if request.get("tools"):  # the agent's own runtime, at start: keep it busy and alive
+            return Reply(200, completion(None, [tool_call("shell", {"command": "sleep 600"})], usage=(5, 1)))
+        # Each call writes every completion token it may and counts a prompt token per byte of its
+        # messages: the worst an honest upstream can do. Slow, so that all twenty are in flight together.
+        usage = (len(json.dumps(request["messages"]).encode()), request["max_tokens"])
+        return Reply(200, completion("x", usage=usage), delay=0.5)
+
+    upstream.responder = respond
     srv = start_server(
         make_server,
         upstream,
@@ -200,26 +207,32 @@ def test_twenty_concurrent_calls_never_spend_more_than_a_budget_for_three(
         AGENTFACTORY_GATEWAY_CALL_BURST_PER_AGENT="20",
     )
     key = new_key(srv, "spender")
-    body = {"messages": [{"role": "user", "content": "echo hi"}], "max_tokens": 50}
-    per_call = len(json.dumps(body)) + 50
-    agent_id = launch(srv, key, model="sh", prompt="sleep 600", tools=["shell"], token_budget=3 * per_call)
+    budget = 6 + 3 * per_call  # the runtime's own first call, then three of ours
+    agent_id = launch(srv, key, model="sh", prompt="sleep 600", tools=["shell"], token_budget=budget)
     token = gateway_token(agent_id)
+    with srv.client(key) as c:
+        wait_until(
+            lambda: c.get(f"/agents/{agent_id}/result").json()["tokens"]["model_calls"] == 1,
+            timeout=30,
+            what="the runtime's first call settled",
+        )
 
     def call(_: int) -> int:
         with gateway_client(srv) as gw:
-            return model_call(gw, token, max_tokens=50).status_code
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            return gw.post("/v1/chat/completions", content=body, headers=headers).status_code
 
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(call, range(20)))
     with srv.client(key) as c:
-        usage = c.get(f"/agents/{agent_id}").json()["tokens"]
+        usage = c.get(f"/agents/{agent_id}/result").json()["tokens"]
     spent = usage["prompt_tokens"] + usage["completion_tokens"]
-    print("budget figures:", json.dumps({"budget": 3 * per_call, "spent": spent, "codes": sorted(codes)}))
-    assert spent <= 3 * per_call
-    assert codes.count(200) == usage["model_calls"] == len(upstream.seen) <= 3
-    assert set(codes) <= {200, 429}
+    print("budget figures:", json.dumps({"budget": budget, "spent": spent, "codes": sorted(codes)}))
+    assert spent <= budget
+    assert codes.count(200) == 3 and usage["model_calls"] == 4 and len(upstream.seen) == 4
+    assert set(codes) == {200, 429}
 
 
 def test_a_cjk_prompt_at_the_documented_maximum_launches_whole(
