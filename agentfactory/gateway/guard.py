@@ -8,8 +8,9 @@ Over a Unix socket every agent looks the same until a request's head names its t
 - a connection that sends no complete request within `header_timeout_seconds` is closed;
 - once a request names a token, the connection counts against that token's
   `max_connections_per_agent` (the handler asks `attribute`);
-- at most ACCEPTS_PER_TICK connections are accepted per turn of the event loop, so a connection
-  storm is served in slices between the API's requests rather than in one long stall.
+- at most ACCEPTS_PER_TICK connections are accepted, and READS_PER_TICK reads parsed, per turn of
+  the event loop (connections past that wait their turn, in order, with reading paused): a storm of
+  connections or bodies is served in slices between the API's requests, never in one long stall.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import errno
 import json
 import os
 import socket
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +31,10 @@ from structlog.typing import FilteringBoundLogger
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.observability.metrics import Metrics
 
-ACCEPTS_PER_TICK = 16
+ACCEPTS_PER_TICK = 8
+# Reads handed to the HTTP parser per turn, all connections together: twice the accepts, so the
+# queue of connections waiting for a read drains faster than a storm can fill it.
+READS_PER_TICK = 16
 LISTEN_BACKLOG = 1024
 # When the process runs out of file descriptors, accepting pauses this long (as asyncio does).
 ACCEPT_RETRY_SECONDS = 1.0
@@ -60,19 +64,37 @@ class _Conn:
 
 
 class _Tracked(asyncio.Protocol):
-    """Wraps aiohttp's protocol to tell the guard when a connection opens and closes."""
+    """Wraps aiohttp's protocol: tells the guard when a connection opens and closes, and feeds what
+    it reads to aiohttp only when the guard grants a read this turn (else holds it, reading paused)."""
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
-        self.conn: _Conn | None = None
+        self._transport: asyncio.Transport | None = None
+        self._held: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
         self._guard._opened(self, transport)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._held or not self._guard._may_read(self):
+            self._held.append(data)
+            if len(self._held) == 1 and self._transport is not None:
+                self._transport.pause_reading()
+            return
         self._inner.data_received(data)
+
+    def release(self) -> None:
+        """Feed what was held (the guard granted this turn) and read on, unless aiohttp paused reading."""
+        held, self._held = self._held, []
+        for data in held:
+            self._inner.data_received(data)
+        transport = self._transport
+        # aiohttp pauses reading itself while a request body waits unread (its flow control).
+        if transport is not None and not transport.is_closing() and not getattr(self._inner, "_reading_paused", False):
+            transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -84,6 +106,7 @@ class _Tracked(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._held = []
         self._guard._closed(self)
         self._inner.connection_lost(exc)
 
@@ -108,6 +131,9 @@ class ConnectionGuard:
         self._open: dict[_Tracked, _Conn] = {}
         self._anonymous: OrderedDict[_Tracked, _Conn] = OrderedDict()
         self._tokens: dict[str, TokenState] = {}
+        self._waiting: deque[_Tracked] = deque()
+        self._reads_left = READS_PER_TICK
+        self._tick_due = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._paused: asyncio.TimerHandle | None = None
         self.max_connections = limits.max_connections
@@ -218,10 +244,35 @@ class ConnectionGuard:
             transport.abort()
             return
         conn.transport = transport
-        protocol.conn = conn
 
     def _closed(self, protocol: _Tracked) -> None:
         self._forget(protocol)
+
+    def _may_read(self, protocol: _Tracked) -> bool:
+        """Grant a read now, or queue the connection for a later turn (False)."""
+        self._schedule_tick()
+        if self._reads_left > 0 and not self._waiting:
+            self._reads_left -= 1
+            return True
+        self._waiting.append(protocol)
+        return False
+
+    def _schedule_tick(self) -> None:
+        if not self._tick_due and self._loop is not None:
+            self._tick_due = True
+            self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """A new turn: a new allowance of reads, first to the connections waiting, in order."""
+        self._tick_due = False
+        self._reads_left = READS_PER_TICK
+        while self._waiting and self._reads_left > 0:
+            protocol = self._waiting.popleft()
+            if protocol in self._open:
+                self._reads_left -= 1
+                protocol.release()
+        if self._waiting:
+            self._schedule_tick()
 
     def _forget(self, protocol: _Tracked) -> None:
         conn = self._open.pop(protocol, None)

@@ -60,13 +60,23 @@ class GatewayLimits:
 class TokenState:
     """One token's open connections, calls in flight and request allowance (a token bucket)."""
 
-    __slots__ = ("allowance", "connections", "in_flight", "stamp")
+    __slots__ = ("allowance", "connections", "in_flight", "quiet_until", "stamp", "suppressed")
 
     def __init__(self, burst: int, now: float) -> None:
         self.connections = 0
         self.in_flight = 0
         self.allowance = float(burst)
         self.stamp = now
+        self.quiet_until = 0.0
+        self.suppressed = 0
+
+    def should_log(self, now: float) -> int | None:
+        """At most one refusal logged per second: None to stay quiet, else how many were not logged."""
+        if now < self.quiet_until:
+            self.suppressed += 1
+            return None
+        suppressed, self.suppressed, self.quiet_until = self.suppressed, 0, now + 1.0
+        return suppressed
 
     def take(self, limits: GatewayLimits, now: float) -> float:
         """Spend one request from the bucket; 0.0 when allowed, else the seconds until one is."""

@@ -117,6 +117,8 @@ class ModelGateway:
         self._upstream: OpenAIUpstream | None = None
         self._db_pool: ThreadPoolExecutor | None = None
         self._workers = JsonWorkers(workers=self.limits.json_workers, inline_bytes=self.limits.inline_json_bytes)
+        # Refusals before a token is known (no token, body too large) are logged through this one.
+        self._anonymous = TokenState(self.limits.call_burst_per_agent, 0.0)
         for m in catalog.models:
             metrics.gateway_request_duration.labels(m.id)
             for outcome in OUTCOMES:
@@ -213,7 +215,8 @@ class ModelGateway:
             fields = await self._db(self._spec_fields, agent.pk)
         except GatewayError as err:
             self._metrics.gateway_requests.labels(UNKNOWN_MODEL, err.outcome).inc()
-            self._log.info("gateway_spec_refused", outcome=err.outcome, status=err.status)
+            if self._anonymous.should_log(asyncio.get_running_loop().time()) is not None:
+                self._log.info("gateway_spec_refused", outcome=err.outcome, status=err.status)
             return _error_response(err)
         if fields is None:
             return _error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
@@ -226,6 +229,7 @@ class ModelGateway:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         label, agent = UNKNOWN_MODEL, None
+        state = self._anonymous
         try:
             digest, state = self._admit(request, call=True)
             state.in_flight += 1
@@ -240,15 +244,19 @@ class ModelGateway:
             self._metrics.gateway_requests.labels(label, err.outcome).inc()
             if agent is not None:
                 self._metrics.gateway_request_duration.labels(label).observe(elapsed)
-            log = self._log.warning if err.outcome.startswith("upstream") else self._log.info
-            log(
-                "gateway_refused",
-                agent_id=agent.id if agent else None,
-                model=label,
-                outcome=err.outcome,
-                status=err.status,
-                duration_ms=round(elapsed * 1000, 1),
-            )
+            # A flood is thousands of refusals a second: one line a second per token says it.
+            suppressed = state.should_log(asyncio.get_running_loop().time())
+            if suppressed is not None:
+                log = self._log.warning if err.outcome.startswith("upstream") else self._log.info
+                log(
+                    "gateway_refused",
+                    agent_id=agent.id if agent else None,
+                    model=label,
+                    outcome=err.outcome,
+                    status=err.status,
+                    duration_ms=round(elapsed * 1000, 1),
+                    **({"not_logged_since": suppressed} if suppressed else {}),
+                )
             return _error_response(err)
         elapsed = time.perf_counter() - started
         self._metrics.gateway_requests.labels(label, "ok").inc()

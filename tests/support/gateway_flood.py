@@ -1,8 +1,10 @@
 """An agent flooding the model gateway with its own token, as a separate process (its CPU is not the test's).
 
-    python -m tests.support.gateway_flood SOCKET TOKEN OUT.json [--seconds S]
+    python -m tests.support.gateway_flood SOCKET TOKEN OUT.json [--seconds S] [--attacks a,b]
+    python -m tests.support.gateway_flood SOCKET TOKEN --serve
 
-Rounds of three attacks, repeated until S seconds have passed (at least one whole round):
+Rounds of three attacks, repeated until S seconds have passed (at least one whole round); with
+--serve, one attack per name read on stdin, its outcome written as a JSON line on stdout:
   bodies:      1,000 connections at once, each posting a 4 MiB body
   huge:        a 32 MiB body with a Content-Length, and one sent chunked
   connections: 10,000 connections opened at once and held, then each sends a small call
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,6 +80,8 @@ async def post(path: str, token: str, size: int, *, chunked: bool = False) -> st
             return "reset"
     except TimeoutError:
         return "timeout"
+    except OSError:  # EINVAL: a connect the full listen queue left unfinished
+        return "connect_failed"
     finally:
         answer.cancel()
         writer.close()
@@ -107,6 +112,8 @@ async def hold_then_call(path: str, token: str, hold: asyncio.Event) -> str:
         return "reset"
     except TimeoutError:
         return "timeout"
+    except OSError:  # EINVAL: a connect the full listen queue left unfinished
+        return "connect_failed"
     finally:
         writer.close()
 
@@ -119,27 +126,43 @@ async def connections(path: str, token: str) -> Counter[str]:
     return Counter(await asyncio.gather(*tasks))
 
 
-async def flood(path: str, token: str, seconds: float) -> dict[str, Any]:
+ATTACKS = {"bodies": bodies, "huge": huge, "connections": connections}
+
+
+async def flood(path: str, token: str, seconds: float, names: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    totals: dict[str, Counter[str]] = {"bodies": Counter(), "huge": Counter(), "connections": Counter()}
+    totals: dict[str, Counter[str]] = {name: Counter() for name in names}
     rounds = 0
     while rounds == 0 or time.monotonic() - started < seconds:
-        for name, attack in (("bodies", bodies), ("huge", huge), ("connections", connections)):
-            totals[name] += await attack(path, token)
+        for name in names:
+            totals[name] += await ATTACKS[name](path, token)
         rounds += 1
     return {"rounds": rounds, "seconds": round(time.monotonic() - started, 2)} | {
         name: dict(counts) for name, counts in totals.items()
     }
 
 
+async def serve(path: str, token: str) -> None:
+    """Attack on demand, so a test can interleave quiet and attacked windows."""
+    loop = asyncio.get_running_loop()
+    while name := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+        counts = await ATTACKS[name](path, token)
+        print(json.dumps({"attack": name, "outcomes": dict(counts)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("socket")
     parser.add_argument("token")
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated, of: " + ", ".join(ATTACKS))
+    parser.add_argument("--serve", action="store_true", help="attack as told on stdin")
     args = parser.parse_args()
-    result = asyncio.run(flood(args.socket, args.token, args.seconds))
+    if args.serve:
+        asyncio.run(serve(args.socket, args.token))
+        return
+    result = asyncio.run(flood(args.socket, args.token, args.seconds, args.attacks.split(",")))
     args.out.write_text(json.dumps(result))
 
 
