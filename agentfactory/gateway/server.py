@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
 import socket
 import stat
 import time
@@ -37,7 +36,7 @@ from structlog.typing import FilteringBoundLogger
 
 from agentfactory.catalog import Catalog, CatalogModel
 from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, check_answer, encode, prepare_body
-from agentfactory.gateway.guard import ConnectionGuard
+from agentfactory.gateway.guard import MAX_TOKEN_CHARS, UNKNOWN_MODEL, ConnectionGuard
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, StreamUsage, Usage, echo_answer, echo_stream
 from agentfactory.gateway.spec import runtime_spec
@@ -58,12 +57,8 @@ OUTCOMES = (
     "upstream_rejected",
     "upstream_rate_limited",
 )
-# Requests whose token names no agent have no model to label them with.
-UNKNOWN_MODEL = "unknown"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 SPEC_PATH = "/v1/agent/spec"
-# Gateway tokens are 43 characters; anything much longer is not one (and is not hashed).
-MAX_TOKEN_CHARS = 256
 # Store work of the gateway runs on threads of its own: a flood of calls cannot take the API's.
 DB_THREADS = 4
 RESERVE_ATTEMPTS = 8
@@ -210,7 +205,7 @@ class ModelGateway:
 
     async def _spec(self, request: web.Request) -> web.Response:
         try:
-            digest, _state = self._admit(request, call=False)
+            digest, _state, _slotted = self._admit(request, call=False)
             agent = await self._authenticate(digest)
             fields = await self._db(self._spec_fields, agent.pk)
         except GatewayError as err:
@@ -231,8 +226,9 @@ class ModelGateway:
         label, agent = UNKNOWN_MODEL, None
         state = self._anonymous
         try:
-            digest, state = self._admit(request, call=True)
-            state.in_flight += 1
+            digest, state, slotted = self._admit(request, call=True)
+            if not slotted:
+                state.in_flight += 1
             try:
                 agent = await self._authenticate(digest)
                 label = agent.model
@@ -273,8 +269,9 @@ class ModelGateway:
         )
         return response
 
-    def _admit(self, request: web.Request, *, call: bool) -> tuple[str, TokenState]:
-        """The per-agent bounds, checked from the request's head alone (no store, no body)."""
+    def _admit(self, request: web.Request, *, call: bool) -> tuple[str, TokenState, bool]:
+        """The per-agent bounds, from the request's head alone (no store, no body): (token digest,
+        its state, whether the request already holds one of the token's calls in flight)."""
         limits = self.limits
         length = request.content_length
         if length is not None and length > limits.max_body_bytes:
@@ -290,34 +287,12 @@ class ModelGateway:
             raise GatewayError(401, "E_AUTH", "missing bearer token", outcome="auth")
         digest = hashlib.sha256(token.encode()).hexdigest()
         assert self._guard is not None, "the gateway is not started"
-        if not self._guard.attribute(request.transport, digest):
+        state, slotted, refusal = self._guard.admit(request.transport, digest, call=call)
+        if refusal is not None:
             raise GatewayError(
-                429,
-                "E_RATE_LIMIT",
-                f"this agent holds more than {limits.max_connections_per_agent} connections to the gateway",
-                outcome="rate_limited",
-                retry_after="1",
+                refusal.status, refusal.code, refusal.message, outcome="rate_limited", retry_after=refusal.retry_after
             )
-        state = self._guard.state(digest)
-        if call and state.in_flight >= limits.max_concurrent_calls_per_agent:
-            raise GatewayError(
-                429,
-                "E_RATE_LIMIT",
-                f"this agent already has {state.in_flight} model calls in flight "
-                f"(at most {limits.max_concurrent_calls_per_agent})",
-                outcome="rate_limited",
-                retry_after="1",
-            )
-        wait = state.take(limits, asyncio.get_running_loop().time())
-        if wait:
-            raise GatewayError(
-                429,
-                "E_RATE_LIMIT",
-                f"this agent is over {limits.calls_per_second_per_agent:g} gateway requests per second",
-                outcome="rate_limited",
-                retry_after=str(math.ceil(wait)),
-            )
-        return digest, state
+        return digest, state, slotted
 
     async def _authenticate(self, digest: str) -> AgentGrant:
         agent: AgentGrant | None = await self._db(self._find_agent, digest)
