@@ -39,10 +39,11 @@ from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, 
 from agentfactory.gateway.guard import MAX_TOKEN_CHARS, UNKNOWN_MODEL, ConnectionGuard
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, StreamUsage, Usage, echo_answer, echo_stream
-from agentfactory.gateway.spec import runtime_spec
 from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.spec import runtime_spec
 from agentfactory.store import queries
 from agentfactory.store.engine import Store
+from agentfactory.store.tables import AgentRow
 
 LIVE_STATUSES = ("starting", "running")
 OUTCOMES = (
@@ -215,8 +216,7 @@ class ModelGateway:
             return _error_response(err)
         if fields is None:
             return _error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
-        agent_id, model, prompt, tools = fields
-        spec = runtime_spec(catalog=self._catalog, agent_id=agent_id, model=model, prompt=prompt, tools=tools)
+        spec = runtime_spec(fields, self._catalog)
         return web.Response(body=json.dumps(spec, ensure_ascii=False).encode(), content_type="application/json")
 
     # -- model calls -------------------------------------------------------------------------------
@@ -468,9 +468,9 @@ class ModelGateway:
             row = queries.get_gateway_grant(session=s, token_hash=digest)
         return None if row is None else AgentGrant(*row)
 
-    def _spec_fields(self, pk: int) -> tuple[str, str, str, list[str]] | None:
+    def _spec_fields(self, pk: int) -> AgentRow | None:
         with self._store.session() as s:
-            return queries.get_runtime_spec_fields(session=s, pk=pk)
+            return queries.get_agent_by_pk(session=s, pk=pk)
 
     def _try_reserve(self, pk: int, prompt: int, want: int) -> tuple[str, int]:
         """("ok", completion tokens granted) | ("spent", tokens left) | ("busy", 0) | ("gone", 0).
