@@ -12,6 +12,7 @@ import concurrent.futures
 import json
 import math
 import multiprocessing
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -161,16 +162,28 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _warm() -> None:
-    """Run once per worker at start, so the first large body does not wait for a process to spawn."""
+def _die_with(parent: int) -> None:
+    """A worker's initializer: exit when the control plane is gone, even killed with SIGKILL (a
+    worker holds both ends of its task pipe, so it would never see the end of its input)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class JsonWorkers:
     """Runs the functions above inline for small inputs, in worker processes for large ones.
 
-    Processes are started with `spawn`: the control plane has threads by then, and a fork would copy
-    their locks mid-use. A worker that dies (killed for memory) breaks the pool: it is rebuilt and
-    the call in flight fails.
+    Processes are started with `spawn` (the control plane has threads by then, and a fork would copy
+    their locks mid-use), on the first large body: not at start, where their imports would compete
+    with the control plane's own start-up for a small machine's CPU. A worker that dies (killed for
+    memory) breaks the pool: it is rebuilt and the call in flight fails.
     """
 
     def __init__(self, *, workers: int, inline_bytes: int) -> None:
@@ -180,10 +193,11 @@ class JsonWorkers:
 
     def start(self) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with,
+            initargs=(os.getpid(),),
         )
-        for _ in range(self._workers):
-            self._pool.submit(_warm)
 
     def stop(self) -> None:
         pool, self._pool = self._pool, None

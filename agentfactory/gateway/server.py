@@ -378,7 +378,7 @@ class ModelGateway:
     async def _reserve(self, agent: AgentGrant, body_bytes: int, prepared: PreparedBody) -> Reservation:
         prompt = self.limits.prompt_tokens_bound(body_bytes)
         want = prepared.max_tokens or self.limits.default_max_tokens
-        verdict, detail = await self._db(self._try_reserve, agent.pk, prompt, want)
+        verdict, detail = await self._db(self._try_reserve, agent, prompt, want)
         if verdict == "ok":
             return Reservation(tokens=prompt + detail, max_tokens=detail)
         if verdict == "spent":
@@ -472,25 +472,35 @@ class ModelGateway:
         with self._store.session() as s:
             return queries.get_agent_by_pk(session=s, pk=pk)
 
-    def _try_reserve(self, pk: int, prompt: int, want: int) -> tuple[str, int]:
+    def _try_reserve(self, agent: AgentGrant, prompt: int, want: int) -> tuple[str, int]:
         """("ok", completion tokens granted) | ("spent", tokens left) | ("busy", 0) | ("gone", 0).
 
-        Optimistic: read what is left, then reserve with an UPDATE that only applies while it still
-        fits (another call may have reserved in between: read again)."""
+        Optimistic: from what is left (first as the token's lookup just read it), reserve with an
+        UPDATE that only applies while it still fits; if another call reserved in between, read again."""
+        account: tuple[str, int, int, int] | None = (
+            agent.status,
+            agent.token_budget,
+            agent.tokens_used,
+            agent.tokens_reserved,
+        )
         for _ in range(RESERVE_ATTEMPTS):
-            with self._store.session() as s:
-                account = queries.get_token_account(session=s, pk=pk)
             if account is None or account[0] not in LIVE_STATUSES:
                 return "gone", 0
             _status, budget, used, reserved = account
             if prompt >= budget - used:
                 return "spent", budget - used
             grant = min(want, budget - used - reserved - prompt)
-            if grant < 1:
+            if grant >= 1:
+                with self._store.session() as s:
+                    if queries.reserve_tokens(session=s, pk=agent.pk, tokens=prompt + grant):
+                        return "ok", grant
+            elif reserved == 0:
                 return "busy", 0
             with self._store.session() as s:
-                if queries.reserve_tokens(session=s, pk=pk, tokens=prompt + grant):
-                    return "ok", grant
+                fresh = queries.get_token_account(session=s, pk=agent.pk)
+            if fresh == account:
+                return "busy", 0
+            account = fresh
         return "busy", 0
 
     def _settle(self, agent: AgentGrant, held: Reservation, usage: Usage | None) -> None:

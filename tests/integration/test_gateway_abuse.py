@@ -318,3 +318,25 @@ def test_agents_have_an_open_file_limit(make_server: Any, upstream: FakeOpenAI, 
         texts = [line["text"] for line in all_log_lines(c, agent_id)]
     assert texts.count("1024") == 2, texts
     assert any("Too many open files" in t for t in texts), texts
+
+
+def child_pids(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_json_workers_do_not_outlive_a_killed_control_plane(make_server: Any) -> None:
+    srv = make_server().start()
+    assert srv.proc is not None
+    # The JSON workers (and multiprocessing's resource tracker) are the server's children.
+    workers = wait_until(lambda: child_pids(srv.proc.pid) if len(child_pids(srv.proc.pid)) >= 2 else None,
+                         timeout=30, what="the gateway's JSON workers")  # fmt: skip
+    srv.kill()
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), timeout=10, what="workers gone")
