@@ -28,7 +28,7 @@ import os
 import socket
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
@@ -43,6 +43,9 @@ MAX_HEAD_BYTES = 16 * 1024
 # Gateway tokens are 43 characters; anything much longer is not one (and is not hashed).
 MAX_TOKEN_CHARS = 256
 CALL_PATHS = (b"/v1/chat/completions", b"/chat/completions")
+# New agents' first requests come at most this fast; made-up tokens past it are refused unlooked-up.
+UNKNOWN_TOKENS_PER_SECOND = 50.0
+UNKNOWN_TOKENS_BURST = 100
 # Refusals screened before the token names an agent have no model to label them with.
 UNKNOWN_MODEL = "unknown"
 # Reads handed to the HTTP parser per turn, all connections together: twice the accepts, so the
@@ -161,8 +164,11 @@ class _Tracked(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._held = []
         self._guard._closed(self)
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
+        inner, self._inner, self._transport = self._inner, None, None
+        if inner is not None:
+            inner.connection_lost(exc)
+        # No cycle left through this protocol: a flood's connections are freed by reference counting
+        # as they close, not by the cyclic GC's long collections.
 
 
 class ConnectionGuard:
@@ -186,6 +192,10 @@ class ConnectionGuard:
         self._anonymous: OrderedDict[_Tracked, _Conn] = OrderedDict()
         self._tokens: dict[str, TokenState] = {}
         self._quiet = TokenState(limits.call_burst_per_agent, 0.0)  # logs refusals that name no token
+        # Lookups of tokens the gateway has not seen yet, all together (see `_screen`).
+        self._lookup_limits = replace(limits, calls_per_second_per_agent=UNKNOWN_TOKENS_PER_SECOND,
+                                      call_burst_per_agent=UNKNOWN_TOKENS_BURST)  # fmt: skip
+        self._lookups = TokenState(UNKNOWN_TOKENS_BURST, 0.0)
         self._waiting: deque[_Tracked] = deque()
         self._reads_left = READS_PER_TICK
         self._tick_due = False
@@ -417,6 +427,24 @@ class ConnectionGuard:
             return None  # /health, or a 401 the handler words
         digest = hashlib.sha256(token).hexdigest()
         call = method == b"POST" and path in CALL_PATHS
+        known = self._tokens.get(digest)
+        if known is not None and known.ended is not None:
+            return self._refuse_request(known, Refusal(401, "E_AUTH", known.ended), "auth")
+        if known is None or known.budget_left is None:
+            # A token not seen yet costs a store lookup: a flood of made-up tokens gets a bounded number.
+            assert self._loop is not None
+            wait = self._lookups.take(self._lookup_limits, self._loop.time())
+            if wait:
+                busy = Refusal(429, "E_RATE_LIMIT", "too many unknown gateway tokens; retry", str(math.ceil(wait)))
+                return self._refuse_request(None, busy, "rate_limited")
+        elif call and length is not None and self.limits.prompt_tokens_bound(length) >= known.budget_left:
+            spent = Refusal(
+                429,
+                "E_BUDGET",
+                f"token budget spent: this call's {length}-byte body alone needs more than the "
+                f"{known.budget_left} tokens left",
+            )
+            return self._refuse_request(known, spent, "budget")
         refusal = self.check(conn, digest, call=call)
         if refusal is not None:
             return self._refuse_request(self.state(digest), refusal, "rate_limited")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from agentfactory.settings import Settings
 
+REMEMBER_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class GatewayLimits:
@@ -60,7 +62,7 @@ class GatewayLimits:
 class TokenState:
     """One token's open connections, calls in flight and request allowance (a token bucket)."""
 
-    __slots__ = ("allowance", "connections", "in_flight", "quiet_until", "stamp", "suppressed")
+    __slots__ = ("allowance", "budget_left", "connections", "ended", "in_flight", "quiet_until", "stamp", "suppressed")
 
     def __init__(self, burst: int, now: float) -> None:
         self.connections = 0
@@ -69,6 +71,11 @@ class TokenState:
         self.stamp = now
         self.quiet_until = 0.0
         self.suppressed = 0
+        # What the last lookup of the token found, for refusals that need no store: a token that names
+        # no agent, or a finished one, never becomes valid again; tokens used only grow. (Only ever
+        # used to refuse: admitting always asks the store.)
+        self.ended: str | None = None
+        self.budget_left: int | None = None
 
     def should_log(self, now: float) -> int | None:
         """At most one refusal logged per second: None to stay quiet, else how many were not logged."""
@@ -91,4 +98,8 @@ class TokenState:
     def idle(self, limits: GatewayLimits, now: float) -> bool:
         """Nothing open, nothing in flight, the bucket full again: the state can be forgotten."""
         refilled = self.allowance + (now - self.stamp) * limits.calls_per_second_per_agent
-        return self.connections == 0 and self.in_flight == 0 and refilled >= limits.call_burst_per_agent
+        if self.connections or self.in_flight or refilled < limits.call_burst_per_agent:
+            return False
+        # What a lookup found is kept a while: an agent's next call needs no new lookup, and a
+        # refused token stays refused without one.
+        return (self.budget_left is None and self.ended is None) or now - self.stamp > REMEMBER_SECONDS

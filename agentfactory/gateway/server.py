@@ -43,7 +43,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.spec import runtime_spec
 from agentfactory.store import queries
 from agentfactory.store.engine import Store
-from agentfactory.store.tables import AgentRow
+from agentfactory.store.tables import TERMINAL, AgentRow
 
 LIVE_STATUSES = ("starting", "running")
 OUTCOMES = (
@@ -121,7 +121,7 @@ class ModelGateway:
                 metrics.gateway_requests.labels(m.id, outcome)
             for kind in ("prompt", "completion"):
                 metrics.gateway_tokens.labels(m.id, kind)
-        for outcome in ("auth", "rate_limited", "bad_request"):
+        for outcome in ("auth", "budget", "rate_limited", "bad_request"):
             metrics.gateway_requests.labels(UNKNOWN_MODEL, outcome)
 
     async def start(self) -> None:
@@ -206,8 +206,8 @@ class ModelGateway:
 
     async def _spec(self, request: web.Request) -> web.Response:
         try:
-            digest, _state, _slotted = self._admit(request, call=False)
-            agent = await self._authenticate(digest)
+            digest, state, _slotted = self._admit(request, call=False)
+            agent = await self._authenticate(digest, state)
             fields = await self._db(self._spec_fields, agent.pk)
         except GatewayError as err:
             self._metrics.gateway_requests.labels(UNKNOWN_MODEL, err.outcome).inc()
@@ -230,7 +230,7 @@ class ModelGateway:
             if not slotted:
                 state.in_flight += 1
             try:
-                agent = await self._authenticate(digest)
+                agent = await self._authenticate(digest, state)
                 label = agent.model
                 response, usage = await self._call(request, agent)
             finally:
@@ -294,17 +294,17 @@ class ModelGateway:
             )
         return digest, state, slotted
 
-    async def _authenticate(self, digest: str) -> AgentGrant:
+    async def _authenticate(self, digest: str, state: TokenState) -> AgentGrant:
         agent: AgentGrant | None = await self._db(self._find_agent, digest)
         if agent is None:
-            raise GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth")
+            state.ended = "unknown gateway token"
+            raise GatewayError(401, "E_AUTH", state.ended, outcome="auth")
         if agent.status not in LIVE_STATUSES:
-            raise GatewayError(
-                401,
-                "E_AUTH",
-                f"the gateway token of agent {agent.id} is no longer valid ({agent.status})",
-                outcome="auth",
-            )
+            message = f"the gateway token of agent {agent.id} is no longer valid ({agent.status})"
+            if agent.status in TERMINAL:
+                state.ended = message
+            raise GatewayError(401, "E_AUTH", message, outcome="auth")
+        state.budget_left = agent.token_budget - agent.tokens_used
         return agent
 
     async def _call(self, request: web.Request, agent: AgentGrant) -> tuple[web.StreamResponse, Usage]:
