@@ -332,11 +332,17 @@ def child_pids(pid: int) -> set[int]:
     return found
 
 
-def test_json_workers_do_not_outlive_a_killed_control_plane(make_server: Any) -> None:
-    srv = make_server().start()
+def test_json_workers_do_not_outlive_a_killed_control_plane(
+    make_server: Any, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    srv = start_server(make_server, upstream, tmp_path)
     assert srv.proc is not None
-    # The JSON workers (and multiprocessing's resource tracker) are the server's children.
-    workers = wait_until(lambda: child_pids(srv.proc.pid) if len(child_pids(srv.proc.pid)) >= 2 else None,
-                         timeout=30, what="the gateway's JSON workers")  # fmt: skip
+    key = new_key(srv, "big")
+    agent_id = launch(srv, key, model="sh", prompt="sleep 600", tools=["shell"], token_budget=1_000_000)
+    with gateway_client(srv) as gw:  # a body over 64 KiB is parsed by the workers, which start for it
+        big = model_call(gw, gateway_token(agent_id), messages=[{"role": "user", "content": "echo " + "x" * 100_000}])
+        assert big.status_code == 200, big.text
+    workers = child_pids(srv.proc.pid)
+    assert len(workers) >= 2  # the worker and multiprocessing's resource tracker
     srv.kill()
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), timeout=10, what="workers gone")
