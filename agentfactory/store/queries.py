@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogChunkRow
 
@@ -37,9 +38,16 @@ def get_agent_by_gateway_token(*, session: Session, token: str) -> AgentRow | No
 
 
 def list_agents(
-    *, session: Session, key_id: str | None, status: str | None, limit: int, before_pk: int | None
+    *,
+    session: Session,
+    key_id: str | None,
+    status: str | None,
+    limit: int,
+    before_pk: int | None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> list[AgentRow]:
-    """Newest first; key_id None lists every key's agents (admin)."""
+    """Newest first; key_id None lists every key's agents (admin). `metadata` pairs all must match
+    (see `metadata_matches`)."""
     q = select(AgentRow).order_by(AgentRow.pk.desc()).limit(limit)
     if key_id is not None:
         q = q.where(AgentRow.key_id == key_id)
@@ -47,7 +55,25 @@ def list_agents(
         q = q.where(AgentRow.status == status)
     if before_pk is not None:
         q = q.where(AgentRow.pk < before_pk)
+    for key, value in metadata:
+        q = q.where(metadata_matches(session.get_bind().dialect.name, key, value))
     return list(session.scalars(q))
+
+
+def metadata_matches(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """The agent's metadata has `key` and its value, as text, is `value`: a string is itself, a
+    number its JSON text (`42`, `1.5`), a boolean `true`/`false`; a null matches nothing. The same
+    answer on SQLite (json_each: the key is compared as a string, never parsed as a JSON path) and
+    PostgreSQL (`->>`). No index serves it: it narrows the caller's own agents, newest first."""
+    if dialect == "postgresql":
+        return AgentRow.meta.op("->>")(key) == value
+    entry = func.json_each(AgentRow.meta).table_valued("key", "value", "type").alias("meta_entry")
+    as_text = case(
+        (entry.c.type == "true", "true"),
+        (entry.c.type == "false", "false"),
+        else_=cast(entry.c.value, String),
+    )
+    return exists(select(1).select_from(entry).where(entry.c.key == key, entry.c.type != "null", as_text == value))
 
 
 def list_agents_in(*, session: Session, statuses: Sequence[str]) -> list[AgentRow]:
@@ -157,6 +183,38 @@ def read_log_lines(
         if len(chunks) < CHUNKS_PER_READ:
             break
     return out[:limit]
+
+
+def read_last_log_lines(
+    *, session: Session, agent_pk: int, count: int, stream: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """The last `count` lines (of one stream, if given), oldest first: whole chunks read from the
+    end backwards, a few at a time, so a tail costs the same on a 10-line and a 10M-line agent."""
+    out: list[tuple[int, float, int, str]] = []
+    before: int | None = None
+    while len(out) < count:
+        q = (
+            select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
+            .where(LogChunkRow.agent_pk == agent_pk)
+            .order_by(LogChunkRow.last_seq.desc())
+            .limit(CHUNKS_PER_READ)
+        )
+        if stream is not None:
+            q = q.where(LogChunkRow.stream == stream)
+        if before is not None:
+            q = q.where(LogChunkRow.last_seq < before)
+        chunks = session.execute(q).all()
+        for first, last, ts, st, text in chunks:
+            lines = text.split("\n")
+            n = len(lines)
+            block = list(zip(range(first, last + 1), repeat(ts, n), repeat(st, n), lines, strict=True))
+            out[:0] = block[-(count - len(out)) :]
+            before = first
+            if len(out) >= count:
+                break
+        if len(chunks) < CHUNKS_PER_READ:
+            break
+    return out
 
 
 def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:
