@@ -43,7 +43,10 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
         self.has_api_key = bool(api_key)
         self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=default_headers(api_key), timeout=httpx.Timeout(timeout), transport=transport
+            base_url=self.base_url,
+            headers=default_headers(api_key),
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
         )
 
     async def __aenter__(self) -> AsyncApiClient:
@@ -92,9 +95,7 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
                 return
             cursor = int(page["next_cursor"])
 
-    async def wait_agent(
-        self, agent_id: str, *, timeout: float | None = None, poll_max: float = 1.0
-    ) -> dict[str, Any]:
+    async def wait_agent(self, agent_id: str, *, timeout: float | None = None, poll_max: float = 1.0) -> dict[str, Any]:
         """Polls `GET /agents/{id}` until the agent is terminal; `WaitTimeout` after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1

@@ -208,7 +208,10 @@ class ApiClient(Endpoints[Any]):
         self.has_api_key = bool(api_key)
         self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
         self._http = httpx.Client(
-            base_url=self.base_url, headers=default_headers(api_key), timeout=httpx.Timeout(timeout), transport=transport
+            base_url=self.base_url,
+            headers=default_headers(api_key),
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
         )
 
     def __enter__(self) -> ApiClient:
@@ -381,7 +384,8 @@ class AgentFollower:
                         policy.saw(event)
                         for step in cursor.steps(event):
                             if isinstance(step, Backfill):
-                                for line in self.client.iter_logs(self.agent_id, after=cursor.last_seq, until=step.until):
+                                lines = self.client.iter_logs(self.agent_id, after=cursor.last_seq, until=step.until)
+                                for line in lines:
                                     if cursor.accept(line):
                                         yield Line(line)
                             elif isinstance(step, Line):

@@ -155,10 +155,8 @@ async def read_log_tail(
     row = await load_agent(svc, caller, agent_id)
     stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
     rows = await svc.store.run(queries.read_last_log_lines, agent_pk=row.pk, count=tail, stream=stream_no)
-    if rows:
-        next_cursor = str(rows[-1][0])
-    else:
-        next_cursor = str(await svc.store.run(queries.last_log_seq, agent_pk=row.pk))
+    last = rows[-1][0] if rows else await svc.store.run(queries.last_log_seq, agent_pk=row.pk)
+    next_cursor = str(last)
     return LogPage(lines=log_lines(rows), next_cursor=next_cursor, complete=row.status in TERMINAL)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, cast, case, delete, exists, func, select, update
+from sqlalchemy import String, case, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
