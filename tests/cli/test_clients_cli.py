@@ -131,7 +131,8 @@ def test_logs_tail_is_one_request(standin: StandIn) -> None:
 
 
 def test_shell_completion_is_offered(standin: StandIn) -> None:
-    proc = run_cli(standin, "--show-completion", "bash", SHELL="/bin/bash")
+    # With detection off (no parent shell to detect under pytest), Typer's flags take the shell's name.
+    proc = run_cli(standin, "--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
     assert proc.returncode == 0 and "_agentfactory_completion" in proc.stdout
     completion = subprocess.run(
         [AGENTFACTORY], capture_output=True, text=True, timeout=30, check=False,
