@@ -271,7 +271,7 @@ def list_agents(
         return print_doc({"items": items, "next_cursor": cursor}, fmt)
     print_agents(items, fmt)
     if cursor:
-        sys.stderr.write(f"more: agentfactory ls --cursor {cursor}\n")
+        sys.stderr.write(f"more: the same command with --cursor {cursor}, or --all\n")
 
 
 def print_agents(items: list[dict[str, Any]], fmt: str | None) -> None:
