@@ -211,3 +211,20 @@ def test_server_commands_name_the_extra_when_it_is_missing(tmp_path: Path, argv:
     proc = _cli(env, *argv)
     assert proc.returncode == 78, proc.stderr
     assert "pip install 'agentfactory[server]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_db_upgrade_migrates_once_then_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "af.db"
+    env = _bare_env(tmp_path, AGENTFACTORY_DATABASE_URL=f"sqlite:///{db}")
+    first = _cli(env, "db", "upgrade")
+    assert first.returncode == 0, first.stderr
+    assert re.fullmatch(
+        rf"sqlite:///{re.escape(str(db))}: upgraded from an empty database to revision \w+\n", first.stdout
+    )
+    revision = first.stdout.split()[-1]
+    again = _cli(env, "db", "upgrade")
+    assert (again.returncode, again.stdout) == (0, f"sqlite:///{db}: already at revision {revision}\n")
+    bad = _cli(
+        _bare_env(tmp_path, AGENTFACTORY_DATABASE_URL=f"sqlite:///{tmp_path}/no/such/dir/af.db"), "db", "upgrade"
+    )
+    assert bad.returncode == 69 and bad.stderr.startswith("error: cannot migrate ")
