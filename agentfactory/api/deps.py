@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agentfactory.errors import AuthError, ForbiddenError
@@ -14,6 +14,11 @@ bearer = HTTPBearer(auto_error=False, description="an agentfactory API key")
 
 async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
+    return services
+
+
+async def get_services_ws(websocket: WebSocket) -> Services:
+    services: Services = websocket.app.state.services
     return services
 
 

@@ -17,9 +17,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in {
         401: "E_AUTH: no, unknown or revoked key",
+        403: "E_FORBIDDEN: the key may not use this model or tool",
         404: "E_NOT_FOUND: no such agent for this key",
+        409: "E_CONFLICT: an Idempotency-Key reused with another body, or a change to a finished agent",
+        413: "E_TOO_LARGE: the body is over the size limit",
         422: "E_SCHEMA / E_CATALOG: the request does not validate",
-        429: "E_QUOTA / E_RATE_LIMIT",
+        429: "E_QUOTA / E_CAPACITY / E_RATE_LIMIT (Retry-After set)",
+        500: "E_INTERNAL: a bug (never a traceback)",
         503: "E_RUNTIME: the container engine is unreachable",
     }.items()
 }
@@ -29,7 +33,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-@router.post("/agents", status_code=201, response_model=AgentOut, summary="Launch an agent")
+@router.post("/agents", status_code=201, response_model=AgentOut, summary="Launch an agent", operation_id="createAgent")
 async def create_agent(
     body: AgentCreate,
     response: Response,
@@ -44,7 +48,7 @@ async def create_agent(
     return agent
 
 
-@router.get("/agents", response_model=AgentList, summary="The caller's agents, newest first")
+@router.get("/agents", response_model=AgentList, summary="The caller's agents, newest first", operation_id="listAgents")
 async def list_agents(
     caller: CallerDep,
     svc: ServicesDep,
@@ -55,26 +59,40 @@ async def list_agents(
     return await agents.list_agents(svc, caller, status=status, limit=limit, cursor=cursor)
 
 
-@router.get("/agents/{agent_id}", response_model=AgentOut, summary="One agent")
+@router.get("/agents/{agent_id}", response_model=AgentOut, summary="One agent", operation_id="getAgent")
 async def get_agent(agent_id: str, caller: CallerDep, svc: ServicesDep) -> AgentOut:
     return await agents.get_agent(svc, caller, agent_id)
 
 
-@router.get("/agents/{agent_id}/status", response_model=AgentOut, summary="One agent (alias)")
+@router.get(
+    "/agents/{agent_id}/status", response_model=AgentOut, summary="One agent (alias)", operation_id="getAgentStatus"
+)
 async def get_agent_status(agent_id: str, caller: CallerDep, svc: ServicesDep) -> AgentOut:
     return await agents.get_agent(svc, caller, agent_id)
 
 
-@router.delete("/agents/{agent_id}", response_model=AgentOut, summary="Stop an agent now (cancelled)")
+@router.delete(
+    "/agents/{agent_id}", response_model=AgentOut, summary="Stop an agent now (cancelled)", operation_id="cancelAgent"
+)
 async def cancel_agent(agent_id: str, caller: CallerDep, svc: ServicesDep) -> AgentOut:
     return await agents.cancel_agent(svc, caller, agent_id)
 
 
-@router.post("/agents/{agent_id}/ttl", response_model=AgentOut, summary="Extend a running agent's TTL")
+@router.post(
+    "/agents/{agent_id}/ttl",
+    response_model=AgentOut,
+    summary="Extend a running agent's TTL",
+    operation_id="extendAgentTtl",
+)
 async def extend_ttl(agent_id: str, body: TtlUpdate, caller: CallerDep, svc: ServicesDep) -> AgentOut:
     return await agents.extend_ttl(svc, caller, agent_id, body.ttl_seconds)
 
 
-@router.get("/agents/{agent_id}/result", response_model=AgentResult, summary="The CI result document")
+@router.get(
+    "/agents/{agent_id}/result",
+    response_model=AgentResult,
+    summary="The CI result document",
+    operation_id="getAgentResult",
+)
 async def get_result(agent_id: str, caller: CallerDep, svc: ServicesDep) -> AgentResult:
     return await agents.get_result(svc, caller, agent_id)

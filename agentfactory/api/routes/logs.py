@@ -23,7 +23,9 @@ async def get_block_cache(request: Request) -> BlockCache:
     return cache
 
 
-@router.get("/agents/{agent_id}/logs", response_model=LogPage, summary="A page of captured output")
+@router.get(
+    "/agents/{agent_id}/logs", response_model=LogPage, summary="A page of captured output", operation_id="getAgentLogs"
+)
 async def get_logs(
     agent_id: str,
     caller: CallerDep,
@@ -38,6 +40,7 @@ async def get_logs(
 @router.get(
     "/agents/{agent_id}/stream",
     summary="Server-Sent Events: log lines, status changes, then end",
+    operation_id="streamAgent",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {"example": 'event: log\nid: 1\ndata: {"seq": 1, ...}\n\n'}}}},
 )

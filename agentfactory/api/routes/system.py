@@ -8,19 +8,27 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agentfactory.api.routes.agents import CallerDep, ServicesDep
+from agentfactory.api.routes.agents import ERRORS, CallerDep, ServicesDep
 from agentfactory.schemas import Health
 from agentfactory.service import system
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", response_model=Health, summary="Liveness")
+@router.get(
+    "/health", response_model=Health, response_model_exclude_none=True, summary="Liveness", operation_id="health"
+)
 async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Health, summary="200 when the database and the engine answer")
+@router.get(
+    "/ready",
+    response_model=Health,
+    summary="200 when the database and the engine answer",
+    operation_id="ready",
+    responses={503: {"description": "a dependency is down; `checks` names it"}},
+)
 async def ready(svc: ServicesDep) -> JSONResponse:
     checks = await system.readiness(svc)
     down = [k for k, v in checks.items() if v != "ok"]
@@ -34,11 +42,11 @@ async def ready(svc: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "checks": checks})
 
 
-@router.get("/catalog", summary="The catalog of models and tools")
+@router.get("/catalog", summary="The catalog of models and tools", operation_id="getCatalog", responses=ERRORS)
 async def catalog(_caller: CallerDep, svc: ServicesDep) -> dict[str, Any]:
     return system.catalog(svc)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, operation_id="metrics")
 async def metrics(svc: ServicesDep) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
