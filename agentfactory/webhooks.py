@@ -38,7 +38,7 @@ class WebhookVerificationError(Exception):
 def _key(secret: str) -> bytes:
     raw = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
     try:
-        return base64.b64decode(raw, validate=True)
+        return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except ValueError:
         raise WebhookVerificationError("the secret is not whsec_ followed by base64") from None
 

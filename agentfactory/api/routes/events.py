@@ -30,6 +30,7 @@ EXAMPLE = (
     ),
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {"example": EXAMPLE}}}},
+    operation_id="streamEvents",
 )
 async def stream_events(
     caller: CallerDep,

@@ -7,11 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from agentfactory.api.routes.agents import ERRORS, MAX_CURSOR, CallerDep, ServicesDep
-from agentfactory.schemas import DeliveryList, DeliveryOut, WebhookCreate, WebhookCreated, WebhookList, WebhookOut
+from agentfactory.schemas import (
+    DeliveryList,
+    DeliveryOut,
+    ErrorBody,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookOut,
+)
 from agentfactory.service import webhooks
 from agentfactory.vocabulary import DeliveryStatus
 
-router = APIRouter(tags=["webhooks"], responses=ERRORS)
+router = APIRouter(
+    tags=["webhooks"],
+    responses={
+        **ERRORS,
+        404: {"model": ErrorBody, "description": "E_NOT_FOUND: no such webhook (or delivery) for this key"},
+        409: {"model": ErrorBody, "description": "E_CONFLICT: only a dead or failed delivery can be retried"},
+    },
+)
 
 
 @router.post(
@@ -19,6 +34,7 @@ router = APIRouter(tags=["webhooks"], responses=ERRORS)
     status_code=201,
     response_model=WebhookCreated,
     summary="Create a webhook (its signing secret is shown this once)",
+    operation_id="createWebhook",
     description=(
         "422 E_SCHEMA when the URL resolves to a loopback, private, link-local or metadata address "
         "(unless AGENTFACTORY_WEBHOOK_ALLOW_PRIVATE=true)."
@@ -28,17 +44,24 @@ async def create_webhook(body: WebhookCreate, caller: CallerDep, svc: ServicesDe
     return await webhooks.create_webhook(svc, caller, body)
 
 
-@router.get("/webhooks", response_model=WebhookList, summary="The caller's webhooks (admin: all)")
+@router.get(
+    "/webhooks", response_model=WebhookList, summary="The caller's webhooks (admin: all)", operation_id="listWebhooks"
+)
 async def list_webhooks(caller: CallerDep, svc: ServicesDep) -> WebhookList:
     return await webhooks.list_webhooks(svc, caller)
 
 
-@router.get("/webhooks/{webhook_id}", response_model=WebhookOut, summary="One webhook")
+@router.get("/webhooks/{webhook_id}", response_model=WebhookOut, summary="One webhook", operation_id="getWebhook")
 async def get_webhook(webhook_id: str, caller: CallerDep, svc: ServicesDep) -> WebhookOut:
     return await webhooks.get_webhook(svc, caller, webhook_id)
 
 
-@router.delete("/webhooks/{webhook_id}", response_model=WebhookOut, summary="Delete a webhook and its deliveries")
+@router.delete(
+    "/webhooks/{webhook_id}",
+    response_model=WebhookOut,
+    summary="Delete a webhook and its deliveries",
+    operation_id="deleteWebhook",
+)
 async def delete_webhook(webhook_id: str, caller: CallerDep, svc: ServicesDep) -> WebhookOut:
     return await webhooks.delete_webhook(svc, caller, webhook_id)
 
@@ -47,6 +70,7 @@ async def delete_webhook(webhook_id: str, caller: CallerDep, svc: ServicesDep) -
     "/webhooks/{webhook_id}/deliveries",
     response_model=DeliveryList,
     summary="A webhook's deliveries with their attempts, newest first",
+    operation_id="listWebhookDeliveries",
 )
 async def list_deliveries(
     webhook_id: str,
@@ -64,6 +88,7 @@ async def list_deliveries(
     status_code=202,
     response_model=DeliveryOut,
     summary="Send a dead delivery again (one attempt, now)",
+    operation_id="retryWebhookDelivery",
 )
 async def retry_delivery(
     webhook_id: str,
