@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--launch-seconds", type=float, default=1.0, help="launch time allowed per agent")
     common_args(parser)
     args = parser.parse_args()
     ensure_ready()
@@ -89,16 +90,17 @@ def main() -> None:
     env = {"AGENTFACTORY_WEBHOOK_ALLOW_PRIVATE": "true"}
     try:
         with Sidecar() as sidecar, BenchServer(sidecar, env=env) as server, server.client() as c:
-            hook = c.post("/webhooks", json={"url": receiver.url, "events": ["agent.finished"]}).json()
             probe = create_agent(c, {"model": "echo", "prompt": "hi"})
-            wait_terminal(c, probe["id"])
+            wait_terminal(c, probe["id"])  # finished before the webhook exists: not delivered
+            hook = c.post("/webhooks", json={"url": receiver.url, "events": ["agent.finished"]}).json()
             poll_client = server.client()
             poller = Poller(poll_client, probe["id"])
             poller.start()
             time.sleep(args.idle_seconds)  # the idle sample
             idle_end = time.time()
 
-            at = int(time.time() + 15 + args.agents * 0.25)  # every agent running before this second
+            # every agent running before this second (launches took 0.75 s each on 2 busy cores)
+            at = int(time.time() + 30 + args.agents * args.launch_seconds)
             body = {"model": "sh", "tools": ["shell"], "prompt": WAIT_FOR.format(at=at), "ttl_seconds": 900}
             launch_start = time.time()
             with ThreadPoolExecutor(8) as pool:
@@ -106,6 +108,8 @@ def main() -> None:
             launched = time.time()
             print(f"[bench] {args.agents} agents launched in {launched - launch_start:.1f} s; "
                   f"finish at +{at - launched:.1f} s", file=sys.stderr)  # fmt: skip
+            if launched > at:
+                print("[bench] WARNING: launches overran the finish second: raise --launch-seconds", file=sys.stderr)
             deadline = time.monotonic() + 600
             while len({r.webhook_id for r in receiver.snapshot()}) < args.agents:
                 if time.monotonic() > deadline:

@@ -1,8 +1,9 @@
-"""`agentfactory`: the server (`serve`, `reap`) and its client (`run`, `logs`, `status`, ...), SPEC §7.
+"""`agentfactory`: the server (`serve`, `reap`) and its client (`run`, `logs`, `status`, `events`, ...), SPEC §7.
 
 This module is the Typer app, its global options and the console entry point `main()`; the commands
-live in `client_commands` (HTTP through `agentfactory.client`) and `server_commands` (which import the
-server stack only when run), and everything printed goes through `render`.
+live in `client_commands` and `event_commands` (HTTP through `agentfactory.client`) and
+`server_commands` (which import the server stack only when run), and everything printed goes
+through `render`.
 
 Exit codes: 0 ok; for `run --follow` the agent's verdict (0 succeeded, its exit code when failed,
 124 expired, 130 cancelled); 1 other errors; 2 usage or validation (400/401/403/409/413/422);
@@ -18,7 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from agentfactory import __version__
-from agentfactory.cli import client_commands, server_commands
+from agentfactory.cli import client_commands, event_commands, server_commands
 from agentfactory.cli.options import EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, ClientConfig, CliError
 from agentfactory.cli.render import api_message
 from agentfactory.client import ApiError, ServerUnreachable
@@ -36,6 +37,9 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys (admin key required).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
+webhooks_app = typer.Typer(help="Signed webhooks of your key's agent events.", no_args_is_help=True,
+                           rich_markup_mode=None)  # fmt: skip
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _version(value: bool) -> None:
@@ -71,6 +75,12 @@ app.command()(client_commands.catalog)
 keys_app.command("create")(client_commands.keys_create)
 keys_app.command("list")(client_commands.keys_list)
 keys_app.command("revoke")(client_commands.keys_revoke)
+app.command()(event_commands.events)
+webhooks_app.command("create")(event_commands.webhooks_create)
+webhooks_app.command("list")(event_commands.webhooks_list)
+webhooks_app.command("rm")(event_commands.webhooks_rm)
+webhooks_app.command("deliveries")(event_commands.webhooks_deliveries)
+webhooks_app.command("retry")(event_commands.webhooks_retry)
 app.command()(server_commands.serve)
 app.command()(server_commands.reap)
 app.command()(server_commands.mcp)

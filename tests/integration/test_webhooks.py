@@ -5,6 +5,10 @@ is shortened in proportion), 25 agents (50 deliveries) across the kill -9 instea
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -22,6 +26,7 @@ from tests.support.server import ServerProcess, wait_until
 from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.docker
+AGENTFACTORY = str(Path(sys.executable).parent / "agentfactory")
 
 TIMEOUT = 1.0
 FLAKY_ENV = {
@@ -271,3 +276,48 @@ def test_private_webhook_urls_are_refused_without_the_opt_in(server: ServerProce
         r = c.post("/webhooks", json={"url": url})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "E_SCHEMA")
         assert c.get("/webhooks").json()["items"] == []
+
+
+def test_the_cli_manages_webhooks_and_prints_events(flaky_server: ServerProcess) -> None:
+    env = {**os.environ, "AGENTFACTORY_URL": flaky_server.url, "AGENTFACTORY_API_KEY": flaky_server.admin_key}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AGENTFACTORY, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    receiver = Receiver().start()
+    try:
+        made = cli("webhooks", "create", receiver.url, "--event", "agent.finished", "--meta", "cli=yes")
+        assert made.returncode == 0, made.stderr
+        secret = made.stdout.strip()
+        assert secret.startswith("whsec_") and "shown only this once" in made.stderr
+        hook_id = made.stderr.split()[1]
+        listed = json.loads(cli("webhooks", "list", "--json").stdout)["items"]
+        assert hook_id in [h["id"] for h in listed] and secret not in json.dumps(listed)
+        assert hook_id in cli("webhooks", "list").stdout
+
+        with flaky_server.client() as c:
+            (agent,) = launch(c, 1, metadata={"cli": "yes"})
+        wait_until(receiver.snapshot, timeout=60, what="the delivery")
+        assert standardwebhooks.Webhook(secret).verify(receiver.snapshot()[0].body, receiver.snapshot()[0].headers)
+        wait_until(lambda: "succeeded" in cli("webhooks", "deliveries", hook_id).stdout, timeout=10, what="listed")
+        (delivery,) = json.loads(cli("webhooks", "deliveries", hook_id, "--json").stdout)["items"]
+        assert (delivery["status"], delivery["agent_id"]) == ("succeeded", agent)
+
+        printed = cli("events", "--agent", agent).stdout.splitlines()
+        assert [line.split("\t")[2:4] for line in printed] == [["agent.started", agent], ["agent.finished", agent]]
+        finished = cli("events", "--agent", agent, "--type", "agent.finished", "--json").stdout
+        as_json = [json.loads(line) for line in finished.splitlines()]
+        assert [e["agent"]["status"] for e in as_json] == ["succeeded"]
+        with subprocess.Popen([AGENTFACTORY, "events", "-f", "--agent", agent, "--json"], stdout=subprocess.PIPE,
+                              text=True, env=env) as follower:  # fmt: skip
+            assert follower.stdout is not None
+            followed = [json.loads(follower.stdout.readline()) for _ in range(2)]
+            follower.kill()
+        assert [e["type"] for e in followed] == ["agent.started", "agent.finished"]
+
+        again = cli("webhooks", "retry", hook_id, str(delivery["id"]))
+        assert again.returncode == 2 and "E_CONFLICT" in again.stderr
+        assert cli("webhooks", "rm", hook_id).stdout.split() == [hook_id, "deleted"]
+        assert cli("webhooks", "deliveries", hook_id).returncode == 2  # 404: gone
+    finally:
+        receiver.stop()
