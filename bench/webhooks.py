@@ -48,7 +48,8 @@ if str(ROOT) not in sys.path:
 from agentfactory.webhooks import verify
 from tests.support.receiver import Receiver
 
-WAIT_FOR = "t={at}; while [ $(date +%s) -lt $t ]; do sleep 0.05; done; echo done"
+# one process that sleeps until the shared second (a polling loop in 200 containers loads the machine)
+WAIT_FOR = "python3 -c 'import time; time.sleep(max(0.0, {at} - time.time()))'; echo done"
 
 
 def epoch(iso: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -521,47 +522,60 @@ def claim_webhook_deliveries(
     return claimed
 
 
-def finish_delivery_attempt(
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt and what it decided for its delivery (see `record_delivery_attempts`)."""
+
+    delivery_id: int
+    at: float
+    duration: float
+    http_status: int | None
+    error: str | None
+    status: str
+    retry_index: int
+    next_attempt_at: float
+
+
+def record_delivery_attempts(
     *,
     session: Session,
-    delivery_id: int,
     webhook_id: str,
     token: str,
-    at: float,
-    duration: float,
-    http_status: int | None,
-    error: str | None,
-    status: str,
-    retry_index: int,
-    next_attempt_at: float,
+    attempts: Sequence[AttemptRecord],
     consecutive_failures: int,
     circuit_open_until: float | None,
-    lease_until: float,
+    lease_until: float | None,
 ) -> bool:
-    """Record an attempt and its consequences (the delivery's status and next time, the webhook's
-    circuit), renewing the lease; False when the lease was lost (another worker took over)."""
-    session.add(
-        DeliveryAttemptRow(
-            delivery_id=delivery_id, at=at, duration=duration, http_status=http_status, error=error and error[:200]
+    """Record attempts to one webhook and their consequences (each delivery's status and next time,
+    the webhook's circuit), renewing the lease until `lease_until` (None: releasing it), in one
+    transaction; False when the lease was lost (another worker took the webhook over)."""
+    for a in attempts:
+        session.add(
+            DeliveryAttemptRow(
+                delivery_id=a.delivery_id, at=a.at, duration=a.duration, http_status=a.http_status,
+                error=a.error and a.error[:200],
+            )
+        )  # fmt: skip
+        done = a.status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.DEAD)
+        session.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.id == a.delivery_id, DeliveryRow.status.in_(UNDELIVERED))
+            .values(
+                status=a.status,
+                attempts=DeliveryRow.attempts + 1,
+                retry_index=a.retry_index,
+                next_attempt_at=a.next_attempt_at,
+                finished_at=a.at + a.duration if done else None,
+            )
         )
-    )
-    done = status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.DEAD)
-    session.execute(
-        update(DeliveryRow)
-        .where(DeliveryRow.id == delivery_id, DeliveryRow.status.in_(UNDELIVERED))
-        .values(
-            status=status,
-            attempts=DeliveryRow.attempts + 1,
-            retry_index=retry_index,
-            next_attempt_at=next_attempt_at,
-            finished_at=at + duration if done else None,
-        )
-    )
     held = session.execute(
         update(WebhookRow)
         .where(WebhookRow.id == webhook_id, WebhookRow.lease_token == token)
         .values(
-            consecutive_failures=consecutive_failures, circuit_open_until=circuit_open_until, lease_until=lease_until
+            consecutive_failures=consecutive_failures,
+            circuit_open_until=circuit_open_until,
+            lease_until=lease_until,
+            lease_token=token if lease_until is not None else None,
         )
     )
     return bool(held.rowcount)  # type: ignore[attr-defined]
