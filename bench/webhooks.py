@@ -129,6 +129,17 @@ def main() -> None:
             latency = [arrived - epoch(p["created_at"]) for p, arrived in first.values()]
             finished = [epoch(p["agent"]["finished_at"]) for p, _ in first.values()]
             burst_start = min(finished)
+            # where the time goes: event -> delivery row (dispatch), row -> first attempt (queue), the attempt
+            created = {p["id"]: epoch(p["created_at"]) for p, _ in first.values()}
+            rows = c.get(f"/webhooks/{hook['id']}/deliveries", params={"limit": 500}).json()["items"]
+            dispatch = [epoch(d["created_at"]) - created[d["event_id"]] for d in rows]
+            queue = [epoch(d["attempts"][0]["at"]) - epoch(d["created_at"]) for d in rows if d["attempts"]]
+            attempt = [d["attempts"][0]["duration_seconds"] for d in rows if d["attempts"]]
+            for name, values in (("dispatch", dispatch), ("queue", queue), ("attempt", attempt)):
+                part = Summary.of(values)
+                report.details[name] = vars(part)
+                line = f"p50 {part.median * 1e3:8.1f} ms  p99 {part.p99 * 1e3:8.1f} ms"
+                print(f"[bench] {name:<9} {line}", file=sys.stderr)
             idle = Summary.of(poller.between(launch_start - args.idle_seconds - 1, idle_end))
             burst = Summary.of(poller.between(burst_start, burst_end))
             lat = Summary.of(latency)
