@@ -15,8 +15,10 @@ from fastapi import FastAPI
 
 from agentfactory import __version__
 from agentfactory.api import mount_http_api
+from agentfactory.backends import egress
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
@@ -40,6 +42,21 @@ def build_backend(settings: Settings) -> Backend:
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)
 
 
+async def prepare_agent_network(backend: Backend, catalog: Catalog, network: str) -> None:
+    """At start, when the catalog has a network tool: the agents' bridge made and its egress policy
+    installed and read back, so the log says now whether network tools will be refused and why.
+    Every network launch checks again (the engine may be down now, the rules flushed later)."""
+    if not any(t.network for t in catalog.tools):
+        return
+    try:
+        await backend.prepare_network(network)
+        log.info("agent_network_ready", network=network)
+    except NetworkPolicyError as exc:
+        log.error("network_tools_refused", network=network, reason=exc.message)
+    except RuntimeUnavailableError as exc:
+        log.warning("agent_network_not_prepared", network=network, error=exc.message)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -51,6 +68,7 @@ def create_app(
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
     from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
     catalog = catalog or load_catalog(settings.catalog)
+    egress.check_resolvers(settings.agent_dns)
     metrics = Metrics()
     metrics.prepare_models([m.id for m in catalog.models])
     store = Store(settings.database_url)
@@ -86,6 +104,7 @@ def create_app(
         svc.start(loop)
         if serve_gateway:
             await gateway.start()
+        await prepare_agent_network(svc.backend, catalog, settings.agent_network)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
         if run_loops:

@@ -30,6 +30,13 @@ class AuthError(AgentFactoryError):
     code, status = "E_AUTH", 401
 
 
+class NetworkPolicyError(CatalogError):
+    """Agents with a network tool cannot be run here with their egress policy (SPEC §14) in force:
+    no iptables, no permission, an engine on another host, an agents' bridge that lets agents reach
+    each other. A 422 like any tool the server cannot offer: retrying does not help until the
+    operator fixes the host, and agents without a network tool keep running."""
+
+
 class ForbiddenError(AgentFactoryError):
     code, status = "E_FORBIDDEN", 403
 

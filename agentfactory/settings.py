@@ -5,6 +5,7 @@ Built by the caller (`Settings()` in the CLI, explicit values in tests); nothing
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     )
     agent_network: str = Field(
         "agentfactory-agents", description="isolated bridge network for agents whose tools need a network"
+    )
+    agent_dns: list[str] = Field(
+        ["8.8.8.8", "1.1.1.1"],
+        description="public DNS resolvers of agents with a network (the host's own resolver is a host or private "
+        "address, which their egress policy blocks); [] leaves the engine's default",
     )
     start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
@@ -79,6 +85,17 @@ class Settings(BaseSettings):
     def webhook_retry_delays(self) -> tuple[float, ...]:
         """The retry schedule: seconds before retry 1, 2, ...; empty: no retry."""
         return tuple(float(x) for x in self.webhook_retry_schedule.split(",") if x.strip())
+
+    @field_validator("agent_dns")
+    @classmethod
+    def _ipv4_resolvers(cls, value: list[str]) -> list[str]:
+        # Whether each is public is the egress policy's call, checked when the app is built.
+        for address in value:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IPv4 address") from None
+        return value
 
     @field_validator("agent_network")
     @classmethod

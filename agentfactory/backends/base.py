@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agentfactory.errors import NetworkPolicyError
 from agentfactory.vocabulary import STDERR, STDOUT
 
 __all__ = ["STDERR", "STDOUT"]
@@ -40,6 +41,7 @@ class AgentSpec:
     scratch_mb: int
     max_log_bytes: int
     network: str | None = None  # None: no network at all; else the name of an isolated network
+    dns: tuple[str, ...] = ()  # resolvers of an agent with a network (public ones: see egress.py); () engine's
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
     gateway_socket_dir: Path | None = None
     instance: str = "local"
@@ -132,6 +134,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise RuntimeUnavailableError when the engine does not answer."""
+
+    async def prepare_network(self, network: str) -> None:
+        """Make `network` ready for agents with a network tool: made if missing, no agent reaching
+        another, and the egress policy of SPEC §14 (the public internet only) in force and read back.
+
+        Idempotent and cheap when recently verified; `launch` checks it too before a container joins
+        the network. Raises NetworkPolicyError when the policy cannot be enforced (network tools are
+        then refused; agents without a network keep running), RuntimeUnavailableError when the
+        engine does not answer. A backend that cannot enforce egress refuses (this default).
+        """
+        raise NetworkPolicyError(f"{type(self).__name__} cannot enforce an egress policy for agents with a network")
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release the client."""

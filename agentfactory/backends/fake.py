@@ -23,7 +23,7 @@ from agentfactory.backends.base import (
     ManagedContainer,
     ResourceUsage,
 )
-from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 
 class FakeLaunchError(AgentFactoryError):
@@ -63,6 +63,8 @@ class FakeBackend(Backend):
         self.instance = instance
         self.containers: dict[str, _Container] = {}
         self.engine_down = False
+        self.egress_refused: str | None = None  # set: agents with a network are refused for this reason
+        self.network_checks = 0
         self.launches = 0
 
     def _check(self) -> None:
@@ -72,8 +74,16 @@ class FakeBackend(Backend):
     async def ping(self) -> None:
         self._check()
 
+    async def prepare_network(self, network: str) -> None:
+        self._check()
+        self.network_checks += 1
+        if self.egress_refused:
+            raise NetworkPolicyError(self.egress_refused)
+
     async def launch(self, spec: AgentSpec) -> Launched:
         self._check()
+        if spec.network:
+            await self.prepare_network(spec.network)
         env = spec.env
         if env.get("FAKE_CRASH_AT_LAUNCH"):
             raise FakeLaunchError("fake: the engine refused to start the container")

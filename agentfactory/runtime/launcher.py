@@ -25,7 +25,7 @@ import structlog
 
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
-from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import LogPump, Resume, Seal
@@ -98,6 +98,30 @@ class Launcher:
         return pk in self._watchers
 
     # -- launching -------------------------------------------------------------------------------
+
+    async def network_ready(self, tools: list[str]) -> None:
+        """Raise NetworkPolicyError (E_CATALOG) naming the network tools among `tools` when their egress
+        policy (SPEC §14) cannot be enforced; the caller refuses the request before storing anything."""
+        network_tools = [t for t in tools if (tool := self.catalog.tool(t)) is not None and tool.network]
+        if not network_tools:
+            return
+        try:
+            await self.backend.prepare_network(self.settings.agent_network)
+        except NetworkPolicyError as exc:
+            raise NetworkPolicyError(
+                f"tool(s) {', '.join(network_tools)} need a network, and this server cannot hold agents with a "
+                f"network to the public internet: {exc.message}",
+                details=[{"field": "tools", "refused": network_tools, "reason": exc.message}],
+            ) from exc
+
+    async def recheck_egress(self) -> None:
+        """Read the egress rules back (as often as the backend's check allows) and put them back if
+        something flushed them (a firewall reload); the reaper calls it while network agents run."""
+        network = self.settings.agent_network
+        try:
+            await self.backend.prepare_network(network)
+        except NetworkPolicyError as exc:
+            log.error("agent_egress_not_enforced", network=network, reason=exc.message)
 
     async def launch(self, row: AgentRow, token: str) -> AgentRow:
         """Start an admitted agent's container. RuntimeUnavailableError deletes the row: nothing

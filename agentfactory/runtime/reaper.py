@@ -60,6 +60,8 @@ class Reaper(Loop):
                 if r.status in LAUNCHING and r.created_at < now - self.start_deadline and not lch.watching(r.pk)
             ]
             + [lch.finalize_if_lost(r) for r in running if not lch.watching(r.pk)]
+            # While agents with a network run, their egress rules are read back and put back if flushed.
+            + ([lch.recheck_egress()] if any(lch.catalog.needs_network(r.tools) for r in running) else [])
         )
         await self.remove_orphans()
         purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)

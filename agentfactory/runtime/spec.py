@@ -35,8 +35,10 @@ def runtime_spec(row: AgentRow, catalog: Catalog) -> dict[str, Any]:
 
 def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Settings) -> AgentSpec:
     """The backend's input for one agent: image, environment (env, secrets, the runtime spec, the
-    gateway's socket and token), limits from the catalog, and a network only for a network tool."""
+    gateway's socket and token), limits from the catalog, and a network only for a network tool (with
+    public resolvers: the egress policy blocks the host's own)."""
     limits = catalog.limits
+    network = settings.agent_network if catalog.needs_network(row.tools) else None
     env = {
         **row.env,
         **row.secrets,
@@ -54,7 +56,8 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         pids=limits.pids,
         scratch_mb=limits.scratch_mb,
         max_log_bytes=limits.max_log_bytes,
-        network=settings.agent_network if catalog.needs_network(row.tools) else None,
+        network=network,
+        dns=tuple(settings.agent_dns) if network else (),
         runtime=catalog.runtime or settings.container_runtime,
         gateway_socket_dir=settings.gateway_socket_dir,
         instance=settings.instance_id,

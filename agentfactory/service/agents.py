@@ -30,6 +30,7 @@ async def create_agent(
 ) -> tuple[AgentOut, bool]:
     """Admit and launch an agent. Returns (agent, replayed). E_RUNTIME leaves nothing behind."""
     ttl = admission.check_request(catalog=svc.catalog, settings=svc.settings, caller=caller, req=req)
+    await svc.launcher.network_ready(req.tools)  # E_CATALOG before anything is stored (SPEC §14)
     token = secrets.token_urlsafe(32)
     row, replayed = await svc.store.run(
         admission.admit,

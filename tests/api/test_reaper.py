@@ -63,7 +63,7 @@ def test_stuck_starting_is_failed_and_a_vanished_container_is_lost(api: Api) -> 
 
     b = create(api, env={"FAKE_RUN_UNTIL_STOPPED": "1"})
     api.backend.vanish(b["id"])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while get(api, b["id"]).json()["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert (get(api, b["id"]).json()["status"], get(api, b["id"]).json()["reason"]) == ("failed", "lost")

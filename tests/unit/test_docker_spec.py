@@ -114,3 +114,11 @@ def test_runsc_network_agents_use_the_runtime_registered_with_a_netstack() -> No
     assert hc["network_mode"] == "agentfactory-agents"
     other = build_create_args(spec(runtime="kata", network="agentfactory-agents"))["host_config"]
     assert other["runtime"] == "kata"
+
+
+def test_public_resolvers_are_given_to_network_agents_only() -> None:
+    resolvers = ("8.8.8.8", "1.1.1.1")
+    assert build_create_args(spec(network="agentfactory-agents", dns=resolvers))["host_config"]["dns"] == list(
+        resolvers
+    )
+    assert "dns" not in build_create_args(spec(dns=resolvers))["host_config"]
