@@ -10,7 +10,7 @@ replicas:
 - `WebhookDeliverer` leases webhooks that have due deliveries (one sender per webhook, across
   replicas) and sends each one's due deliveries in event order, one request in flight per webhook,
   `concurrency` webhooks at once, on its own `httpx.AsyncClient`: nothing here ever blocks the API
-  or capture. Each attempt is recorded with its consequence in one transaction.
+  or capture. Attempts are recorded with their consequences in batches (see `_send_all`).
 
 Ordering: a webhook's deliveries are attempted in event order, one at a time; a failed one is
 retried on its schedule while later events go on (one bad event cannot hold an endpoint for a
