@@ -1,14 +1,14 @@
 """tokens reserved by an agent's model calls in flight, so concurrent calls never overshoot its budget
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0006 (chained after main's 0006 on merge; the lead renumbers)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
