@@ -20,14 +20,16 @@ from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.gateway.server import ModelGateway
-from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
+from agentfactory.keys import RateLimiter, check_admin_key, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.reaper import Reaper
 from agentfactory.runtime.usage import UsageSampler
+from agentfactory.server_key import load_server_key
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 
@@ -53,7 +55,9 @@ def create_app(
     serve_gateway: bool = True,
 ) -> FastAPI:
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
-    from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
+    from settings. A bad catalog raises CatalogInvalid, a short admin key ValueError, here, before
+    anything starts."""
+    check_admin_key(settings.admin_key)
     catalog = catalog or load_catalog(settings.catalog)
     metrics = Metrics()
     metrics.prepare_models([m.id for m in catalog.models])
@@ -77,11 +81,19 @@ def create_app(
         await asyncio.to_thread(store.migrate)
         with store.session() as s:
             ensure_bootstrap_admin(session=s, admin_key=settings.admin_key)
+        server_key = await asyncio.to_thread(load_server_key, store)
         hub = Hub(loop)
         pump = LogPump(store=store, hub=hub, metrics=metrics, loop=loop)
         pump.start()
         launcher = Launcher(
-            settings=settings, catalog=catalog, store=store, backend=ctx.backend, pump=pump, hub=hub, metrics=metrics
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            backend=ctx.backend,
+            pump=pump,
+            hub=hub,
+            metrics=metrics,
+            server_key=server_key,
         )
         ctx.hub, ctx.launcher = hub, launcher
         gateway = ModelGateway(
@@ -107,7 +119,7 @@ def create_app(
             try:
                 await reaper.recover()
             except Exception as exc:  # the engine may be down at start; the reaper catches up later
-                log.warning("recover_failed", error=repr(exc))
+                log.warning("recover_failed", error=describe_error(exc))
             loops.append(loop.create_task(reaper.run(stop)))
             sampler = UsageSampler(store=store, backend=ctx.backend, interval=settings.usage_interval_seconds)
             loops.append(loop.create_task(sampler.run(stop)))

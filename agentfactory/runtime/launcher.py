@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,10 +30,13 @@ from agentfactory.errors import (
     SchemaError,
 )
 from agentfactory.keys import Caller, new_id
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import LogPump, Resume, Seal
+from agentfactory.runtime.masking import mask_text
 from agentfactory.schemas import AgentCreate
+from agentfactory.server_key import ServerKey
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
@@ -44,8 +46,9 @@ GATEWAY_SOCKET_IN_CONTAINER = "/run/agentfactory/gateway.sock"
 TOOL_OUTPUT_LIMIT = 16_384
 
 
-def request_hash(req: AgentCreate) -> str:
-    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+def request_hash(req: AgentCreate, key: ServerKey) -> str:
+    """Keyed: the request holds the secrets, and its fingerprint is kept beside the agent."""
+    return key.request_hash(req.model_dump())
 
 
 def compute_seal(*, store: Store, agent_pk: int) -> tuple[int, int, str]:
@@ -111,6 +114,7 @@ class Launcher:
         pump: LogPump,
         hub: Hub,
         metrics: Metrics,
+        server_key: ServerKey,
         clock: Callable[[], float] = time.time,
     ):
         self.settings = settings
@@ -120,6 +124,7 @@ class Launcher:
         self.pump = pump
         self.hub = hub
         self.metrics = metrics
+        self.server_key = server_key
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
@@ -170,11 +175,9 @@ class Launcher:
             )
         return ttl
 
-    def _admit(
-        self, caller: Caller, req: AgentCreate, ttl: int, idempotency_key: str | None, token: str
-    ) -> tuple[AgentRow, bool]:
+    def _admit(self, caller: Caller, req: AgentCreate, ttl: int, idempotency_key: str | None) -> tuple[AgentRow, bool]:
         """Insert the pending row, atomically with the idempotency and concurrency checks."""
-        rhash = request_hash(req)
+        rhash = request_hash(req, self.server_key)
         with self.store.session() as s:
             queries.lock_api_key(session=s, key_id=caller.key_id)
             if idempotency_key:
@@ -182,7 +185,8 @@ class Launcher:
                     session=s, key_id=caller.key_id, idempotency_key=idempotency_key
                 )
                 if existing is not None and existing.created_at > self.clock() - 86_400:
-                    if existing.request_hash != rhash:
+                    # (no fingerprint: made before fingerprints were keyed, see migration 0004)
+                    if existing.request_hash not in (rhash, None):
                         raise ConflictError("this Idempotency-Key was used with another request body")
                     return existing, True
                 if existing is not None:  # older than 24 h: the key may be reused
@@ -196,8 +200,10 @@ class Launcher:
                     retry_after=2,
                 )
             now = self.clock()
+            agent_id = new_id("ag_")
+            token = self.server_key.gateway_token(agent_id)
             row = AgentRow(
-                id=new_id("ag_"),
+                id=agent_id,
                 key_id=caller.key_id,
                 status="pending",
                 model=req.model,
@@ -230,13 +236,12 @@ class Launcher:
     async def create(self, caller: Caller, req: AgentCreate, idempotency_key: str | None) -> tuple[AgentRow, bool]:
         """Admit and launch an agent. Returns (agent, replayed). RuntimeUnavailableError leaves nothing."""
         ttl = self.check_request(caller, req)
-        token = secrets.token_urlsafe(32)
-        row, replayed = await self._db(self._admit, caller, req, ttl, idempotency_key, token)
+        row, replayed = await self._db(self._admit, caller, req, ttl, idempotency_key)
         if replayed:
             return row, True
         self.metrics.agents_created.labels(model=row.model).inc()
         log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl)
-        await self._launch(row, token)
+        await self._launch(row, self.server_key.gateway_token(row.id))
         return await self._db(self._load, row.pk), False
 
     def _spec(self, row: AgentRow, token: str) -> AgentSpec:
@@ -283,7 +288,9 @@ class Launcher:
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
         except AgentFactoryError as exc:
-            await self._finalize_launch_failure(row.pk, row.id, exc.message)
+            # The engine's words may quote the container's environment.
+            message = mask_text(exc.message, [*row.secrets.values(), token])
+            await self._finalize_launch_failure(row.pk, row.id, message)
             return
         started = self.clock()
         moved = await self._db(
@@ -357,7 +364,7 @@ class Launcher:
                 return
             await self.stop(row, "ttl_expired", 0)
         except Exception as exc:  # the reaper's next pass retries
-            log.warning("ttl_expiry_failed", agent_pk=pk, error=repr(exc))
+            log.warning("ttl_expiry_failed", agent_pk=pk, error=describe_error(exc))
 
     # -- watching ----------------------------------------------------------------------------------
 
@@ -513,7 +520,9 @@ class Launcher:
             dropped_bytes=row.log_dropped_bytes,
         )
         self.metrics.agents_running.inc()
-        self._watch(row.pk, row.id, row.container_id, source, list(row.secrets.values()), resume)
+        # The gateway token is derived again: only its hash is stored.
+        masked = [*row.secrets.values(), self.server_key.gateway_token(row.id)]
+        self._watch(row.pk, row.id, row.container_id, source, masked, resume)
         self.arm_ttl(row.pk, row.expires_at)
         log.info("agent_resumed", agent_id=row.id, from_seq=last)
 

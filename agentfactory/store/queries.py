@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogChunkRow
+from agentfactory.store.tables import ACTIVE, STDERR, TERMINAL, AgentRow, ApiKeyRow, LogChunkRow, ServerKeyRow
 
 
 def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
@@ -188,3 +188,17 @@ def lock_api_key(*, session: Session, key_id: str) -> None:
     """Serialise concurrent admissions for one key: a write first takes the row (PG) or the
     database (SQLite) lock, so the count that follows cannot be raced."""
     session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(lock_version=ApiKeyRow.lock_version + 1))
+
+
+# --- the server's own keys --------------------------------------------------------------------
+
+
+def get_server_key(*, session: Session, name: str) -> str | None:
+    row = session.get(ServerKeyRow, name)
+    return None if row is None else row.secret
+
+
+def add_server_key(*, session: Session, name: str, secret: str, created_at: float) -> None:
+    """Insert a key; raises IntegrityError when another replica made it first."""
+    session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
+    session.flush()
