@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+from agentfactory.sse_client import SSEDecoder, SSEEvent, iter_sse, split_lines
+from agentfactory.vocabulary import TERMINAL
+
+__all__ = ["SSEDecoder", "SSEEvent", "iter_sse", "split_lines"]
+
+TERMINAL_STATUSES = frozenset(TERMINAL)
 MAX_LOG_PAGE = 5000
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class ClientError(Exception):
@@ -65,81 +67,6 @@ class ServerUnreachable(ClientError):
 
 
 # --- Server-Sent Events ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SSEEvent:
-    event: str
-    data: str
-    id: str | None
-    retry: int | None = None
-
-
-class SSEDecoder:
-    """Turns SSE lines into events (https://html.spec.whatwg.org/multipage/server-sent-events.html)."""
-
-    def __init__(self) -> None:
-        self.last_event_id: str | None = None
-        self._event = ""
-        self._data: list[str] = []
-        self._retry: int | None = None
-
-    def feed(self, line: str) -> SSEEvent | None:
-        """One line without its terminator; returns an event when `line` is the blank line ending one."""
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        field, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if field == "event":
-            self._event = value
-        elif field == "data":
-            self._data.append(value)
-        elif field == "id":
-            if "\0" not in value:
-                self.last_event_id = value
-        elif field == "retry" and value.isdigit():
-            self._retry = int(value)
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        event, data, retry = self._event or "message", self._data, self._retry
-        self._event, self._data, self._retry = "", [], None
-        if not data:
-            return None
-        return SSEEvent(event=event, data="\n".join(data), id=self.last_event_id, retry=retry)
-
-
-def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """SSE line splitting on a byte stream; an unterminated last line is dropped (it ends no event)."""
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        start = 0
-        while (m := _LINE_END.search(buf, start)) is not None:
-            if m.group() == b"\r" and m.end() == len(buf):
-                break  # maybe the first half of a CRLF split across chunks
-            yield buf[start : m.start()].decode("utf-8", "replace")
-            start = m.end()
-        del buf[:start]
-    if buf.endswith(b"\r"):
-        yield buf[:-1].decode("utf-8", "replace")
-
-
-def iter_sse(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
-    decoder = SSEDecoder()
-    first = True
-    for line in split_lines(chunks):
-        if first:
-            line, first = line.removeprefix("\ufeff"), False
-        event = decoder.feed(line)
-        if event is not None:
-            yield event
-
-
-# --- HTTP API ----------------------------------------------------------------------------------------
 
 
 def _error_from(response: httpx.Response) -> ApiError:
@@ -241,22 +168,29 @@ class ApiClient:
     ) -> dict[str, Any]:
         return self.get(f"/agents/{agent_id}/logs", cursor=cursor, limit=limit, stream=stream)
 
-    def iter_logs(
+    def iter_log_pages(
         self, agent_id: str, *, after: int | None = None, stream: str | None = None, until: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every captured line after `after` (and before `until`), page by page, to the current end."""
+        """The logs pages after `after` (sized not to pass `until`), to the current end: a page without
+        lines, or the `complete` one (the agent finished and nothing follows)."""
         cursor = after
         while True:
             limit = MAX_LOG_PAGE if until is None else max(1, min(MAX_LOG_PAGE, until - (cursor or 0) - 1))
             page = self.get_logs(agent_id, cursor=cursor, limit=limit, stream=stream)
-            lines = page.get("lines") or []
-            for line in lines:
+            yield page
+            if not page.get("lines") or page.get("complete") or page.get("next_cursor") is None:
+                return
+            cursor = int(page["next_cursor"])
+
+    def iter_logs(
+        self, agent_id: str, *, after: int | None = None, stream: str | None = None, until: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every captured line after `after` (and before `until`), page by page, to the current end."""
+        for page in self.iter_log_pages(agent_id, after=after, stream=stream, until=until):
+            for line in page.get("lines") or []:
                 if until is not None and line["seq"] >= until:
                     return
                 yield line
-            if not lines or page.get("next_cursor") is None:
-                return
-            cursor = int(page["next_cursor"])
 
     def get_catalog(self) -> dict[str, Any]:
         return self.get("/catalog")

@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-from agentfactory.schemas import iso
-from agentfactory.store.tables import STDERR, STDOUT
+from agentfactory.service.views import Timestamps
+from agentfactory.vocabulary import STREAM_NAMES
 
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 BLOCK = 1000
 
 Row = tuple[int, float, int, str]
 T = TypeVar("T")
-
-
-class Timestamps:
-    """ISO capture times; lines of one read share a time, so the last conversion is cached."""
-
-    def __init__(self) -> None:
-        self._last: tuple[float, str] = (-1.0, "")
-
-    def __call__(self, ts: float) -> str:
-        if ts != self._last[0]:
-            self._last = (ts, iso(ts) or "")
-        return self._last[1]
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> str:
@@ -124,35 +110,3 @@ class BlockCache:
         if block.last_seq <= cursor:
             return b"", cursor
         return bytes(block.data[block.offsets[cursor - base] :]), block.last_seq
-
-
-class GenerationMemo(Generic[T]):
-    """One value per key, reloaded (single-flight) when the hub generation moves on or it is older
-    than `max_age`: a hundred followers woken together read the agent's row once."""
-
-    def __init__(self, max_age: float = 1.0, max_keys: int = 1024):
-        self._values: OrderedDict[object, tuple[int, float, T]] = OrderedDict()
-        self._locks: dict[object, asyncio.Lock] = {}
-        self._max_age, self._max_keys = max_age, max_keys
-
-    def _fresh(self, key: object, generation: int) -> tuple[int, float, T] | None:
-        hit = self._values.get(key)
-        if hit is not None and hit[0] >= generation and time.monotonic() - hit[1] < self._max_age:
-            return hit
-        return None
-
-    async def get(self, key: object, generation: int, load: Callable[[], Awaitable[T]]) -> T:
-        hit = self._fresh(key, generation)
-        if hit is None:
-            lock = self._locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                hit = self._fresh(key, generation)
-                if hit is None:
-                    started = time.monotonic()
-                    hit = (generation, started, await load())
-                    self._values[key] = hit
-                    self._values.move_to_end(key)
-                    while len(self._values) > self._max_keys:
-                        old, _ = self._values.popitem(last=False)
-                        self._locks.pop(old, None)
-        return hit[2]

@@ -15,16 +15,19 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy.exc import StatementError
 from structlog.typing import EventDict, WrappedLogger
 
 # Drivers whose messages may quote the data of a row, and SQLite, whose messages never do.
 _DB_DRIVERS = ("psycopg", "psycopg2", "asyncpg", "pg8000", "sqlite3")
 
 
+def _package_of(exc: BaseException) -> str:
+    return type(exc).__module__.split(".")[0]
+
+
 def _driver_error_text(exc: BaseException) -> str:
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if type(exc).__module__.split(".")[0] == "sqlite3":
+    if _package_of(exc) == "sqlite3":
         return f"({kind}) {str(exc).splitlines()[0] if str(exc) else ''}"
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     return f"({kind}) SQLSTATE {sqlstate}" if sqlstate else f"({kind})"
@@ -32,12 +35,12 @@ def _driver_error_text(exc: BaseException) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """One line about an exception that is safe to log: no row data, no request input."""
-    if isinstance(exc, StatementError):
-        orig = exc.orig
+    if _package_of(exc) == "sqlalchemy" and hasattr(exc, "statement"):  # a StatementError (only the store imports it)
+        orig = getattr(exc, "orig", None)
         statement = (exc.statement or "").split("\n")[0][:200]
         cause = _driver_error_text(orig) if orig is not None else ""
         return f"{type(exc).__name__}: {cause} [SQL: {statement}]"
-    if type(exc).__module__.split(".")[0] in _DB_DRIVERS:
+    if _package_of(exc) in _DB_DRIVERS:
         return _driver_error_text(exc)
     if isinstance(exc, ValidationError):
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors(include_input=False))

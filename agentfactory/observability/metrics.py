@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STATUSES = ("succeeded", "failed", "cancelled", "expired")
-REASONS = ("exit", "oom_killed", "sandbox_died", "ttl_expired", "cancelled", "launch_failed", "lost")
+from agentfactory.vocabulary import TERMINAL, Reason
+
+STATUSES = TERMINAL
+REASONS = tuple(Reason)
 QUOTA_REASONS = ("concurrency", "rate", "body_size")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

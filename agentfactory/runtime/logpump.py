@@ -68,11 +68,11 @@ class Resume:
 class LogPump:
     """Owns the writer thread and the per-agent reader threads."""
 
-    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics, loop: asyncio.AbstractEventLoop):
+    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics):
         self._store = store
         self._hub = hub
         self._metrics = metrics
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: queue.SimpleQueue[_Batch | _Done | None] = queue.SimpleQueue()
         self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
         self.stopping = False
@@ -84,7 +84,9 @@ class LogPump:
             "VALUES (%s, %s, %s, %s, %s, %s)"
         )
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the writer; capture futures complete on `loop`."""
+        self._loop = loop
         self._writer.start()
 
     def stop(self, timeout: float = 5) -> None:
@@ -97,22 +99,21 @@ class LogPump:
         self._queue.put(None)
         self._writer.join(timeout)
 
-    def capturing(self, agent_pk: int) -> bool:
-        return agent_pk in self._readers
-
     def capture(
         self, *, agent_pk: int, source: OutputSource, secrets: list[str], max_log_bytes: int, resume: Resume
     ) -> asyncio.Future[Seal | None]:
         """Start reading `source`; the future completes once every line of it is committed, with
         the seal of the agent's whole output when this capture saw all of it (None after a resume)."""
-        done: asyncio.Future[Seal | None] = self._loop.create_future()
+        loop = self._loop
+        assert loop is not None, "LogPump.start(loop) first"
+        done: asyncio.Future[Seal | None] = loop.create_future()
 
         def notify(exc: BaseException | None, seal: Seal | None) -> None:
             def settle() -> None:
                 if not done.done():
                     done.set_exception(exc) if exc else done.set_result(seal)
 
-            self._loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(settle)
 
         thread = threading.Thread(
             target=self._read,

@@ -1,5 +1,7 @@
 """The store: the database is the truth about every agent, its log lines and the API keys."""
 
+from sqlalchemy.orm import Session
+
 from agentfactory.store.engine import Store
 
-__all__ = ["Store"]
+__all__ = ["Session", "Store"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agentfactory.store.point import AgentPointReader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,6 +68,15 @@ class Store:
         """A session in one transaction: committed on success, rolled back on error."""
         with self._sessions() as s, s.begin():
             yield s
+
+    def call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`fn(session=..., **kwargs)` (a function of `queries`) in its own transaction, here."""
+        with self.session() as s:
+            return fn(session=s, **kwargs)
+
+    async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`call`, off the event loop: the one way async code runs a query."""
+        return await asyncio.to_thread(self.call, fn, **kwargs)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -54,6 +54,45 @@ def list_agents_in(*, session: Session, statuses: Sequence[str]) -> list[AgentRo
     return list(session.scalars(select(AgentRow).where(AgentRow.status.in_(statuses)).order_by(AgentRow.pk)))
 
 
+def insert_agent(*, session: Session, **values: Any) -> AgentRow:
+    """A new agent row (pending); flushed, so its pk is set."""
+    row = AgentRow(**values)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def delete_agent(*, session: Session, pk: int) -> None:
+    """Forget an agent that never had a container (the engine was unreachable at launch)."""
+    session.execute(delete(LogChunkRow).where(LogChunkRow.agent_pk == pk))
+    session.execute(delete(AgentRow).where(AgentRow.pk == pk))
+
+
+def set_stop_reason(*, session: Session, pk: int, stop_reason: str) -> None:
+    """Record why an active agent is being stopped (the first reason wins)."""
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.pk == pk, AgentRow.status.in_(ACTIVE), AgentRow.stop_reason.is_(None))
+        .values(stop_reason=stop_reason)
+    )
+
+
+def save_resource_usage(*, session: Session, samples: Sequence[tuple[int, int | None, float | None]]) -> None:
+    """(pk, peak memory bytes, cpu seconds) of running agents: the peak only grows, CPU is the latest."""
+    for pk, peak, cpu in samples:
+        if peak is not None:
+            session.execute(
+                update(AgentRow)
+                .where(AgentRow.pk == pk, AgentRow.status == "running")
+                .where((AgentRow.peak_memory_bytes.is_(None)) | (AgentRow.peak_memory_bytes < peak))
+                .values(peak_memory_bytes=peak)
+            )
+        if cpu is not None:
+            session.execute(
+                update(AgentRow).where(AgentRow.pk == pk, AgentRow.status == "running").values(cpu_seconds=cpu)
+            )
+
+
 def count_active_agents(*, session: Session, key_id: str) -> int:
     q = select(func.count()).select_from(AgentRow).where(AgentRow.key_id == key_id, AgentRow.status.in_(ACTIVE))
     return int(session.scalar(q) or 0)
@@ -152,6 +191,18 @@ def iter_log_chunks(*, session: Session, agent_pk: int, batch: int = 500) -> Ite
         after = rows[-1][0]
 
 
+def seal_stored_lines(*, session: Session, agent_pk: int) -> tuple[int, int, str]:
+    """(lines, bytes, sha256) over every stored line: its UTF-8 text followed by one b"\n"."""
+    digest = hashlib.sha256()
+    lines = nbytes = 0
+    for text in iter_log_chunks(session=session, agent_pk=agent_pk):
+        data = text.encode("utf-8") + b"\n"
+        digest.update(data)
+        lines += data.count(b"\n")
+        nbytes += len(data)
+    return lines, nbytes, digest.hexdigest()
+
+
 def purge_agents_finished_before(*, session: Session, cutoff: float, limit: int = 500) -> int:
     """Delete finished agents (and their lines) that ended before cutoff; returns how many."""
     pks = list(
@@ -188,6 +239,50 @@ def lock_api_key(*, session: Session, key_id: str) -> None:
     """Serialise concurrent admissions for one key: a write first takes the row (PG) or the
     database (SQLite) lock, so the count that follows cannot be raced."""
     session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(lock_version=ApiKeyRow.lock_version + 1))
+
+
+def insert_api_key(*, session: Session, **values: Any) -> ApiKeyRow:
+    row = ApiKeyRow(lock_version=0, **values)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def revoke_api_key(*, session: Session, key_id: str, now: float) -> ApiKeyRow | None:
+    """Revoke the key at `now` (a revoked key keeps its first revocation time); None if unknown."""
+    row = session.get(ApiKeyRow, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = now
+    return row
+
+
+def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now: float) -> None:
+    """Keep the bootstrap admin key's row in step with the configured key (revoked when unset)."""
+    row = session.get(ApiKeyRow, key_id)
+    if not key:
+        if row is not None and row.revoked_at is None:
+            row.revoked_at = now
+        return
+    digest = hash_api_key(key)
+    if row is None:
+        session.add(
+            ApiKeyRow(
+                id=key_id,
+                name="bootstrap admin",
+                key_hash=digest,
+                prefix="",  # the operator chose this key: none of its characters is shown
+                admin=True,
+                models=[],
+                tools=[],
+                max_concurrent_agents=1000,
+                max_requests_per_minute=100_000,
+                max_ttl_seconds=10**9,
+                created_at=now,
+                lock_version=0,
+            )
+        )
+    else:
+        row.key_hash, row.prefix, row.revoked_at = digest, "", None
 
 
 # --- the server's own keys --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfactory.api.app import create_app
+from agentfactory.app import create_app
 from agentfactory.backends.fake import FakeBackend
 from agentfactory.schemas import AgentCreate
 from agentfactory.settings import Settings
@@ -19,7 +19,7 @@ from tests.api.test_agents_api import wait_status
 
 
 def database(api: Api) -> sqlite3.Connection:
-    url = api.client.app.state.ctx.settings.database_url  # type: ignore[attr-defined]
+    url = api.client.app.state.services.settings.database_url  # type: ignore[attr-defined]
     return sqlite3.connect(url.removeprefix("sqlite:///"))
 
 

@@ -25,9 +25,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    if subprocess.run(["docker", "version"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("no Docker Engine answers: run `make up` (scripts/setup.sh) first")
+def server(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("cli-e2e")
     with FakeOpenAI(prompt_as_shell()) as fake:
         down = {

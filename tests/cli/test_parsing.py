@@ -6,7 +6,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agentfactory.cli import _api_message, app, parse_duration, parse_pairs
+from agentfactory.cli import app
+from agentfactory.cli.options import parse_duration, parse_pairs
+from agentfactory.cli.render import api_message as _api_message
 from agentfactory.client import ApiError, SSEDecoder, SSEEvent, agent_exit_code, iter_sse, split_lines
 
 

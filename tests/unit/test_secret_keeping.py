@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from agentfactory.observability.logging import describe_error, format_exception
 from agentfactory.schemas import AgentCreate
-from agentfactory.server_key import load_server_key
 from agentfactory.store import Store
+from agentfactory.store.server_key import ServerKey
 
 SECRET = "sk-live-Wq9TrXv2Lm7Np4Kd"
 
@@ -21,6 +21,12 @@ def store_at(path: Path) -> Store:
     store = Store(f"sqlite:///{path}")
     store.migrate()
     return store
+
+
+def load_server_key(store: Store) -> ServerKey:
+    key = ServerKey()
+    key.load(store)
+    return key
 
 
 def test_the_gateway_token_is_the_same_after_a_restart_and_differs_per_install(tmp_path: Path) -> None:
@@ -32,6 +38,8 @@ def test_the_gateway_token_is_the_same_after_a_restart_and_differs_per_install(t
     assert load_server_key(again).gateway_token("ag_two") != token
     assert load_server_key(store_at(tmp_path / "b.db")).gateway_token("ag_one") != token
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    with pytest.raises(RuntimeError, match="not loaded"):
+        ServerKey().gateway_token("ag_one")
 
 
 def test_secure_delete_is_on(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 import asyncio
 
-from agentfactory.api.sse import BLOCK, BlockCache, GenerationMemo
+from agentfactory.api.sse import BLOCK, BlockCache
+from agentfactory.service.memo import GenerationMemo
 
 Row = tuple[int, float, int, str]
 

@@ -1,4 +1,4 @@
-"""API keys and the caller they identify: creation, verification, per-key rate limiting."""
+"""Who is calling: API keys, the `Caller` they identify, their verification and per-key rate limit."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 from agentfactory.errors import AuthError
-from agentfactory.store import queries
+from agentfactory.store import Store, queries
 from agentfactory.store.tables import ApiKeyRow
 
 BOOTSTRAP_ID = "key_admin"
@@ -66,36 +64,13 @@ def check_admin_key(admin_key: str | None) -> None:
         )
 
 
-def ensure_bootstrap_admin(*, session: Session, admin_key: str | None) -> None:
+def ensure_bootstrap_admin(*, store: Store, admin_key: str | None) -> None:
     """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY. Its `prefix` is
     empty: the operator chose this key, and none of its characters is shown by GET /keys."""
-    row = queries.get_api_key(session=session, key_id=BOOTSTRAP_ID)
-    if not admin_key:
-        if row is not None and row.revoked_at is None:
-            row.revoked_at = time.time()
-        return
-    digest = queries.hash_api_key(admin_key)
-    if row is None:
-        session.add(
-            ApiKeyRow(
-                id=BOOTSTRAP_ID,
-                name="bootstrap admin",
-                key_hash=digest,
-                prefix="",
-                admin=True,
-                models=[],
-                tools=[],
-                max_concurrent_agents=1000,
-                max_requests_per_minute=100_000,
-                max_ttl_seconds=10**9,
-                created_at=time.time(),
-            )
-        )
-    else:
-        row.key_hash, row.prefix, row.revoked_at = digest, "", None
+    store.call(queries.sync_bootstrap_admin, key_id=BOOTSTRAP_ID, key=admin_key, now=time.time())
 
 
-def authenticate(*, session: Session, authorization: str | None) -> Caller:
+async def authenticate(*, store: Store, authorization: str | None) -> Caller:
     """The caller of a `Authorization: Bearer <key>` header, or AuthError."""
     if not authorization:
         raise AuthError("missing Authorization: Bearer <api key>")
@@ -103,7 +78,7 @@ def authenticate(*, session: Session, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthError("the Authorization header must be 'Bearer <api key>'")
     digest = queries.hash_api_key(key.strip())
-    row = queries.get_api_key_by_hash(session=session, key_hash=digest)
+    row = await store.run(queries.get_api_key_by_hash, key_hash=digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         raise AuthError("unknown API key")
     if row.revoked_at is not None:

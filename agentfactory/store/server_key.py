@@ -20,18 +20,34 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from agentfactory.store import Store, queries
+from agentfactory.store import queries
+from agentfactory.store.engine import Store
 
 KEY_NAME = "server"
 
 
 class ServerKey:
-    def __init__(self, key: bytes):
-        if len(key) < 32:
-            raise ValueError("the server key must be at least 32 bytes")
+    """Built empty with the services; `load` (the app's lifespan, once the schema is migrated) reads
+    or makes the stored key. Deriving before that is a bug and raises."""
+
+    def __init__(self, key: bytes | None = None):
         self._key = key
 
+    def load(self, store: Store) -> None:
+        """Read the stored key, made on first use (when replicas start together, the first insert wins)."""
+        stored = store.call(queries.get_server_key, name=KEY_NAME)
+        if stored is None:
+            try:
+                stored = secrets.token_hex(32)
+                store.call(queries.add_server_key, name=KEY_NAME, secret=stored, created_at=time.time())
+            except IntegrityError:
+                stored = store.call(queries.get_server_key, name=KEY_NAME)
+        assert stored is not None
+        self._key = bytes.fromhex(stored)
+
     def _mac(self, purpose: bytes, message: bytes) -> bytes:
+        if self._key is None:
+            raise RuntimeError("the server key is not loaded yet (the app's lifespan loads it)")
         return hmac.new(self._key, purpose + b"\x00" + message, hashlib.sha256).digest()
 
     def gateway_token(self, agent_id: str) -> str:
@@ -42,19 +58,3 @@ class ServerKey:
         """A keyed fingerprint of a request body (64 hex digits)."""
         body = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return self._mac(b"request", body.encode("utf-8", "surrogatepass")).hex()
-
-
-def load_server_key(store: Store) -> ServerKey:
-    """The stored key, made on first use (when replicas start together, the first insert wins)."""
-    with store.session() as s:
-        stored = queries.get_server_key(session=s, name=KEY_NAME)
-    if stored is None:
-        try:
-            with store.session() as s:
-                stored = secrets.token_hex(32)
-                queries.add_server_key(session=s, name=KEY_NAME, secret=stored, created_at=time.time())
-        except IntegrityError:
-            with store.session() as s:
-                stored = queries.get_server_key(session=s, name=KEY_NAME)
-    assert stored is not None
-    return ServerKey(bytes.fromhex(stored))

@@ -1,0 +1,30 @@
+"""What the control plane says about itself: readiness and the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agentfactory.service.context import Services
+
+CHECK_TIMEOUT_SECONDS = 5
+
+
+async def readiness(svc: Services) -> dict[str, str]:
+    """{"database": "ok" | "down: ...", "engine": ...}: whether each dependency answers now."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(svc.store.ping), CHECK_TIMEOUT_SECONDS)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"down: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(svc.backend.ping(), CHECK_TIMEOUT_SECONDS)
+        checks["engine"] = "ok"
+    except Exception as exc:
+        checks["engine"] = f"down: {type(exc).__name__}"
+    return checks
+
+
+def catalog(svc: Services) -> dict[str, Any]:
+    return svc.catalog.model_dump(mode="json")
