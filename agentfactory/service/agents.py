@@ -7,6 +7,8 @@ WebSocket are thin adapters over these functions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 
 from agentfactory.errors import ConflictError, NotFoundError, SchemaError
@@ -21,6 +23,9 @@ from agentfactory.vocabulary import STDERR, STDOUT, AgentStatus, Reason
 
 log = structlog.get_logger("agentfactory.service")
 MAX_ID_LENGTH = 64
+MAX_METADATA_FILTERS = 16
+MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 1024  # the limits of AgentCreate.metadata
+MAX_LOG_PAGE = 5000
 
 
 async def create_agent(
@@ -71,15 +76,32 @@ async def get_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
 
 
 async def list_agents(
-    svc: Services, caller: Caller, *, status: AgentStatus | None, limit: int, cursor: int | None
+    svc: Services,
+    caller: Caller,
+    *,
+    status: AgentStatus | None,
+    limit: int,
+    cursor: int | None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> AgentList:
-    """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page."""
+    """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page.
+    `metadata`: (key, value) pairs that must all match the agent's metadata (values compared as
+    text: `42` matches the string "42" and the number 42, `true` the boolean)."""
+    if len(metadata) > MAX_METADATA_FILTERS:
+        raise SchemaError(f"at most {MAX_METADATA_FILTERS} metadata filters")
+    for key, value in metadata:
+        if not key or len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise SchemaError(
+                f"metadata filter keys are 1 to {MAX_METADATA_KEY} and values at most {MAX_METADATA_VALUE} characters",
+                details=[{"loc": ["query", f"metadata.{key[:MAX_METADATA_KEY]}"]}],
+            )
     rows = await svc.store.run(
         queries.list_agents,
         key_id=None if caller.admin else caller.key_id,
         status=status,
         limit=limit,
         before_pk=cursor,
+        metadata=tuple(metadata),
     )
     next_cursor = str(rows[-1].pk) if len(rows) == limit else None
     return AgentList(items=[agent_out(r) for r in rows], next_cursor=next_cursor)
@@ -122,6 +144,19 @@ async def read_logs(
     lines = log_lines(rows)
     next_cursor = str(rows[-1][0]) if rows else str(after)
     return LogPage(lines=lines, next_cursor=next_cursor, complete=row.status in TERMINAL and not more)
+
+
+async def read_log_tail(
+    svc: Services, caller: Caller, agent_id: str, *, tail: int, stream: str | None = None
+) -> LogPage:
+    """The agent's last `tail` lines (of one stream, if given) as one page: `next_cursor` is the
+    last seq (follow on from there), `complete` once the agent is terminal."""
+    row = await load_agent(svc, caller, agent_id)
+    stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
+    rows = await svc.store.run(queries.read_last_log_lines, agent_pk=row.pk, count=tail, stream=stream_no)
+    last = rows[-1][0] if rows else await svc.store.run(queries.last_log_seq, agent_pk=row.pk)
+    next_cursor = str(last)
+    return LogPage(lines=log_lines(rows), next_cursor=next_cursor, complete=row.status in TERMINAL)
 
 
 async def tail_start(svc: Services, row: AgentRow, tail: int) -> int:

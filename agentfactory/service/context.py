@@ -16,8 +16,10 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
+from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, RateLimiter
 from agentfactory.service.memo import GenerationMemo
+from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 from agentfactory.store.server_key import ServerKey
@@ -35,6 +37,8 @@ class Services:
     pump: LogPump
     launcher: Launcher
     server_key: ServerKey
+    webhook_dispatcher: WebhookDispatcher
+    webhook_deliverer: WebhookDeliverer
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
@@ -55,7 +59,11 @@ class Services:
             hub=hub,
             metrics=metrics,
             server_key=server_key,
+            agent_document=agent_json,
         )
+        deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
+        dispatcher = WebhookDispatcher(store=store, metrics=metrics, settings=settings, on_deliveries=deliverer.poke)
+        hub.on_events(dispatcher.poke)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -66,9 +74,12 @@ class Services:
             pump=pump,
             launcher=launcher,
             server_key=server_key,
+            webhook_dispatcher=dispatcher,
+            webhook_deliverer=deliverer,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the serving event loop and start the log writer."""
+        """Bind to the serving event loop, start the log writer, open the webhook client."""
         self.hub.bind(loop)
         self.pump.start(loop)
+        self.webhook_deliverer.open()

@@ -10,6 +10,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from agentfactory.api.routes.agents import ERRORS, MAX_CURSOR, CallerDep, ServicesDep
 from agentfactory.api.sse import BlockCache, sse
+from agentfactory.errors import SchemaError
 from agentfactory.schemas import LogPage
 from agentfactory.service import agents, streams
 from agentfactory.service.views import agent_out
@@ -31,9 +32,21 @@ async def get_logs(
     caller: CallerDep,
     svc: ServicesDep,
     cursor: Annotated[int | None, Query(ge=0, le=MAX_CURSOR, description="a seq; lines after it")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=agents.MAX_LOG_PAGE)] = 1000,
     stream: Literal["stdout", "stderr"] | None = None,
+    tail: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=agents.MAX_LOG_PAGE,
+            description="only the last N lines (of `stream`, if given), in one page; not with `cursor`",
+        ),
+    ] = None,
 ) -> LogPage:
+    if tail is not None:
+        if cursor is not None:
+            raise SchemaError("give either cursor or tail, not both", details=[{"loc": ["query", "tail"]}])
+        return await agents.read_log_tail(svc, caller, agent_id, tail=tail, stream=stream)
     return await agents.read_logs(svc, caller, agent_id, after=cursor or 0, limit=limit, stream=stream)
 
 
