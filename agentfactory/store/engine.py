@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agentfactory.store.point import AgentPointReader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIN_FREE_BYTES = 1024 * 1024  # a SQLite database with less room than this is reported as unable to write
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,6 +68,16 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
+
+    def space_problem(self) -> str | None:
+        """Why a SQLite database cannot grow (its filesystem is full), or None. A full disk does
+        not fail `ping`, nor a small write into pages the database already has."""
+        path = self.engine.url.database if self.is_sqlite else None
+        if not path or path == ":memory:":
+            return None
+        st = os.statvfs(Path(path).resolve().parent)
+        free = st.f_bavail * st.f_frsize
+        return f"its filesystem is full ({free} bytes free)" if free < MIN_FREE_BYTES else None
 
     def dispose(self) -> None:
         if self.point_reader is not None:

@@ -20,14 +20,16 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Health, summary="200 when the database and the engine answer")
+@router.get("/ready", response_model=Health, summary="200 when the database answers and writes, and the engine answers")
 async def ready(ctx: AppContext = Depends(get_ctx)) -> JSONResponse:
     import asyncio
 
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(asyncio.to_thread(ctx.store.ping), 5)
-        checks["database"] = "ok"
+        # it answers; can it write? (what the log writer last met, and room to grow)
+        cannot_write = (ctx.launcher.pump.store_error if ctx.launcher else None) or ctx.store.space_problem()
+        checks["database"] = f"down: cannot write: {cannot_write}" if cannot_write else "ok"
     except Exception as exc:
         checks["database"] = f"down: {type(exc).__name__}"
     try:
