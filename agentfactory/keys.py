@@ -1,4 +1,4 @@
-"""API keys and the caller they identify: creation, verification, per-key rate limiting."""
+"""API keys and the caller they identify: creation, verification, per-key rate and stream limits."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy.orm import Session
 
-from agentfactory.errors import AuthError
+from agentfactory.errors import AuthError, RateLimitError
 from agentfactory.store import queries
 from agentfactory.store.tables import ApiKeyRow
 
 BOOTSTRAP_ID = "key_admin"
+BOOTSTRAP_MAX_STREAMS = 10_000
+STREAM_RETRY_AFTER_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Caller:
     max_concurrent_agents: int
     max_requests_per_minute: int
     max_ttl_seconds: int
+    max_streams: int
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> Caller:
@@ -42,6 +48,7 @@ class Caller:
             max_concurrent_agents=row.max_concurrent_agents,
             max_requests_per_minute=row.max_requests_per_minute,
             max_ttl_seconds=row.max_ttl_seconds,
+            max_streams=row.max_streams,
         )
 
 
@@ -77,11 +84,13 @@ def ensure_bootstrap_admin(*, session: Session, admin_key: str | None) -> None:
                 max_concurrent_agents=1000,
                 max_requests_per_minute=100_000,
                 max_ttl_seconds=10**9,
+                max_streams=BOOTSTRAP_MAX_STREAMS,
                 created_at=time.time(),
             )
         )
     else:
         row.key_hash, row.prefix, row.revoked_at = digest, admin_key[:9], None
+        row.max_streams = BOOTSTRAP_MAX_STREAMS
 
 
 def authenticate(*, session: Session, authorization: str | None) -> Caller:
@@ -150,3 +159,83 @@ class RateLimiter:
                 return None
             self._buckets[key_id] = (tokens, now)
             return max(1, math.ceil((1 - tokens) / rate))
+
+
+class StreamLease:
+    """One stream or wait a key holds on this replica, until `release()`. Revoking the key cancels
+    what runs under `cancel_on_revoke()`."""
+
+    def __init__(self, leases: StreamLeases, key_id: str):
+        self.key_id = key_id
+        self.revoked = False
+        self._leases = leases
+        self._cancels: list[Callable[[], None]] = []
+
+    @contextmanager
+    def cancel_on_revoke(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that revoking the key cancels; `scope.cancelled_caught` tells after."""
+        with anyio.CancelScope() as scope:
+            self._cancels.append(scope.cancel)
+            if self.revoked:
+                scope.cancel()
+            yield scope
+
+    def revoke(self) -> None:
+        self.revoked = True
+        for cancel in self._cancels:
+            cancel()
+
+    def release(self) -> None:
+        self._leases.release(self)
+
+
+class StreamLeases:
+    """The concurrent streams and waits of each key on this replica: at most the key's
+    `max_streams`, past which a new one is refused (429 E_RATE_LIMIT, Retry-After). A stream
+    holds no more than its own buffers (SPEC §14); this bounds how many one key holds. Owned by
+    the event loop."""
+
+    def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
+        self._held: dict[str, set[StreamLease]] = {}
+        self._on_refused = on_refused
+
+    def acquire(self, caller: Caller) -> StreamLease:
+        held = self._held.setdefault(caller.key_id, set())
+        if len(held) >= caller.max_streams:
+            if self._on_refused is not None:
+                self._on_refused()
+            raise RateLimitError(
+                f"this key already holds {len(held)} streams and waits (max_streams {caller.max_streams}); "
+                "close one or retry later",
+                retry_after=STREAM_RETRY_AFTER_SECONDS,
+            )
+        lease = StreamLease(self, caller.key_id)
+        held.add(lease)
+        return lease
+
+    def release(self, lease: StreamLease) -> None:
+        held = self._held.get(lease.key_id)
+        if held is not None:
+            held.discard(lease)
+            if not held:
+                del self._held[lease.key_id]
+
+    def held(self, key_id: str) -> int:
+        return len(self._held.get(key_id, ()))
+
+    def revoke(self, key_id: str) -> None:
+        """The key was revoked: end every stream and wait it holds, now."""
+        for lease in list(self._held.get(key_id, ())):
+            lease.revoke()
+
+    @contextmanager
+    def hold(self, caller: Caller) -> Iterator[StreamLease]:
+        """Hold a lease for the block (a wait); AuthError if the key is revoked meanwhile."""
+        lease = self.acquire(caller)
+        try:
+            with lease.cancel_on_revoke() as scope:
+                yield lease
+            if scope.cancelled_caught:
+                raise AuthError("this API key was revoked")
+        finally:
+            lease.release()

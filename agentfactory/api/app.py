@@ -20,7 +20,7 @@ from agentfactory.api.routes import agents, keys, logs, system
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.gateway.server import ModelGateway
-from agentfactory.keys import RateLimiter, ensure_bootstrap_admin
+from agentfactory.keys import RateLimiter, StreamLeases, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
@@ -65,6 +65,7 @@ def create_app(
         backend=backend or build_backend(settings),
         metrics=metrics,
         limiter=RateLimiter(),
+        streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
     )
     mcp = build_mcp(ctx)
 

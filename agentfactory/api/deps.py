@@ -11,11 +11,11 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from agentfactory.api.sse import BlockCache, GenerationMemo
+from agentfactory.api.sse import BlockCache, GenerationMemo, StreamAgent, stream_agent_memo
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AuthError, ForbiddenError, NotFoundError
-from agentfactory.keys import AuthCache, Caller, RateLimiter
+from agentfactory.keys import AuthCache, Caller, RateLimiter, StreamLeases
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
@@ -36,8 +36,9 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter
     sse_cache: BlockCache = field(default_factory=BlockCache)
-    stream_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
+    stream_agents: GenerationMemo[StreamAgent | None] = field(default_factory=stream_agent_memo)
     auth_cache: AuthCache = field(default_factory=AuthCache)
+    streams: StreamLeases = field(default_factory=StreamLeases)
     hub: Hub | None = None
     launcher: Launcher | None = None
 

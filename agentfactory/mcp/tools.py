@@ -186,6 +186,12 @@ async def extend_ttl(ctx: AppContext, caller: Caller, args: ExtendTtl) -> AgentO
 
 
 async def wait_agent(ctx: AppContext, caller: Caller, args: WaitAgent) -> WaitResult:
+    """A wait holds one of the key's `max_streams` leases (429 past it; E_AUTH if the key is revoked)."""
+    with ctx.streams.hold(caller):
+        return await _wait_agent(ctx, caller, args)
+
+
+async def _wait_agent(ctx: AppContext, caller: Caller, args: WaitAgent) -> WaitResult:
     """Wait on the hub (woken by status changes and new lines), re-reading the row, until the agent
     is terminal or the timeout passes; then the result document and the last lines."""
     assert ctx.hub is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -90,19 +90,18 @@ def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion
 CHUNKS_PER_READ = 64
 
 
-def read_log_lines(
-    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
-) -> list[tuple[int, float, int, str]]:
-    """Lines with seq > after, in order: (seq, ts, stream, text). Reads whole chunks, a few at a
-    time, until `limit` lines are found."""
-    out: list[tuple[int, float, int, str]] = []
-    cursor = after
-    while len(out) < limit:
+def iter_log_lines(
+    *, session: Session, agent_pk: int, after: int, stream: int | None = None
+) -> Iterator[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text), read a few whole chunks at a time
+    (more as the reader keeps going): a caller that stops early has read little."""
+    cursor, fetch = after, 4
+    while True:
         q = (
             select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
             .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.last_seq > cursor)
             .order_by(LogChunkRow.last_seq)
-            .limit(CHUNKS_PER_READ)
+            .limit(fetch)
         )
         if stream is not None:
             q = q.where(LogChunkRow.stream == stream)
@@ -111,13 +110,43 @@ def read_log_lines(
             lines = text.split("\n")
             skip = max(0, after + 1 - first)
             n = len(lines) - skip
-            out.extend(zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True))
+            yield from zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True)
             cursor = last
-            if len(out) >= limit:
-                break
-        if len(chunks) < CHUNKS_PER_READ:
-            break
-    return out[:limit]
+        if len(chunks) < fetch:
+            return
+        fetch = min(fetch * 2, CHUNKS_PER_READ)
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def read_log_lines(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text); at most `limit` of them, and
+    with `max_bytes`, no more once their text (UTF-8) reaches it (but at least one line)."""
+    return read_log_page(
+        session=session, agent_pk=agent_pk, after=after, limit=limit, stream=stream, max_bytes=max_bytes
+    )[0]
+
+
+def read_log_page(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> tuple[list[tuple[int, float, int, str]], bool]:
+    """`read_log_lines`, and whether more lines follow the ones returned."""
+    out: list[tuple[int, float, int, str]] = []
+    total = 0
+    for line in iter_log_lines(session=session, agent_pk=agent_pk, after=after, stream=stream):
+        if len(out) >= limit:
+            return out, True
+        if max_bytes is not None:
+            size = _text_bytes(line[3])
+            if out and total + size > max_bytes:
+                return out, True
+            total += size
+        out.append(line)
+    return out, False
 
 
 def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:

@@ -44,6 +44,7 @@ async def create_key(
             max_concurrent_agents=body.max_concurrent_agents,
             max_requests_per_minute=body.max_requests_per_minute,
             max_ttl_seconds=body.max_ttl_seconds,
+            max_streams=body.max_streams,
             created_at=time.time(),
             lock_version=0,
         )
@@ -73,6 +74,7 @@ async def revoke_key(
 
     row = await ctx.run_db(revoke)
     ctx.auth_cache.clear()
+    ctx.streams.revoke(key_id)
     if row is None:
         raise NotFoundError(f"no key {key_id!r}")
     return key_out(row)

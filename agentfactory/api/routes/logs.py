@@ -10,16 +10,16 @@ from sse_starlette.sse import EventSourceResponse
 
 from agentfactory.api.deps import AppContext, get_caller, get_ctx, load_agent
 from agentfactory.api.routes.agents import ERRORS
-from agentfactory.api.sse import STREAM_NAMES, Timestamps, sse
-from agentfactory.api.views import agent_out
+from agentfactory.api.sse import STREAM_NAMES, LeasedEventSource, StreamAgent, Timestamps, sse
 from agentfactory.errors import SchemaError
 from agentfactory.keys import Caller
 from agentfactory.schemas import LogPage
 from agentfactory.store import queries
-from agentfactory.store.tables import STDERR, STDOUT, TERMINAL, AgentRow
+from agentfactory.store.tables import STDERR, STDOUT, TERMINAL
 
 router = APIRouter(tags=["logs"], responses=ERRORS)
 KEEPALIVE_SECONDS = 10.0
+MAX_PAGE_BYTES = 1024 * 1024  # a page stops early past this much text; its next_cursor says where
 
 
 def _cursor(value: str | None, name: str) -> int:
@@ -42,9 +42,9 @@ async def get_logs(
     after = _cursor(cursor, "cursor")
     row = await load_agent(ctx, caller, agent_id)
     stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
-    rows = await ctx.run_db(queries.read_log_lines, agent_pk=row.pk, after=after, limit=limit + 1, stream=stream_no)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await ctx.run_db(
+        queries.read_log_page, agent_pk=row.pk, after=after, limit=limit, stream=stream_no, max_bytes=MAX_PAGE_BYTES
+    )
     ts = Timestamps()
     lines = [{"seq": r[0], "ts": ts(r[1]), "stream": STREAM_NAMES[r[2]], "text": r[3]} for r in rows]
     next_cursor = str(rows[-1][0]) if rows else str(after)
@@ -75,11 +75,11 @@ async def stream_agent(
     hub = ctx.hub
     pk = row.pk
 
-    async def read(after: int, limit: int) -> list[tuple[int, float, int, str]]:
-        return await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=after, limit=limit)
+    async def read(after: int, limit: int, max_bytes: int) -> list[tuple[int, float, int, str]]:
+        return await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=after, limit=limit, max_bytes=max_bytes)
 
-    async def load_agent_row() -> AgentRow | None:
-        return await ctx.run_db(queries.get_agent_by_pk, pk=pk)
+    async def load_agent_row() -> StreamAgent | None:
+        return StreamAgent.of(await ctx.run_db(queries.get_agent_by_pk, pk=pk))
 
     async def events() -> AsyncIterator[bytes]:
         ctx.metrics.stream_clients.inc()
@@ -101,19 +101,20 @@ async def stream_agent(
                 if agent.status != last_status:
                     last_status = agent.status
                     if agent.status not in TERMINAL:
-                        yield sse("status", agent_out(agent).model_dump_json()).encode()
+                        yield sse("status", agent.json).encode()
                 if agent.status in TERMINAL:
                     wake.cancel()
                     # The terminal row is written after the last line is committed: nothing is left.
                     more = await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=cursor, limit=1)
                     if more:
                         continue
-                    payload = agent_out(agent).model_dump_json()
-                    yield (sse("status", payload) + sse("end", payload)).encode()
+                    yield (sse("status", agent.json) + sse("end", agent.json)).encode()
                     return
                 if not await hub.wait(pk, KEEPALIVE_SECONDS, wake):
                     yield b": keep-alive\n\n"
         finally:
             ctx.metrics.stream_clients.dec()
 
-    return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    lease = ctx.streams.acquire(caller)  # 429 past the key's max_streams; revoking the key ends the stream
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return LeasedEventSource(lease, events(), ping=15, headers=headers)
