@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up setup test lint fmt bench load image clean
+.PHONY: up setup test test-no-engine lint fmt bench load image typescript openapi clean
 
 up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
 	bash scripts/up.sh
@@ -13,10 +13,14 @@ setup:         ## deps, Docker Engine, images, gVisor (runsc) and the test tools
 test: setup    ## the whole test suite against the real engine
 	$(VENV)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: setup    ## ruff and mypy
+test-no-engine: setup  ## the tests that need no Docker Engine, run with the engine out of reach
+	DOCKER_HOST=unix:///nonexistent/docker.sock $(VENV)/pytest -q -p no:cacheprovider -m "not docker"
+
+lint: setup    ## ruff, mypy and the package graph's contracts (import-linter)
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 fmt:
 	$(VENV)/ruff check --fix .
@@ -25,7 +29,13 @@ fmt:
 image: setup   ## the control-plane image agentfactory:latest, built with no registry (scripts/build_image.sh)
 	bash scripts/build_image.sh
 
-bench:         ## agentfactory vs docker run, one table (bench/README.md); about 13 minutes
+openapi:       ## the OpenAPI document, without starting the server: openapi.json
+	$(VENV)/python scripts/openapi.py > openapi.json
+
+typescript: setup  ## the TypeScript client: generate its types from the OpenAPI document and type-check it (tsc)
+	$(VENV)/pytest -q -p no:cacheprovider tests/clients/test_typescript.py
+
+bench:         ## agentfactory vs docker run, one table (bench/README.md); about 17 minutes
 	bash scripts/setup.sh
 	$(VENV)/python bench/run_all.py $(BENCH_ARGS)
 

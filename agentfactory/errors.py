@@ -30,6 +30,13 @@ class AuthError(AgentFactoryError):
     code, status = "E_AUTH", 401
 
 
+class NetworkPolicyError(CatalogError):
+    """Agents with a network tool cannot be run here with their egress policy (SPEC §14) in force:
+    no iptables, no permission, an engine on another host, an agents' bridge that lets agents reach
+    each other. A 422 like any tool the server cannot offer: retrying does not help until the
+    operator fixes the host, and agents without a network tool keep running."""
+
+
 class ForbiddenError(AgentFactoryError):
     code, status = "E_FORBIDDEN", 403
 
@@ -60,10 +67,9 @@ class RuntimeUnavailableError(AgentFactoryError):
     code, status = "E_RUNTIME", 503
 
 
-class ContainerNotFound(AgentFactoryError):
-    """The backend has no container for this agent (it is gone)."""
-
-    code, status = "E_NOT_FOUND", 404
+def error_body(*, code: str, message: str, request_id: str, details: list[Any] | None = None) -> dict[str, Any]:
+    """The SPEC §3 error envelope: the one builder that HTTP, the edge middleware and MCP share."""
+    return {"error": {"code": code, "message": message, "details": details or []}, "request_id": request_id}
 
 
 class CatalogInvalid(Exception):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from agentfactory.vocabulary import AgentStatus, ErrorCode, Reason
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The runtime's own variables: a request may not override them.
@@ -17,7 +19,8 @@ RESERVED_ENV = {
 MAX_ENV_ITEMS = 64
 MAX_ENV_VALUE = 8192
 MAX_METADATA_ITEMS = 32
-Status = Literal["pending", "starting", "running", "succeeded", "failed", "cancelled", "expired"]
+# Times go over the wire as RFC 3339 strings with milliseconds and a Z ("2026-11-22T10:00:00.130Z").
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 def iso(ts: float | None) -> str | None:
@@ -138,14 +141,14 @@ class AgentOut(BaseModel):
     )
 
     id: str
-    status: Status
-    reason: str | None
+    status: AgentStatus
+    reason: Reason | None
     model: str
     tools: list[str]
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    expires_at: str | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    expires_at: Timestamp | None
     ttl_seconds: int
     exit_code: int | None
     error: str | None
@@ -164,7 +167,7 @@ class AgentList(BaseModel):
 
 class LogLine(BaseModel):
     seq: int
-    ts: str
+    ts: Timestamp
     stream: Literal["stdout", "stderr"]
     text: str
 
@@ -194,10 +197,10 @@ class TtlUpdate(BaseModel):
 
 
 class Timings(BaseModel):
-    accepted_at: str
-    started_at: str | None
-    first_output_at: str | None
-    finished_at: str | None
+    accepted_at: Timestamp
+    started_at: Timestamp | None
+    first_output_at: Timestamp | None
+    finished_at: Timestamp | None
     launch_seconds: float | None
     run_seconds: float | None
 
@@ -266,8 +269,8 @@ class AgentResult(BaseModel):
     )
 
     id: str
-    status: Status
-    reason: str | None
+    status: AgentStatus
+    reason: Reason | None
     exit_code: int | None
     error: str | None
     timings: Timings
@@ -340,8 +343,8 @@ class KeyOut(BaseModel):
     max_requests_per_minute: int
     max_ttl_seconds: int
     max_streams: int
-    created_at: str
-    revoked_at: str | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
 
 
 class KeyCreated(KeyOut):
@@ -353,7 +356,7 @@ class KeyList(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     details: list[Any] = []
 
@@ -377,5 +380,5 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
-    status: str
-    checks: dict[str, str] | None = None
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] | None = Field(None, description="/ready only: each dependency's state")

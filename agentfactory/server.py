@@ -34,7 +34,7 @@ def http_protocol() -> type[asyncio.Protocol]:
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    from agentfactory.api.app import create_app
+    from agentfactory.app import create_app
 
     try:
         app = create_app(settings)
@@ -60,7 +60,7 @@ def serve(settings: Settings) -> None:
 def reap_once(settings: Settings) -> None:
     """One reaper pass from the command line (expire, fail stuck, mark lost, remove orphans, purge)."""
     configure_logging(settings.log_level)
-    from agentfactory.api.app import create_app
+    from agentfactory.app import create_app
 
     app = create_app(settings, run_loops=False, serve_gateway=False)
 

@@ -5,6 +5,7 @@ Built by the caller (`Settings()` in the CLI, explicit values in tests); nothing
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -38,12 +39,28 @@ class Settings(BaseSettings):
     agent_network: str = Field(
         "agentfactory-agents", description="isolated bridge network for agents whose tools need a network"
     )
+    agent_dns: list[str] = Field(
+        ["8.8.8.8", "1.1.1.1"],
+        description="public DNS resolvers of agents with a network (the host's own resolver is a host or private "
+        "address, which their egress policy blocks); [] leaves the engine's default",
+    )
     start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
+
+    @field_validator("agent_dns")
+    @classmethod
+    def _ipv4_resolvers(cls, value: list[str]) -> list[str]:
+        # Whether each is public is the egress policy's call, checked when the app is built.
+        for address in value:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IPv4 address") from None
+        return value
 
     @field_validator("agent_network")
     @classmethod

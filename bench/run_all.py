@@ -1,9 +1,10 @@
 """Every benchmark in one go, then one table: metric, ours, baseline, ratio, goal, met?
 
 Runs (each in its own process, output shown live and kept under bench/results/):
-launch.py, throughput.py, capture.py, fanout.py, footprint.py, gateway_overhead.py, status_rate.py and load.py.
+launch.py, throughput.py, capture.py, fanout.py, stalled_client.py, footprint.py, gateway_overhead.py,
+status_rate.py, tenancy.py and load.py.
 Needs a Docker Engine and the runtime image; when either is missing it runs scripts/setup.sh first.
-Takes about 15 minutes on a 2-core machine.
+Takes about 17 minutes on a 2-core machine.
 
     .venv/bin/python bench/run_all.py [--only launch capture ...] [--skip load]
 """
@@ -22,7 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, ensure_ready, machine_note
 
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ["launch", "throughput", "capture", "fanout", "footprint", "gateway_overhead", "status_rate", "load"]
+BENCHES = [
+    "launch",
+    "throughput",
+    "capture",
+    "fanout",
+    "stalled_client",
+    "footprint",
+    "gateway_overhead",
+    "status_rate",
+    "tenancy",
+    "load",
+]
 
 
 def run(name: str) -> tuple[int, Path]:

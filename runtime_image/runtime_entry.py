@@ -43,6 +43,22 @@ UPSTREAM_RETRY_DELAYS = (0.5, 1.0, 2.0)
 RETRY_STATUSES = (502, 503)
 MAX_LINE_BYTES = 64 * 1024
 MAX_FETCH_BYTES = 2 * 1024 * 1024
+# browser_server never connects to these: what the host's packet filter refuses anyway (the real
+# guard; agentfactory/backends/egress.py DENIED_IPV4, a unit test keeps the two equal). Checked here
+# too so a fetch of the host or of cloud metadata gets a plain answer, redirects and DNS included.
+DENIED_IPV4 = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
 SYSTEM_PROMPT = (
     "You are an autonomous agent running in a sandboxed Linux container. Your working directory is "
     "{scratch}; it is the only writable place. Use the tools you are given to do the task, then "
@@ -487,6 +503,78 @@ def html_text(page: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+class NonPublicAddress(OSError):
+    """browser_server refuses a host that resolves to an address outside the public internet."""
+
+
+def is_public_address(address: str) -> bool:
+    """Whether browser_server may connect to `address` (IPv4 or IPv6, as getaddrinfo gives it)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped
+        if embedded is None and ip in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is None:
+            return ip.is_global
+        ip = embedded
+    return not any(ip in ipaddress.IPv4Network(net) for net in DENIED_IPV4)
+
+
+def connect_public(address: tuple[str, int], timeout: object = None, source_address: object = None) -> socket.socket:
+    """socket.create_connection that resolves once, refuses the host when any of its addresses is not
+    public (NonPublicAddress), and connects to the very addresses it checked (no second lookup for
+    a rebinding DNS to answer differently)."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        if not is_public_address(sockaddr[0]):
+            where = host if sockaddr[0] == host else f"{host} resolves to {sockaddr[0]}, which"
+            raise NonPublicAddress(f"{where} is not a public internet address")
+    last: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if isinstance(timeout, (int, float)):
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last
+
+
+def public_opener():
+    """urllib's opener whose HTTP(S) connections go through connect_public (every redirect too), and
+    no proxy from the environment (its own lookup would skip the check)."""
+    import http.client
+    import urllib.request
+
+    class PublicHTTP(http.client.HTTPConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect_public
+
+    class PublicHTTPS(http.client.HTTPSConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect_public
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(PublicHTTP, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(PublicHTTPS, req, context=self._context)
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), HTTPHandler, HTTPSHandler)
+
+
 def _fetch_into(url: str, timeout: float, result: dict) -> None:
     import http.client
     import urllib.error
@@ -495,7 +583,7 @@ def _fetch_into(url: str, timeout: float, result: dict) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "agentfactory-browser/1.0"})
     deadline = time.monotonic() + timeout
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with public_opener().open(request, timeout=timeout) as response:
             status, headers = response.status, response.headers
             body = bytearray()
             while len(body) < MAX_FETCH_BYTES and time.monotonic() < deadline:
@@ -506,7 +594,9 @@ def _fetch_into(url: str, timeout: float, result: dict) -> None:
     except urllib.error.HTTPError as exc:
         status, headers, body = exc.code, exc.headers, bytearray(exc.read(MAX_FETCH_BYTES))
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        result.update(summary=f"GET {url} -> failed: {_describe(exc)}", text="", exit_code=1)
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc  # urllib wraps what connect raised
+        outcome = f"refused: {reason}" if isinstance(reason, NonPublicAddress) else f"failed: {_describe(exc)}"
+        result.update(summary=f"GET {url} -> {outcome}", text="", exit_code=1)
         return
     kind = headers.get_content_type() if headers else "application/octet-stream"
     text = bytes(body).decode(headers.get_content_charset() or "utf-8", "replace") if headers else ""

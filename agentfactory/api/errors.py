@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agentfactory.errors import AgentFactoryError
+from agentfactory.errors import AgentFactoryError, error_body
 
 log = structlog.get_logger("agentfactory.api")
 HTTP_CODES = {
@@ -36,7 +36,7 @@ def envelope(
     *, status: int, code: str, message: str, request_id: str, details: list[Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:  # fmt: skip
-    body = {"error": {"code": code, "message": message, "details": details or []}, "request_id": request_id}
+    body = error_body(code=code, message=message, request_id=request_id, details=details)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

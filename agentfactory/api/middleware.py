@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentfactory.api.errors import envelope
 from agentfactory.errors import AgentFactoryError, RateLimitError, TooLargeError
-from agentfactory.keys import authenticate
+from agentfactory.service.auth import authenticate
 
 log = structlog.get_logger("agentfactory.http")
 PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -29,7 +29,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = scope["app"].state.ctx
+        ctx = scope["app"].state.services
         # The API speaks JSON only: a body is read as JSON whatever Content-Type it claims, so that
         # `curl -d '{...}'` (which says x-www-form-urlencoded) just works. Every route needs a Bearer
         # header, which a cross-site form cannot send, so this opens no CSRF path.
@@ -87,7 +87,7 @@ class EdgeMiddleware:
                 authorization = headers.get("authorization")
                 caller = ctx.auth_cache.get(authorization)
                 if caller is None:
-                    caller = await ctx.run_db(authenticate, authorization=authorization)
+                    caller = await authenticate(store=ctx.store, authorization=authorization)
                     ctx.auth_cache.put(authorization or "", caller)
                 scope["state"]["caller"] = caller
                 wait = ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)

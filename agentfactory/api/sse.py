@@ -16,45 +16,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from bisect import bisect_right, insort
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from agentfactory.api.views import agent_out
-from agentfactory.keys import StreamLease
-from agentfactory.schemas import iso
-from agentfactory.store.tables import STDERR, STDOUT, AgentRow
+from agentfactory.service.leases import StreamLease
+from agentfactory.service.views import Timestamps
+from agentfactory.vocabulary import STREAM_NAMES
 
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 BLOCK = 1000
 SEND_BYTES = 16 * 1024
 BLOCK_BYTES = 1024 * 1024
 CACHE_BYTES = 32 * 1024 * 1024
-MEMO_BYTES = 8 * 1024 * 1024
 
 Row = tuple[int, float, int, str]
 # read(after, limit, max_bytes): rows with seq > after, at most `limit`, stopping once their text
 # reaches `max_bytes` (at least one row).
 Read = Callable[[int, int, int], Awaitable[list[Row]]]
-T = TypeVar("T")
-
-
-class Timestamps:
-    """ISO capture times; lines of one read share a time, so the last conversion is cached."""
-
-    def __init__(self) -> None:
-        self._last: tuple[float, str] = (-1.0, "")
-
-    def __call__(self, ts: float) -> str:
-        if ts != self._last[0]:
-            self._last = (ts, iso(ts) or "")
-        return self._last[1]
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> str:
@@ -208,23 +191,6 @@ class BlockCache:
                     self._starts.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class StreamAgent:
-    """What a stream needs of its agent: the status, and the agent document (`status`/`end`
-    events' data), made once for every follower. Not the row: that holds the prompt and env."""
-
-    status: str
-    json: str
-
-    @classmethod
-    def of(cls, row: AgentRow | None) -> StreamAgent | None:
-        return None if row is None else cls(row.status, agent_out(row).model_dump_json())
-
-
-def stream_agent_memo() -> GenerationMemo[StreamAgent | None]:
-    return GenerationMemo(max_bytes=MEMO_BYTES, sizeof=lambda a: 64 + (len(a.json) if a is not None else 0))
-
-
 class LeasedEventSource(EventSourceResponse):
     """An SSE response that holds one of its key's stream leases while it runs, and ends at once
     when the key is revoked (with an `error` event, when the client still reads)."""
@@ -247,55 +213,3 @@ class LeasedEventSource(EventSourceResponse):
                     await send({"type": "http.response.body", "body": end, "more_body": False})
         finally:
             self._lease.release()
-
-
-class GenerationMemo(Generic[T]):
-    """One value per key, reloaded (single-flight) when the hub generation moves on or it is older
-    than `max_age`: a hundred followers woken together read the agent's row once. Bounded to
-    `max_keys` values and `max_bytes` of them as `sizeof` counts."""
-
-    def __init__(
-        self,
-        max_age: float = 1.0,
-        max_keys: int = 1024,
-        max_bytes: int | None = None,
-        sizeof: Callable[[T], int] | None = None,
-    ):
-        self._values: OrderedDict[object, tuple[int, float, T]] = OrderedDict()
-        self._sizes: dict[object, int] = {}
-        self._bytes = 0
-        self._locks: dict[object, asyncio.Lock] = {}
-        self._max_age, self._max_keys, self._max_bytes = max_age, max_keys, max_bytes
-        self._sizeof = sizeof
-
-    def _fresh(self, key: object, generation: int) -> tuple[int, float, T] | None:
-        hit = self._values.get(key)
-        if hit is not None and hit[0] >= generation and time.monotonic() - hit[1] < self._max_age:
-            return hit
-        return None
-
-    def _store(self, key: object, hit: tuple[int, float, T]) -> None:
-        self._bytes -= self._sizes.pop(key, 0)
-        self._values[key] = hit
-        self._values.move_to_end(key)
-        if self._sizeof is not None:
-            self._sizes[key] = self._sizeof(hit[2])
-            self._bytes += self._sizes[key]
-        while len(self._values) > self._max_keys or (
-            self._max_bytes is not None and self._bytes > self._max_bytes and len(self._values) > 1
-        ):
-            old, _ = self._values.popitem(last=False)
-            self._bytes -= self._sizes.pop(old, 0)
-            self._locks.pop(old, None)
-
-    async def get(self, key: object, generation: int, load: Callable[[], Awaitable[T]]) -> T:
-        hit = self._fresh(key, generation)
-        if hit is None:
-            lock = self._locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                hit = self._fresh(key, generation)
-                if hit is None:
-                    started = time.monotonic()
-                    hit = (generation, started, await load())
-                    self._store(key, hit)
-        return hit[2]

@@ -2,8 +2,9 @@
 
 Modelled on JupyterHub's `Spawner` and Dagster's `RunLauncher`: a frozen input (`AgentSpec`), a handful
 of async verbs, answers as a small status object. The rest of the system never asks which backend it
-talks to. Every verb raises `RuntimeUnavailableError` when the engine cannot be reached, and
-`ContainerNotFound` where it says so; teardown verbs are idempotent.
+talks to, and never names an engine object: every verb takes the agent's id, and the backend finds
+the agent's container (or service) from it. Every verb raises `RuntimeUnavailableError` when the
+engine cannot be reached; teardown verbs are idempotent.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-STDOUT, STDERR = 1, 2
+from agentfactory.errors import NetworkPolicyError
+from agentfactory.vocabulary import STDERR, STDOUT
+
+__all__ = ["STDERR", "STDOUT"]
+
 LABEL_PREFIX = "io.agentfactory."
 LABEL_AGENT = LABEL_PREFIX + "agent_id"
 LABEL_MANAGED = LABEL_PREFIX + "managed"
@@ -36,10 +41,10 @@ class AgentSpec:
     scratch_mb: int
     max_log_bytes: int
     network: str | None = None  # None: no network at all; else the name of an isolated network
+    dns: tuple[str, ...] = ()  # resolvers of an agent with a network (public ones: see egress.py); () engine's
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
     gateway_socket_dir: Path | None = None
     instance: str = "local"
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class ContainerState(enum.Enum):
@@ -83,16 +88,13 @@ class Launched:
 
 
 @dataclass(frozen=True)
-class Usage:
+class ResourceUsage:
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
 
 
 class Backend(abc.ABC):
     """Runs agents as containers."""
-
-    supports_resume: bool = True
-    """Whether `logs()` can replay a running container's output from its start (restart recovery)."""
 
     @abc.abstractmethod
     async def launch(self, spec: AgentSpec) -> Launched:
@@ -102,36 +104,47 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def status(self, container_id: str) -> ContainerStatus:
-        """The container's state; MISSING when it is gone (never raises ContainerNotFound)."""
+    async def status(self, agent_id: str) -> ContainerStatus:
+        """The state of the agent's container; MISSING when it is gone."""
 
     @abc.abstractmethod
-    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
-        """Wait until the container has exited (or the timeout passes) and return its status."""
+    async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
+        """Wait until the agent's container has exited (or the timeout passes) and return its status."""
 
     @abc.abstractmethod
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, agent_id: str, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL after the grace. Idempotent: a stopped or missing container is fine."""
 
     @abc.abstractmethod
-    async def remove(self, container_id: str) -> None:
-        """Remove the container (forcefully). Idempotent: a missing container is fine."""
+    async def remove(self, agent_id: str) -> None:
+        """Remove the agent's container (forcefully). Idempotent: a missing container is fine."""
 
     @abc.abstractmethod
-    async def logs(self, container_id: str) -> OutputSource:
-        """The container's whole output from its start, following until it exits (restart recovery)."""
+    async def logs(self, agent_id: str) -> OutputSource:
+        """The agent's whole output from its start, following until it exits (restart recovery)."""
 
     @abc.abstractmethod
     async def list_managed(self) -> list[ManagedContainer]:
         """Every container carrying the agentfactory labels."""
 
     @abc.abstractmethod
-    async def usage(self, container_id: str) -> Usage:
-        """Resource figures the engine reports for a running container (empty when it reports none)."""
+    async def usage(self, agent_id: str) -> ResourceUsage:
+        """Resource figures the engine reports for a running agent (empty when it reports none)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise RuntimeUnavailableError when the engine does not answer."""
+
+    async def prepare_network(self, network: str) -> None:
+        """Make `network` ready for agents with a network tool: made if missing, no agent reaching
+        another, and the egress policy of SPEC §14 (the public internet only) in force and read back.
+
+        Idempotent and cheap when recently verified; `launch` checks it too before a container joins
+        the network. Raises NetworkPolicyError when the policy cannot be enforced (network tools are
+        then refused; agents without a network keep running), RuntimeUnavailableError when the
+        engine does not answer. A backend that cannot enforce egress refuses (this default).
+        """
+        raise NetworkPolicyError(f"{type(self).__name__} cannot enforce an egress policy for agents with a network")
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release the client."""

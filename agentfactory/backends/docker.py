@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ import docker.utils
 import requests
 import structlog
 
+from agentfactory.backends import egress
 from agentfactory.backends.base import (
     LABEL_AGENT,
     LABEL_INSTANCE,
@@ -33,14 +35,16 @@ from agentfactory.backends.base import (
     Launched,
     ManagedContainer,
     OutputSource,
-    Usage,
+    ResourceUsage,
 )
 from agentfactory.backends.docker_spec import build_create_args, container_name
-from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 T = TypeVar("T")
 log = structlog.get_logger("agentfactory.docker")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+EGRESS_RECHECK_SECONDS = 30.0  # a network launch reads the egress rules back when older than this
 _STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
 
 
@@ -52,6 +56,22 @@ class LaunchError(AgentFactoryError):
 
 def _unavailable(exc: BaseException) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(f"the container engine is unreachable: {type(exc).__name__}")
+
+
+def bridge_of(net: dict[str, Any]) -> egress.Bridge:
+    """The host's side of a Docker network, when it is a bridge on this very host."""
+    name = net.get("Name", "?")
+    if net.get("Driver") != "bridge":
+        raise NetworkPolicyError(f"the agents' network {name!r} is a {net.get('Driver')!r} network, not a bridge")
+    interface = (net.get("Options") or {}).get(BRIDGE_NAME_OPTION) or f"br-{net['Id'][:12]}"
+    if not egress.bridge_on_this_host(interface):
+        raise NetworkPolicyError(
+            f"the agents' bridge {interface} is not in the control plane's network namespace (a control plane in a "
+            "container needs the host's network; an engine on another machine or a rootless one cannot be "
+            "filtered from here)"
+        )
+    subnets = tuple(c["Subnet"] for c in (net.get("IPAM") or {}).get("Config") or [] if ":" not in c.get("Subnet", ":"))
+    return egress.Bridge(network=name, interface=interface, subnets=subnets)
 
 
 class AttachOutput:
@@ -142,6 +162,7 @@ class DockerBackend(Backend):
         self._api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
         self._network_lock = threading.Lock()
+        self._egress_checked: dict[str, tuple[str, float]] = {}  # network name -> (its id, verified at)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -205,33 +226,57 @@ class DockerBackend(Backend):
             raise
         return Launched(container_id=cid, output=AttachOutput(sock))
 
+    async def prepare_network(self, network: str) -> None:
+        await self._run(lambda api: self._ensure_network(api, network))
+
     def _ensure_network(self, api: docker.APIClient, name: str) -> None:
-        """The agents' bridge, with inter-container traffic off: an agent given a network reaches
-        what is beyond the bridge, never another agent. A bridge made before that (ICC on) is
-        replaced once no container uses it; while one does, it is used as it is, with a warning."""
+        """The agents' bridge, ready for an agent: inter-container traffic off, and the egress policy
+        of egress.py read back in force (at most EGRESS_RECHECK_SECONDS ago, for this very network:
+        a bridge made again has another device and is checked again). NetworkPolicyError otherwise."""
         with self._network_lock:
-            self._ensure_network_locked(api, name)
+            net = self._network_locked(api, name)
+            checked = self._egress_checked.get(name)
+            if checked and checked[0] == net["Id"] and time.monotonic() - checked[1] < EGRESS_RECHECK_SECONDS:
+                return
+            self._egress_checked.pop(name, None)
+            bridge = bridge_of(net)
+            policy = egress.build_policy(bridge, host_networks=egress.host_networks(), ipv6=egress.kernel_has_ipv6())
+            egress.enforce(policy)
+            if checked is None or checked[0] != net["Id"]:
+                log.info("agent_network_egress_in_force", network=name, interface=bridge.interface)
+            self._egress_checked[name] = (net["Id"], time.monotonic())
 
     @staticmethod
-    def _ensure_network_locked(api: docker.APIClient, name: str) -> None:
+    def _network_locked(api: docker.APIClient, name: str) -> dict[str, Any]:
+        """The network `name` with ICC off, made if missing. One made before that rule (ICC on) is
+        replaced when nothing uses it; while something does, it is refused, never used as it is."""
         found = [n for n in api.networks(names=[name]) if n.get("Name") == name]  # the filter matches substrings
         if found and (found[0].get("Options") or {}).get(ICC_OPTION) != "false":
             try:
                 api.remove_network(found[0]["Id"])
-                found = []
             except docker.errors.NotFound:
-                found = []
+                pass
             except docker.errors.APIError as exc:
-                log.warning("agent_network_allows_icc", network=name, error=exc.explanation)
+                raise NetworkPolicyError(
+                    f"the agents' network {name!r} lets agents reach each other (it was made before "
+                    f"inter-container traffic was turned off) and cannot be replaced: {exc.explanation}; "
+                    f"stop what uses it (docker network inspect {name}) so it can be made again"
+                ) from exc
+            found = []
         if not found:
             try:
                 api.create_network(name, driver="bridge", options={ICC_OPTION: "false"}, labels={LABEL_MANAGED: "true"})
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise
+            found = [n for n in api.networks(names=[name]) if n.get("Name") == name]
+            if not found:
+                raise NetworkPolicyError(f"the agents' network {name!r} vanished while it was being made")
+        net: dict[str, Any] = found[0]
+        return net
 
-    async def status(self, container_id: str) -> ContainerStatus:
-        return await self._run(lambda api: self._status(api, container_id))
+    async def status(self, agent_id: str) -> ContainerStatus:
+        return await self._run(lambda api: self._status(api, container_name(agent_id)))
 
     @staticmethod
     def _status(api: docker.APIClient, container_id: str) -> ContainerStatus:
@@ -248,7 +293,9 @@ class DockerBackend(Backend):
             runtime=(info.get("HostConfig") or {}).get("Runtime") or None,
         )
 
-    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
+    async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
+        container_id = container_name(agent_id)
+
         def wait(api: docker.APIClient) -> ContainerStatus:
             try:
                 api.wait(container_id, timeout=max(1, round(timeout)))
@@ -260,7 +307,9 @@ class DockerBackend(Backend):
 
         return await self._run(wait)
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, agent_id: str, grace_seconds: float) -> None:
+        container_id = container_name(agent_id)
+
         def stop(api: docker.APIClient) -> None:
             try:
                 api.stop(container_id, timeout=max(0, round(grace_seconds)))
@@ -272,8 +321,8 @@ class DockerBackend(Backend):
 
         await self._run(stop)
 
-    async def remove(self, container_id: str) -> None:
-        await self._run(lambda api: self._remove(api, container_id))
+    async def remove(self, agent_id: str) -> None:
+        await self._run(lambda api: self._remove(api, container_name(agent_id)))
 
     @staticmethod
     def _remove(api: docker.APIClient, container_id: str) -> None:
@@ -285,7 +334,9 @@ class DockerBackend(Backend):
             if exc.status_code != 409:  # 409: a removal is already in progress
                 raise
 
-    async def logs(self, container_id: str) -> OutputSource:
+    async def logs(self, agent_id: str) -> OutputSource:
+        container_id = container_name(agent_id)
+
         def logs(api: docker.APIClient) -> OutputSource:
             params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
             url = api._url("/containers/{0}/logs", container_id)  # type: ignore[attr-defined]
@@ -310,16 +361,18 @@ class DockerBackend(Backend):
 
         return await self._run(list_managed)
 
-    async def usage(self, container_id: str) -> Usage:
-        def usage(api: docker.APIClient) -> Usage:
+    async def usage(self, agent_id: str) -> ResourceUsage:
+        container_id = container_name(agent_id)
+
+        def usage(api: docker.APIClient) -> ResourceUsage:
             try:
                 stats = api.stats(container_id, stream=False, one_shot=True)
             except docker.errors.NotFound:
-                return Usage()
+                return ResourceUsage()
             mem = stats.get("memory_stats") or {}
             cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
             peak = mem.get("max_usage") or mem.get("usage")
-            return Usage(
+            return ResourceUsage(
                 peak_memory_bytes=int(peak) if peak else None,
                 cpu_seconds=cpu / 1e9 if cpu else None,
             )

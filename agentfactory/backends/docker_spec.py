@@ -30,12 +30,12 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
     equal to memory+swap, CPU and PIDs limits, an init process, no network unless asked for, and
     no host path mounted but the model gateway's socket directory. Docker's default seccomp profile
     applies (nothing here turns it off). A network, when asked for, is a user-defined bridge: never
-    the host's namespace, the default bridge or another container's.
+    the host's namespace, the default bridge or another container's; its DNS is `spec.dns` (public
+    resolvers: the egress policy blocks the host's own).
     """
     if spec.network is not None and (spec.network in FORBIDDEN_NETWORKS or spec.network.startswith("container:")):
         raise ValueError(f"agents may not join network {spec.network!r}: use an isolated user-defined bridge")
     labels = {
-        **spec.labels,
         LABEL_MANAGED: "true",
         LABEL_AGENT: spec.agent_id,
         LABEL_PREFIX + "key_id": spec.key_id,
@@ -69,6 +69,8 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
     }
     if spec.gateway_socket_dir is not None:
         host_config["binds"] = {str(spec.gateway_socket_dir): {"bind": GATEWAY_MOUNT, "mode": "ro"}}
+    if spec.network is not None and spec.dns:
+        host_config["dns"] = list(spec.dns)
     if spec.runtime:
         runtime = RUNSC_NETWORK_RUNTIMES.get(spec.runtime, spec.runtime) if spec.network else spec.runtime
         host_config["runtime"] = runtime

@@ -21,9 +21,9 @@ from agentfactory.backends.base import (
     ContainerStatus,
     Launched,
     ManagedContainer,
-    Usage,
+    ResourceUsage,
 )
-from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 
 class FakeLaunchError(AgentFactoryError):
@@ -56,12 +56,15 @@ class _QueueOutput:
 
 
 class FakeBackend(Backend):
-    """In-memory containers driven by the spec's FAKE_* env knobs."""
+    """In-memory containers driven by the spec's FAKE_* env knobs, keyed by agent id: a test
+    that finds an agent's id in `containers` after its end has found a leftover container."""
 
     def __init__(self, *, instance: str = "fake"):
         self.instance = instance
         self.containers: dict[str, _Container] = {}
         self.engine_down = False
+        self.egress_refused: str | None = None  # set: agents with a network are refused for this reason
+        self.network_checks = 0
         self.launches = 0
 
     def _check(self) -> None:
@@ -71,8 +74,16 @@ class FakeBackend(Backend):
     async def ping(self) -> None:
         self._check()
 
+    async def prepare_network(self, network: str) -> None:
+        self._check()
+        self.network_checks += 1
+        if self.egress_refused:
+            raise NetworkPolicyError(self.egress_refused)
+
     async def launch(self, spec: AgentSpec) -> Launched:
         self._check()
+        if spec.network:
+            await self.prepare_network(spec.network)
         env = spec.env
         if env.get("FAKE_CRASH_AT_LAUNCH"):
             raise FakeLaunchError("fake: the engine refused to start the container")
@@ -81,7 +92,7 @@ class FakeBackend(Backend):
             await asyncio.Event().wait()
         self.launches += 1
         cid = f"fake-{spec.agent_id}"
-        c = self.containers[cid] = _Container(spec)
+        c = self.containers[spec.agent_id] = _Container(spec)
         lines = int(env.get("FAKE_LINES", "0"))
         for i in range(1, lines + 1):
             c.chunks.put((STDOUT, f"line {i}\n".encode()))
@@ -96,45 +107,45 @@ class FakeBackend(Backend):
         c.chunks.put(None)
         c.exited.set()
 
-    async def status(self, container_id: str) -> ContainerStatus:
+    async def status(self, agent_id: str) -> ContainerStatus:
         self._check()
-        c = self.containers.get(container_id)
+        c = self.containers.get(agent_id)
         if c is None:
             return ContainerStatus(ContainerState.MISSING)
         return ContainerStatus(c.state, exit_code=c.exit_code, oom_killed=c.oom)
 
-    async def wait(self, container_id: str, timeout: float) -> ContainerStatus:
-        c = self.containers.get(container_id)
+    async def wait(self, agent_id: str, timeout: float) -> ContainerStatus:
+        c = self.containers.get(agent_id)
         if c is not None:
             await asyncio.to_thread(c.exited.wait, timeout)
-        return await self.status(container_id)
+        return await self.status(agent_id)
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, agent_id: str, grace_seconds: float) -> None:
         self._check()
-        c = self.containers.get(container_id)
+        c = self.containers.get(agent_id)
         if c is not None:
             self._exit(c, 137)
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, agent_id: str) -> None:
         self._check()
-        c = self.containers.pop(container_id, None)
+        c = self.containers.pop(agent_id, None)
         if c is not None:
             self._exit(c, 137)
 
-    async def logs(self, container_id: str) -> _QueueOutput:
-        c = self.containers[container_id]
+    async def logs(self, agent_id: str) -> _QueueOutput:
+        c = self.containers[agent_id]
         return _QueueOutput(c)
 
     async def list_managed(self) -> list[ManagedContainer]:
         self._check()
-        return [ManagedContainer(cid, c.spec.agent_id, c.state) for cid, c in self.containers.items()]
+        return [ManagedContainer(f"fake-{aid}", aid, c.state) for aid, c in self.containers.items()]
 
-    async def usage(self, container_id: str) -> Usage:
-        return Usage()
+    async def usage(self, agent_id: str) -> ResourceUsage:
+        return ResourceUsage()
 
-    def vanish(self, container_id: str) -> None:
-        """Someone removed the container behind our back."""
-        c = self.containers.pop(container_id, None)
+    def vanish(self, agent_id: str) -> None:
+        """Someone removed the agent's container behind our back."""
+        c = self.containers.pop(agent_id, None)
         if c is not None:
             c.chunks.put(None)
             c.exited.set()

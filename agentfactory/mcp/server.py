@@ -29,16 +29,17 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agentfactory import __version__
-from agentfactory.api.deps import AppContext
-from agentfactory.api.errors import envelope
-from agentfactory.api.routes import agents
 from agentfactory.errors import AgentFactoryError, AuthError, SchemaError
-from agentfactory.keys import Caller
+from agentfactory.errors import error_body as envelope_body
 from agentfactory.mcp.tools import MAX_LOG_PAGE, TOOLS, ReadLogs, ToolDef, input_schema, read_logs
+from agentfactory.service import agents
+from agentfactory.service.auth import Caller
+from agentfactory.service.context import Services
 
 log = structlog.get_logger("agentfactory.mcp")
 LOG_URI = re.compile(r"^agentfactory://agents/(?P<agent_id>[^/?#]+)/logs(?:\?(?P<query>.*))?$")
@@ -78,10 +79,10 @@ def schema_error(exc: ValidationError) -> SchemaError:
 
 def error_body(exc: AgentFactoryError, request_id: str) -> dict[str, Any]:
     """The HTTP error envelope; `retry_after` (seconds) stands in for the Retry-After header."""
-    error: dict[str, Any] = {"code": exc.code, "message": exc.message, "details": exc.details}
+    body = envelope_body(code=exc.code, message=exc.message, request_id=request_id, details=exc.details)
     if exc.retry_after is not None:
-        error["retry_after"] = exc.retry_after
-    return {"error": error, "request_id": request_id}
+        body["error"]["retry_after"] = exc.retry_after
+    return body
 
 
 @contextmanager
@@ -100,11 +101,11 @@ def _dump(value: BaseModel | dict[str, Any]) -> dict[str, Any]:
 
 
 class McpEndpoint:
-    """The MCP server bound to one app context. `route` goes on the app's router; the lifespan
-    runs `session_manager.run()` around the app's life."""
+    """The MCP server over the services. `route` goes on the app's router; the lifespan runs
+    `session_manager.run()` around the app's life."""
 
-    def __init__(self, ctx: AppContext):
-        self.ctx = ctx
+    def __init__(self, svc: Services):
+        self.svc = svc
         self.tools = {t.name: t for t in TOOLS}
         self._schemas = {t.name: input_schema(t.input) for t in TOOLS}
         self.server: Server[Any] = Server(
@@ -125,7 +126,7 @@ class McpEndpoint:
             app=self.server,
             stateless=True,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=ctx.settings.max_body_bytes,
+            max_request_body_size=svc.settings.max_body_bytes,
         )
         self.asgi_app = _McpAsgi(self.session_manager)
         # POST only: stateless, there is no session to DELETE and no server-initiated message to
@@ -172,7 +173,7 @@ class McpEndpoint:
                 args = tool.input.model_validate(params.arguments or {})
             except ValidationError as exc:
                 raise schema_error(exc) from None
-            out = _dump(await tool.run(self.ctx, caller, args))
+            out = _dump(await tool.run(self.svc, caller, args))
             text = json.dumps(out, separators=(",", ":"))
             return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=out)
         except AgentFactoryError as exc:
@@ -215,9 +216,7 @@ class McpEndpoint:
         """The logs of the caller's most recent agents."""
         with rpc_errors(rctx):
             caller = caller_of(rctx)
-            page = await agents.list_agents(
-                status=None, limit=RECENT_AGENT_RESOURCES, cursor=None, caller=caller, ctx=self.ctx
-            )
+            page = await agents.list_agents(self.svc, caller, status=None, limit=RECENT_AGENT_RESOURCES, cursor=None)
         resources = [
             types.Resource(
                 uri=f"agentfactory://agents/{a.id}/logs",
@@ -243,8 +242,8 @@ class McpEndpoint:
                 args = ReadLogs.model_validate({"agent_id": match["agent_id"], "limit": MAX_LOG_PAGE, **query})
             except ValidationError as exc:
                 raise schema_error(exc) from None
-            page = await read_logs(self.ctx, caller, args)
-        text = json.dumps(page, separators=(",", ":"))
+            page = await read_logs(self.svc, caller, args)
+        text = page.model_dump_json()
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
         )
@@ -259,16 +258,17 @@ class _McpAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state", {})
         if not isinstance(state.get("caller"), Caller):  # the edge middleware authenticates /mcp
-            response = envelope(status=401, code="E_AUTH", message="missing Authorization: Bearer <api key>",
-                                request_id=str(state.get("request_id", "-")))  # fmt: skip
+            body = envelope_body(code="E_AUTH", message="missing Authorization: Bearer <api key>",
+                                 request_id=str(state.get("request_id", "-")))  # fmt: skip
+            response = JSONResponse(body, status_code=401)
             await response(scope, receive, send)
             return
         await self.session_manager.handle_request(scope, receive, send)
 
 
-def build_mcp(ctx: AppContext) -> McpEndpoint:
+def build_mcp(svc: Services) -> McpEndpoint:
     """The MCP endpoint for this app; nothing runs until `session_manager.run()` is entered."""
     # The SDK logs a line per request at INFO ("Terminating session: None"); our access log and
     # `mcp_tool_call` lines already say what happened.
     logging.getLogger("mcp").setLevel(logging.WARNING)
-    return McpEndpoint(ctx)
+    return McpEndpoint(svc)

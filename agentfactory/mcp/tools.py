@@ -1,31 +1,29 @@
-"""What each MCP tool does, as the caller's key, through the HTTP routes' own functions.
+"""What each MCP tool does, as the caller's key, through the service layer.
 
 A tool is an input model (its JSON schema is the tool's inputSchema, and `model_validate` is its
-validation), an output model (its outputSchema) and a coroutine. The coroutines call the route
-functions of `agentfactory.api.routes` directly, with the MCP request's `Caller`: the same key
-filtering (`load_agent`), catalog and quota checks (`Launcher`), views and paging as HTTP.
+validation), an output model (its outputSchema) and a coroutine. The coroutines call the use cases
+of `agentfactory.service` with the MCP request's `Caller`: the same key filtering, catalog and quota
+checks, views and paging as HTTP, which is another adapter over the same functions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from agentfactory.api.deps import AppContext, load_agent
-from agentfactory.api.routes import agents, logs, system
 from agentfactory.catalog import Catalog
-from agentfactory.errors import NotFoundError
-from agentfactory.keys import Caller
+from agentfactory.errors import SchemaError
 from agentfactory.schemas import AgentCreate, AgentOut, AgentResult, LogLine, LogPage, TtlUpdate
-from agentfactory.store import queries
-from agentfactory.store.tables import TERMINAL
+from agentfactory.service import agents, streams, system
+from agentfactory.service.auth import Caller
+from agentfactory.service.context import Services
+from agentfactory.service.views import agent_result
+from agentfactory.vocabulary import TERMINAL
 
 MAX_WAIT_SECONDS = 300
 MAX_LOG_PAGE = 1000
@@ -34,10 +32,6 @@ MAX_TAIL = 200
 # and because a tool result carries it twice (text and structured content), inside one SSE event
 # that MCP clients cap (the SDK's default: 1 MiB).
 MAX_PAGE_JSON_BYTES = 196_608
-# A wait re-reads the agent on each hub wake-up (status change or new lines) and at least this
-# often, so an agent finished by another replica (no local wake-up) is seen too.
-WAIT_POLL_SECONDS = 2.0
-WAIT_MIN_READ_INTERVAL = 0.1
 
 
 class NoArguments(BaseModel):
@@ -123,7 +117,7 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-Handler = Callable[[AppContext, Caller, Any], Awaitable[BaseModel | dict[str, Any]]]
+Handler = Callable[[Services, Caller, Any], Awaitable[BaseModel | dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -138,89 +132,64 @@ class ToolDef:
     destructive: bool = False
 
 
-async def list_catalog(ctx: AppContext, caller: Caller, _args: NoArguments) -> dict[str, Any]:
-    return await system.catalog(_caller=caller, ctx=ctx)
+async def list_catalog(svc: Services, caller: Caller, _args: NoArguments) -> dict[str, Any]:
+    return system.catalog(svc)
 
 
-async def launch_agent(ctx: AppContext, caller: Caller, args: LaunchAgent) -> AgentOut:
-    return await agents.create_agent(
-        body=args.to_request(), response=Response(), idempotency_key=args.idempotency_key, caller=caller, ctx=ctx
-    )
+async def launch_agent(svc: Services, caller: Caller, args: LaunchAgent) -> AgentOut:
+    agent, _replayed = await agents.create_agent(svc, caller, args.to_request(), idempotency_key=args.idempotency_key)
+    return agent
 
 
-async def get_agent(ctx: AppContext, caller: Caller, args: AgentRef) -> AgentOut:
-    return await agents.get_agent(agent_id=args.agent_id, caller=caller, ctx=ctx)
+async def get_agent(svc: Services, caller: Caller, args: AgentRef) -> AgentOut:
+    return await agents.get_agent(svc, caller, args.agent_id)
 
 
-def _within_bytes(lines: list[dict[str, Any]], *, newest: bool = False) -> list[dict[str, Any]]:
+def _within_bytes(lines: list[LogLine], *, newest: bool = False) -> list[LogLine]:
     """The first (or, with `newest`, the last) lines whose JSON fits MAX_PAGE_JSON_BYTES; at least one."""
     ordered = reversed(lines) if newest else iter(lines)
-    kept: list[dict[str, Any]] = []
+    kept: list[LogLine] = []
     total = 0
     for line in ordered:
-        total += len(json.dumps(line)) + 1
+        total += len(json.dumps(line.model_dump())) + 1
         if kept and total > MAX_PAGE_JSON_BYTES:
             break
         kept.append(line)
     return kept[::-1] if newest else kept
 
 
-async def read_logs(ctx: AppContext, caller: Caller, args: ReadLogs) -> dict[str, Any]:
-    """GET /agents/{id}/logs; a page over MAX_PAGE_JSON_BYTES ends early (its next_cursor says where)."""
-    page = await logs.get_logs(
-        agent_id=args.agent_id, cursor=args.cursor, limit=args.limit, stream=args.stream, caller=caller, ctx=ctx
-    )
-    kept = _within_bytes(page["lines"])
-    if len(kept) < len(page["lines"]):
-        page = {"lines": kept, "next_cursor": str(kept[-1]["seq"]), "complete": False}
+async def read_logs(svc: Services, caller: Caller, args: ReadLogs) -> LogPage:
+    """A page of the agent's output; a page over MAX_PAGE_JSON_BYTES ends early (its next_cursor says where)."""
+    after = 0
+    if args.cursor:
+        if not args.cursor.isascii() or not args.cursor.isdigit():
+            raise SchemaError("cursor must be a log line seq (a non-negative integer)")
+        after = int(args.cursor)
+    page = await agents.read_logs(svc, caller, args.agent_id, after=after, limit=args.limit, stream=args.stream)
+    kept = _within_bytes(page.lines)
+    if len(kept) < len(page.lines):
+        page = LogPage(lines=kept, next_cursor=str(kept[-1].seq), complete=False)
     return page
 
 
-async def cancel_agent(ctx: AppContext, caller: Caller, args: AgentRef) -> AgentOut:
-    return await agents.cancel_agent(agent_id=args.agent_id, caller=caller, ctx=ctx)
+async def cancel_agent(svc: Services, caller: Caller, args: AgentRef) -> AgentOut:
+    return await agents.cancel_agent(svc, caller, args.agent_id)
 
 
-async def extend_ttl(ctx: AppContext, caller: Caller, args: ExtendTtl) -> AgentOut:
-    body = TtlUpdate(ttl_seconds=args.ttl_seconds)
-    return await agents.extend_ttl(agent_id=args.agent_id, body=body, caller=caller, ctx=ctx)
+async def extend_ttl(svc: Services, caller: Caller, args: ExtendTtl) -> AgentOut:
+    return await agents.extend_ttl(svc, caller, args.agent_id, args.ttl_seconds)
 
 
-async def wait_agent(ctx: AppContext, caller: Caller, args: WaitAgent) -> WaitResult:
-    """A wait holds one of the key's `max_streams` leases (429 past it; E_AUTH if the key is revoked)."""
-    with ctx.streams.hold(caller):
-        return await _wait_agent(ctx, caller, args)
-
-
-async def _wait_agent(ctx: AppContext, caller: Caller, args: WaitAgent) -> WaitResult:
-    """Wait on the hub (woken by status changes and new lines), re-reading the row, until the agent
-    is terminal or the timeout passes; then the result document and the last lines."""
-    assert ctx.hub is not None
-    row = await load_agent(ctx, caller, args.agent_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.timeout_seconds
-    while row.status not in TERMINAL:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        wake = ctx.hub.subscribe(row.pk)
-        fresh = await ctx.run_db(queries.get_agent_by_pk, pk=row.pk)
-        if fresh is None:
-            wake.cancel()
-            raise NotFoundError(f"no agent {args.agent_id!r}")
-        row = fresh
-        if row.status in TERMINAL:
-            wake.cancel()
-            break
-        await ctx.hub.wait(row.pk, min(remaining, WAIT_POLL_SECONDS), wake)
-        await asyncio.sleep(min(WAIT_MIN_READ_INTERVAL, max(0.0, deadline - loop.time())))
-    result = await agents.get_result(agent_id=row.id, caller=caller, ctx=ctx)
+async def wait_agent(svc: Services, caller: Caller, args: WaitAgent) -> WaitResult:
+    """Wait for the agent's end (the service's hub loop), then the result document and the last lines.
+    The wait holds one of the key's max_streams leases (429 past it; E_AUTH if the key is revoked)."""
+    row = await agents.load_agent(svc, caller, args.agent_id)
+    with svc.streams.hold(caller):
+        row = await streams.wait_until_done(svc, row, args.timeout_seconds)
+    result = agent_result(row)
     tail: list[LogLine] = []
     if args.tail:
-        last = await ctx.run_db(queries.last_log_seq, agent_pk=row.pk)
-        page = await logs.get_logs(
-            agent_id=row.id, cursor=str(max(0, last - args.tail)), limit=args.tail, stream=None, caller=caller, ctx=ctx
-        )
-        tail = [LogLine.model_validate(line) for line in _within_bytes(page["lines"], newest=True)]
+        tail = _within_bytes(await agents.read_tail(svc, caller, row.id, args.tail), newest=True)
     return WaitResult(done=result.status in TERMINAL, result=result, tail=tail)
 
 

@@ -6,10 +6,22 @@ series exists (at 0) before the first failure. No label ever carries an agent id
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
-STATUSES = ("succeeded", "failed", "cancelled", "expired")
-REASONS = ("exit", "oom_killed", "sandbox_died", "ttl_expired", "cancelled", "launch_failed", "lost")
+from agentfactory import __version__
+from agentfactory.vocabulary import TERMINAL, Reason
+
+STATUSES = TERMINAL
+REASONS = tuple(Reason)
 QUOTA_REASONS = ("concurrency", "rate", "body_size", "streams")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -21,6 +33,13 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = "agentfactory_"
+        # The client library's standard collectors: process_* (CPU, memory, fds, start time),
+        # python_info, python_gc_*; registered on this registry, not the global default one.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(p + "build_info", "The running version (always 1)", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
         self.agents_created = Counter(p + "agents_created_total", "Agents accepted", ["model"], registry=r)
         self.agents_finished = Counter(
             p + "agents_finished_total", "Agents that reached a terminal status", ["status"], registry=r

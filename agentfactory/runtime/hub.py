@@ -7,12 +7,22 @@ from collections import defaultdict
 
 
 class Hub:
-    """Per-agent change notification, owned by the event loop (bump from threads via `bump_threadsafe`)."""
+    """Per-agent change notification, owned by the event loop it is bound to at start-up (bump
+    from threads via `bump_threadsafe`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+    def __init__(self) -> None:
+        self._bound: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._bound = loop
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._bound is None:
+            raise RuntimeError("Hub.bind(loop) was not called")
+        return self._bound
 
     def bump(self, agent_pk: int) -> None:
         self.generation += 1

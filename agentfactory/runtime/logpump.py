@@ -24,15 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import update
 
 from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.lines import Bounded, Chunk, LineSplitter
-from agentfactory.store import Store
-from agentfactory.store.tables import AgentRow
+from agentfactory.store import Store, describe_store_error, queries, store_cannot_write
 
 log = structlog.get_logger("agentfactory.logpump")
 BATCH_LINES = 50_000
@@ -86,22 +83,6 @@ class Resume:
     stderr_consumed: int = 0
     dropped_lines: int = 0
     dropped_bytes: int = 0
-
-
-def store_cannot_write(exc: BaseException) -> bool:
-    """Whether a failed commit says the store cannot write now (full disk, I/O error, lock timeout,
-    lost connection), which retrying cures, rather than that it refuses these rows."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError, OSError)
-    )
-
-
-def describe_store_error(exc: BaseException) -> str:
-    """The driver's own words (never SQLAlchemy's, which quote the statement's parameters)."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    return f"{type(orig).__name__}: {str(orig)[:200]}"
 
 
 class _Queue:
@@ -180,11 +161,11 @@ class _Queue:
 class LogPump:
     """Owns the writer thread and the per-agent reader threads."""
 
-    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics, loop: asyncio.AbstractEventLoop):
+    def __init__(self, *, store: Store, hub: Hub, metrics: Metrics):
         self._store = store
         self._hub = hub
         self._metrics = metrics
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue = _Queue(metrics)
         self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
         # Agents some of whose lines the store refused: nothing more of theirs is stored (no gap
@@ -194,14 +175,10 @@ class LogPump:
         self.stopping = False
         self.store_error: str | None = None  # why the last commit failed, until one succeeds
         self._writer = threading.Thread(target=self._write_loop, name="logpump-writer", daemon=True)
-        self._insert_sql = (
-            "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) VALUES (?, ?, ?, ?, ?, ?)"
-            if store.is_sqlite
-            else "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) "
-            "VALUES (%s, %s, %s, %s, %s, %s)"
-        )
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the writer; capture futures complete on `loop`."""
+        self._loop = loop
         self._writer.start()
 
     def stop(self, timeout: float = 5) -> None:
@@ -221,9 +198,6 @@ class LogPump:
             self._abandon.set()
             self._writer.join(timeout)
 
-    def capturing(self, agent_pk: int) -> bool:
-        return agent_pk in self._readers
-
     def capture(
         self, *, agent_pk: int, source: OutputSource, secrets: list[str], max_log_bytes: int, resume: Resume
     ) -> asyncio.Future[Seal | None]:
@@ -231,14 +205,16 @@ class LogPump:
         the seal of the agent's whole output when this capture saw all of it (None after a resume),
         or fails: CaptureIncomplete when the store refused some of its lines, the backend's error
         when reading broke off."""
-        done: asyncio.Future[Seal | None] = self._loop.create_future()
+        loop = self._loop
+        assert loop is not None, "LogPump.start(loop) first"
+        done: asyncio.Future[Seal | None] = loop.create_future()
 
         def notify(exc: BaseException | None, seal: Seal | None) -> None:
             def settle() -> None:
                 if not done.done():
                     done.set_exception(exc) if exc else done.set_result(seal)
 
-            self._loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(settle)
 
         thread = threading.Thread(
             target=self._read,
@@ -425,27 +401,12 @@ class LogPump:
                 nbytes += it.nbytes
         if not positions:
             return
-        with self._store.session() as s:
-            conn = s.connection()
-            if rows:
-                conn.exec_driver_sql(self._insert_sql, rows)
-            for pk, batch in positions.items():
-                conn.execute(
-                    update(AgentRow)
-                    .where(AgentRow.pk == pk)
-                    .values(
-                        stdout_consumed=batch.consumed[0],
-                        stderr_consumed=batch.consumed[1],
-                        log_dropped_lines=batch.dropped[0],
-                        log_dropped_bytes=batch.dropped[1],
-                    )
-                )
-                if pk in first_ts:
-                    conn.execute(
-                        update(AgentRow)
-                        .where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None))
-                        .values(first_output_at=first_ts[pk])
-                    )
+        self._store.call(
+            queries.store_log_chunks,
+            rows=rows,
+            positions={pk: (*b.consumed, *b.dropped) for pk, b in positions.items()},
+            first_output_at=first_ts,
+        )
         self._metrics.log_lines.inc(lines)
         self._metrics.log_bytes.inc(nbytes)
         self._hub.bump_threadsafe(list(positions))

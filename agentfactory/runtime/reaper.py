@@ -1,7 +1,8 @@
 """The reaper: TTL expiry, stuck launches, lost containers, orphans, retention; and start-up recovery.
 
 Each decision re-reads the row before acting (a status may have changed since the listing), and
-each item is handled in its own try/except so one bad agent never stops a pass.
+each item is handled in its own try/except so one bad agent never stops a pass. Every action is
+one of the launcher's public operations; the reaper only decides which, and when.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from collections.abc import Awaitable, Sequence
 
 import structlog
 
-from agentfactory.backends.base import ContainerState, ContainerStatus
-from agentfactory.backends.docker_spec import container_name
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import queries
-from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
+from agentfactory.store.tables import TERMINAL, AgentRow
+from agentfactory.vocabulary import AgentStatus
 
 log = structlog.get_logger("agentfactory.reaper")
-TTL_KILL_GRACE = 0.0  # past its TTL an agent is killed at once: the TTL was its grace
+LAUNCHING = (AgentStatus.PENDING, AgentStatus.STARTING)
 
 
 class Reaper(Loop):
@@ -31,10 +31,6 @@ class Reaper(Loop):
         self.retention_seconds = retention_days * 86_400
         self.start_deadline = start_deadline
 
-    def _active_rows(self) -> list[AgentRow]:
-        with self.launcher.store.session() as s:
-            return queries.list_agents_in(session=s, statuses=ACTIVE)
-
     async def _each(self, items: Sequence[Awaitable[None]]) -> None:
         results = await asyncio.gather(*items, return_exceptions=True)
         for r in results:
@@ -44,54 +40,32 @@ class Reaper(Loop):
     async def run_once(self) -> None:
         lch = self.launcher
         now = lch.clock()
-        rows = await asyncio.to_thread(self._active_rows)
+        rows = await lch.active_agents()
+        running = [r for r in rows if r.status == AgentStatus.RUNNING]
         await self._each(
-            [self._expire(r) for r in rows if r.status == "running" and r.expires_at <= now]
+            [lch.expire_if_due(r.pk) for r in running if r.expires_at <= now]
             + [
                 self._fail_stuck(r)
                 for r in rows
-                if r.status in ("pending", "starting")
-                and r.created_at < now - self.start_deadline
-                and not lch.watching(r.pk)
+                if r.status in LAUNCHING and r.created_at < now - self.start_deadline and not lch.watching(r.pk)
             ]
-            + [self._check_lost(r) for r in rows if r.status == "running" and not lch.watching(r.pk)]
+            + [lch.finalize_if_lost(r) for r in running if not lch.watching(r.pk)]
+            # While agents with a network run, their egress rules are read back and put back if flushed.
+            + ([lch.recheck_egress()] if any(lch.catalog.needs_network(r.tools) for r in running) else [])
         )
         await self.remove_orphans()
-        purged = await asyncio.to_thread(self._purge, now - self.retention_seconds)
+        purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)
         if purged:
             lch.metrics.agents_purged.inc(purged)
             log.info("agents_purged", count=purged)
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
 
-    def _purge(self, cutoff: float) -> int:
-        with self.launcher.store.session() as s:
-            return queries.purge_agents_finished_before(session=s, cutoff=cutoff)
-
-    async def _expire(self, row: AgentRow) -> None:
-        fresh = await asyncio.to_thread(self.launcher._load, row.pk)
-        if fresh is None or fresh.status != "running" or fresh.expires_at > self.launcher.clock():
-            return  # finished, or its TTL was extended, since the listing
-        log.info("agent_expiring", agent_id=fresh.id)
-        await self.launcher.stop(fresh, "ttl_expired", TTL_KILL_GRACE)
-
     async def _fail_stuck(self, row: AgentRow) -> None:
-        fresh = await asyncio.to_thread(self.launcher._load, row.pk)
-        if fresh is None or fresh.status not in ("pending", "starting"):
+        fresh = await self.launcher.load(row.pk)
+        if fresh is None or fresh.status not in LAUNCHING:
             return
-        await self.launcher.backend.remove(container_name(fresh.id))
-        await self.launcher._finalize_launch_failure(
-            fresh.pk, fresh.id, "the agent did not start within the start deadline"
-        )
-
-    async def _check_lost(self, row: AgentRow) -> None:
-        if not row.container_id:
-            return
-        st = await self.launcher.backend.status(row.container_id)
-        if st.state is ContainerState.MISSING:
-            fresh = await asyncio.to_thread(self.launcher._load, row.pk)
-            if fresh is not None and fresh.status == "running" and not self.launcher.watching(row.pk):
-                await self.launcher.finalize(row.pk, st)
+        await self.launcher.fail_launch(fresh.pk, fresh.id, "the agent did not start within the start deadline")
 
     async def remove_orphans(self) -> None:
         """Remove labelled containers whose agent has no row (or is finished and not being finalized)."""
@@ -99,19 +73,13 @@ class Reaper(Loop):
         managed = await lch.backend.list_managed()
         if not managed:
             return
-        ids = [m.agent_id for m in managed]
-
-        def states() -> dict[str, tuple[int, str]]:
-            with lch.store.session() as s:
-                return queries.get_agent_states(session=s, agent_ids=ids)
-
-        known = await asyncio.to_thread(states)
+        known = await lch.store.run(queries.get_agent_states, agent_ids=[m.agent_id for m in managed])
         for m in managed:
             state = known.get(m.agent_id)
             orphan = state is None or (state[1] in TERMINAL and not lch.watching(state[0]))
             if orphan:
                 try:
-                    await lch.backend.remove(m.container_id)
+                    await lch.backend.remove(m.agent_id)
                     lch.metrics.orphans_reaped.inc()
                     log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
                 except Exception as exc:
@@ -123,22 +91,10 @@ class Reaper(Loop):
         engine's copy of the output; none is stored twice. Agents are handled concurrently, the
         overdue ones first, so that they expire within moments of the restart."""
         lch = self.launcher
-        rows = await asyncio.to_thread(self._active_rows)
+        rows = await lch.active_agents()
         now = lch.clock()
-        rows.sort(key=lambda r: (r.status != "running" or r.expires_at > now, r.expires_at))
-
-        async def recover_one(row: AgentRow) -> None:
-            if row.status in ("pending", "starting"):
-                await lch.backend.remove(container_name(row.id))
-                await lch._finalize_launch_failure(row.pk, row.id, "the control plane restarted during the launch")
-                return
-            st = await lch.backend.status(row.container_id or container_name(row.id))
-            if st.state is ContainerState.MISSING:
-                await lch.finalize(row.pk, ContainerStatus(ContainerState.MISSING))
-                return
-            await lch.resume(row)  # arms its TTL timer: an overdue agent expires at once
-
-        results = await asyncio.gather(*(recover_one(r) for r in rows), return_exceptions=True)
+        rows.sort(key=lambda r: (r.status != AgentStatus.RUNNING or r.expires_at > now, r.expires_at))
+        results = await asyncio.gather(*(lch.recover(r) for r in rows), return_exceptions=True)
         for row, result in zip(rows, results, strict=True):
             if isinstance(result, Exception):
                 log.error("recover_failed", agent_id=row.id, error=repr(result))

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import update
 
-from agentfactory.backends.base import Backend, Usage
+from agentfactory.backends.base import Backend, ResourceUsage
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import Store, queries
-from agentfactory.store.tables import AgentRow
+from agentfactory.vocabulary import AgentStatus
 
 log = structlog.get_logger("agentfactory.usage")
 
@@ -30,24 +29,8 @@ class UsageSampler(Loop):
         self.per_pass = per_pass
         self._next = 0
 
-    def _running(self) -> list[tuple[int, str, int | None]]:
-        with self.store.session() as s:
-            rows = queries.list_agents_in(session=s, statuses=("running",))
-            return [(r.pk, r.container_id, r.peak_memory_bytes) for r in rows if r.container_id]
-
-    def _save(self, samples: list[tuple[int, int | None, Usage]]) -> None:
-        with self.store.session() as s:
-            for pk, known_peak, usage in samples:
-                values: dict[str, object] = {}
-                if usage.peak_memory_bytes is not None and (known_peak or 0) < usage.peak_memory_bytes:
-                    values["peak_memory_bytes"] = usage.peak_memory_bytes
-                if usage.cpu_seconds is not None:
-                    values["cpu_seconds"] = usage.cpu_seconds
-                if values:
-                    s.execute(update(AgentRow).where(AgentRow.pk == pk, AgentRow.status == "running").values(**values))
-
     async def run_once(self) -> None:
-        running = await asyncio.to_thread(self._running)
+        running = await self.store.run(queries.list_agents_in, statuses=(AgentStatus.RUNNING,))
         if not running:
             return
         start = self._next % len(running)
@@ -57,15 +40,15 @@ class UsageSampler(Loop):
         # once contend with the event loop for the GIL (stalls of tens of ms were seen in the API).
         gate = asyncio.Semaphore(2)
 
-        async def sample(container_id: str) -> Usage:
+        async def sample(agent_id: str) -> ResourceUsage:
             async with gate:
-                return await self.backend.usage(container_id)
+                return await self.backend.usage(agent_id)
 
-        results = await asyncio.gather(*(sample(cid) for _pk, cid, _peak in chosen), return_exceptions=True)
+        results = await asyncio.gather(*(sample(r.id) for r in chosen), return_exceptions=True)
         samples = []
-        for (pk, _cid, peak), result in zip(chosen, results, strict=True):
-            if isinstance(result, Usage):
-                samples.append((pk, peak, result))
+        for row, result in zip(chosen, results, strict=True):
+            if isinstance(result, ResourceUsage):
+                samples.append((row.pk, result.peak_memory_bytes, result.cpu_seconds))
             else:  # a container that ended mid-sample does not fail the pass
                 log.debug("usage_sample_failed", error=repr(result))
-        await asyncio.to_thread(self._save, samples)
+        await self.store.run(queries.save_resource_usage, samples=samples)

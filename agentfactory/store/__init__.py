@@ -1,5 +1,7 @@
 """The store: the database is the truth about every agent, its log lines and the API keys."""
 
-from agentfactory.store.engine import Store
+from sqlalchemy.orm import Session
 
-__all__ = ["Store"]
+from agentfactory.store.engine import Store, describe_store_error, store_cannot_write
+
+__all__ = ["Session", "Store", "describe_store_error", "store_cannot_write"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +20,7 @@ from agentfactory.store.point import AgentPointReader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIN_FREE_BYTES = 1024 * 1024  # a SQLite database with less room than this is reported as unable to write
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -27,6 +30,22 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def store_cannot_write(exc: BaseException) -> bool:
+    """Whether a failed write says the store cannot write now (full disk, I/O error, lock timeout,
+    lost connection), which retrying cures, rather than that it refuses these rows."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError, OSError)
+    )
+
+
+def describe_store_error(exc: BaseException) -> str:
+    """The driver's own words (never SQLAlchemy's, which quote the statement's parameters)."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return f"{type(orig).__name__}: {str(orig)[:200]}"
 
 
 class Store:
@@ -59,11 +78,27 @@ class Store:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at (None: an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
         with self._sessions() as s, s.begin():
             yield s
+
+    def call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`fn(session=..., **kwargs)` (a function of `queries`) in its own transaction, here."""
+        with self.session() as s:
+            return fn(session=s, **kwargs)
+
+    async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`call`, off the event loop: the one way async code runs a query."""
+        return await asyncio.to_thread(self.call, fn, **kwargs)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -7,14 +7,13 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from agentfactory.vocabulary import ACTIVE, STDERR, STDOUT, TERMINAL
+
+__all__ = ["ACTIVE", "STDERR", "STDOUT", "TERMINAL", "AgentRow", "ApiKeyRow", "Base", "LogChunkRow"]
+
 
 class Base(DeclarativeBase):
     pass
-
-
-TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-ACTIVE = ("pending", "starting", "running")
-STDOUT, STDERR = 1, 2
 
 
 class AgentRow(Base):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from agentfactory.api.app import create_app
+from agentfactory.app import create_app
 from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 

@@ -17,7 +17,7 @@ def state(api: Api) -> Any:
 
 def run_pass(api: Api, *, now: float) -> None:
     st = state(api)
-    st.ctx.launcher.clock = lambda: now
+    st.services.launcher.clock = lambda: now
     api.client.portal.call(st.reaper.run_once)  # type: ignore[union-attr]
 
 
@@ -37,6 +37,9 @@ def test_a_pass_expires_agents_past_their_ttl_only(api: Api) -> None:
     run_pass(api, now=time.time() + 61)
     assert (get(api, old["id"]).json()["status"], get(api, old["id"]).json()["reason"]) == ("expired", "ttl_expired")
     assert get(api, young["id"]).json()["status"] == "running"
+    # The expired agent's container is gone, not only its row marked: nothing is left behind.
+    assert old["id"] not in api.backend.containers
+    assert young["id"] in api.backend.containers
 
 
 def test_an_extended_ttl_is_re_read_before_acting(api: Api) -> None:
@@ -48,18 +51,19 @@ def test_an_extended_ttl_is_re_read_before_acting(api: Api) -> None:
 
 def test_stuck_starting_is_failed_and_a_vanished_container_is_lost(api: Api) -> None:
     a = create(api, env={"FAKE_RUN_UNTIL_STOPPED": "1"})
-    store = state(api).ctx.store
+    store = state(api).services.store
     with store.session() as s:  # a row left in `starting` by a launch that never finished
         s.execute(update(AgentRow).where(AgentRow.id == a["id"]).values(status="starting"))
     st = state(api)
-    st.ctx.launcher._watchers.clear()  # nobody is watching it any more
+    st.services.launcher._watchers.clear()  # nobody is watching it any more
     run_pass(api, now=time.time() + 3600)
     body = get(api, a["id"]).json()
     assert (body["status"], body["reason"]) == ("failed", "launch_failed")
+    assert a["id"] not in api.backend.containers
 
     b = create(api, env={"FAKE_RUN_UNTIL_STOPPED": "1"})
-    api.backend.vanish(f"fake-{b['id']}")
-    deadline = time.monotonic() + 10
+    api.backend.vanish(b["id"])
+    deadline = time.monotonic() + 30
     while get(api, b["id"]).json()["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert (get(api, b["id"]).json()["status"], get(api, b["id"]).json()["reason"]) == ("failed", "lost")
@@ -67,7 +71,7 @@ def test_stuck_starting_is_failed_and_a_vanished_container_is_lost(api: Api) -> 
 
 def test_orphan_containers_are_removed(api: Api) -> None:
     a = create(api, env={"FAKE_RUN_UNTIL_STOPPED": "1"})
-    store = state(api).ctx.store
+    store = state(api).services.store
     with store.session() as s:  # the row is gone (e.g. purged by hand): the container is an orphan
         s.query(AgentRow).filter(AgentRow.id == a["id"]).delete()
     run_pass(api, now=time.time())

@@ -25,9 +25,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    if subprocess.run(["docker", "version"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("no Docker Engine answers: run `make up` (scripts/setup.sh) first")
+def server(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("cli-e2e")
     with FakeOpenAI(prompt_as_shell()) as fake:
         down = {
@@ -126,5 +124,5 @@ def test_server_restart_while_following_loses_and_repeats_nothing(server: Server
 
 def test_wrong_key_is_one_line(server: ServerProcess) -> None:
     proc = _run(server, "status", "ag_x", "--json", AGENTFACTORY_API_KEY="af_wrong")
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 77 and proc.stdout == ""
     assert proc.stderr.startswith("error: E_AUTH: ") and proc.stderr.count("\n") == 1

@@ -12,6 +12,8 @@ from tests.fakes.fake_openai import FakeOpenAI, chatty, closed_port_url, python_
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
 from tests.support.server import ServerProcess, all_log_lines, wait_terminal
 
+pytestmark = pytest.mark.docker
+
 
 def ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

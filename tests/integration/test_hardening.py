@@ -1,5 +1,6 @@
-"""Issue 8 on the real engine: the sandbox profile as an agent sees it from inside, resource deaths,
-network isolation, and a prompt that tries shell injection.
+"""Issue 8 on the real engine: the sandbox profile as an agent sees it from inside (no network without
+a network tool), resource deaths, and a prompt that tries shell injection. What agents with a network
+reach is tested in test_egress.py.
 
 Each check runs under runc and, when `docker info` lists it (scripts/setup.sh with
 AGENTFACTORY_WITH_RUNSC=1), under gVisor's runsc; the probe's results are printed side by side.
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.docker
 
 SCRATCH_MB, MEMORY_MB, PIDS = 16, 512, 128
 IMAGE = "agentfactory-runtime:latest"
-AGENT_NETWORK = "agentfactory-agents"
 RUNTIMES = ("runc", "runsc")
 EVIL_PROMPT = '$(touch /tmp/pwn); "; rm -rf /'
 
@@ -372,94 +372,8 @@ def test_disk_fill_hits_enospc_and_leaves_the_host_layer_unchanged(
     assert upper_bytes < 64 * 1024  # an empty overlay upper dir: directory entries only
 
 
-def agent_network() -> str:
-    """The agents' bridge as the backend makes it (inter-container traffic off); its gateway IP."""
-    options = docker("network", "inspect", "--format", "{{json .Options}}", AGENT_NETWORK, check=False)
-    if options and json.loads(options).get("com.docker.network.bridge.enable_icc") != "false":
-        docker("network", "rm", AGENT_NETWORK, check=False)  # made by an older release
-        options = ""
-    if not options:
-        # Another process may win the race, hence no check.
-        docker("network", "create", "--driver", "bridge", "--label", "io.agentfactory.managed=true",
-               "-o", "com.docker.network.bridge.enable_icc=false", AGENT_NETWORK, check=False)  # fmt: skip
-    return docker("network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", AGENT_NETWORK)
-
-
-@pytest.fixture(scope="module")
-def http_target(docker_engine: None) -> Iterator[str]:
-    """A small HTTP server on this machine, on the agents' bridge address (what a network tool
-    reaches; no traffic leaves the machine)."""
-    from functools import partial
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    handler = partial(SimpleHTTPRequestHandler, directory=str(Path(__file__).parents[2] / "runtime_image"))
-    gateway = agent_network()
-    server = ThreadingHTTPServer((gateway, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{gateway}:{server.server_address[1]}/runtime_entry.py"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-FETCH = (
-    'python3 -c "import urllib.request, sys\ntry:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n'
-    "    print('FETCH', r.status, len(r.read()))\nexcept OSError as e:\n    print('FETCH failed', e)\" {url}"
-)
-
-
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_only_a_network_tool_reaches_beyond_the_agents_bridge(
-    servers: dict[str, ServerProcess], runtime: str, http_target: str
-) -> None:
-    srv = server_for(servers, runtime)
-    with ThreadPoolExecutor(2) as pool:
-        with_net, without = pool.map(
-            lambda tools: run_to_end(srv, FETCH.format(url=http_target), tools=tools),
-            [("shell", "browser_server"), ("shell",)],
-        )
-    fetched = [x for x in with_net[1] if x.startswith("FETCH")]
-    refused = [x for x in without[1] if x.startswith("FETCH")]
-    print(f"{runtime}: with browser_server {fetched or with_net[0]['error']}; without it {refused}")
-    assert without[0]["status"] == "succeeded" and refused and refused[0].startswith("FETCH failed"), without
-    if runtime == "runsc" and with_net[0]["reason"] == "launch_failed":
-        # Older runsc (Debian bookworm's) cannot start gVisor's netstack on this kernel: the agent fails
-        # to launch rather than run outside gVisor.
-        assert with_net[0]["status"] == "failed" and with_net[0]["error"], with_net[0]
-        return
-    assert with_net[0]["status"] == "succeeded" and fetched and fetched[0].startswith("FETCH 200"), with_net
-
-
-def test_agents_with_a_network_cannot_reach_each_other(servers: dict[str, ServerProcess], http_target: str) -> None:
-    srv = servers["runc"]
-    net_tools = ("shell", "browser_server")
-    serve = "timeout 60 python3 -m http.server 8080 --bind 0.0.0.0 --directory /opt/agentfactory"
-    with srv.client() as c:
-        peer = start(c, serve, tools=net_tools)
-        try:
-            assert peer["status"] == "running", peer
-            ip_of = f'{{{{(index .NetworkSettings.Networks "{AGENT_NETWORK}").IPAddress}}}}'
-            ip = docker("inspect", "--format", ip_of, f"agentfactory-{peer['id']}")
-            url = f"http://{ip}:8080/runtime_entry.py"
-
-            def peer_serves() -> bool:  # from this machine, which the bridge lets in
-                try:
-                    return httpx.get(url, timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_until(peer_serves, timeout=30, what="the peer agent serving HTTP")
-            agent, lines = run_to_end(srv, FETCH.format(url=url), tools=net_tools)
-            # the same agent still reaches what is beyond the bridge
-            _, beyond = run_to_end(srv, FETCH.format(url=http_target), tools=net_tools)
-        finally:
-            c.delete(f"/agents/{peer['id']}")
-    fetched = [x for x in lines if x.startswith("FETCH")]
-    print(f"agent -> peer agent: {fetched}; agent -> beyond the bridge: {[x for x in beyond if x.startswith('FETCH')]}")
-    assert agent["status"] == "succeeded" and fetched and fetched[0].startswith("FETCH failed"), (agent, lines)
-    assert any(x.startswith("FETCH 200") for x in beyond), beyond
+# Network agents (what they reach and what they do not: the host, metadata, private ranges, another
+# agent, the public internet) are tested in test_egress.py, against a stand-in internet of its own.
 
 
 def test_hostile_prompt_and_env_reach_the_agent_as_data(servers: dict[str, ServerProcess]) -> None:

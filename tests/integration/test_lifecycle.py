@@ -11,10 +11,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
 from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
 
 
 def ts(value: str) -> float:

@@ -26,6 +26,8 @@ from mcp_types import CallToolResult
 from agentfactory.schemas import AgentCreate, TtlUpdate
 from tests.support.server import ROOT, ServerProcess, all_log_lines, wait_terminal
 
+pytestmark = pytest.mark.docker
+
 T = TypeVar("T")
 RELAY = (
     "import sys; from agentfactory.mcp.stdio import run_stdio; sys.exit(run_stdio(sys.argv[1], sys.argv[2] or None))"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +9,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.server import ServerProcess, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 
@@ -87,44 +89,39 @@ def test_a_slot_frees_within_two_seconds_however_the_agent_ends(shell_server: Se
         slot_free_by(ts(final["finished_at"]) + 2)
 
 
-def test_a_key_over_its_rate_does_not_slow_another(server: ServerProcess) -> None:
+def test_a_key_over_its_rate_is_refused_and_another_key_is_not(server: ServerProcess) -> None:
+    """While one key floods far past its rate and is refused, another key's requests all succeed.
+    (How much the flood slows the calm key is measured, beside the calm key alone, by bench/tenancy.py.)"""
     _, hot = new_key(server, max_requests_per_minute=60)
     _, calm = new_key(server, max_requests_per_minute=100_000)
-    flooding, done = threading.Event(), threading.Event()
+    done = threading.Event()
     codes: list[int] = []
 
     def hammer() -> None:
-        # 100 requests/s from each of two clients while `flooding`: 200x the hot key's rate of
-        # 1/s. (An unpaced flood from this same 2-core machine measures CPU contention, not fairness.)
+        # About 100 requests/s from each of two clients: 200x the hot key's rate of 1/s.
         with server.client(hot) as c:
-            while not done.is_set():
-                if flooding.wait(0.05) and not done.wait(0.01):
-                    codes.append(c.get("/agents").status_code)
+            while not done.wait(0.01):
+                codes.append(c.get("/agents").status_code)
 
     threads = [threading.Thread(target=hammer) for _ in range(2)]
     for t in threads:
         t.start()
-    samples: dict[bool, list[float]] = {False: [], True: []}
     try:
+        wait_until(lambda: 429 in codes, timeout=30, what="the hot key to be rate limited")
+        refused_before = codes.count(429)
         with server.client(calm) as c:
-            for _round in range(6):  # interleaved, so drift in the machine's load hits both alike
-                for busy in (False, True):
-                    (flooding.set if busy else flooding.clear)()
-                    if busy:
-                        wait_until(lambda: 429 in codes, timeout=30, what="the hot key to be rate limited")
-                    for _ in range(25):
-                        t0 = time.perf_counter()
-                        assert c.get("/agents").status_code == 200
-                        samples[busy].append(time.perf_counter() - t0)
+            for _ in range(100):
+                r = c.get("/agents")
+                assert r.status_code == 200, r.text
+        assert codes.count(429) > refused_before, "the flood stopped being refused while the calm key worked"
     finally:
         done.set()
-        flooding.set()
         for t in threads:
             t.join()
-    idle, busy_p95 = (statistics.quantiles(samples[b], n=20)[18] for b in (False, True))
-    print(f"calm key p95: idle {idle * 1000:.1f} ms, while another key is rate limited {busy_p95 * 1000:.1f} ms")
-    assert codes.count(429) > 0
-    assert busy_p95 <= 2 * idle + 0.005
+    assert set(codes) <= {200, 429}
+    with server.client(hot) as c:
+        r = c.get("/agents")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "E_RATE_LIMIT" and r.headers["Retry-After"]
 
 
 def test_keys_are_stored_hashed_and_revocation_is_immediate(server: ServerProcess) -> None:

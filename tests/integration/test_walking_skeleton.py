@@ -7,8 +7,11 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from tests.support.server import ServerProcess, wait_terminal, wait_until
+
+pytestmark = pytest.mark.docker
 
 
 def inspect(container: str) -> dict:  # type: ignore[type-arg]

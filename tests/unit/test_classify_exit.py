@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentfactory.backends.base import ContainerState, ContainerStatus
-from agentfactory.runtime.launcher import classify_exit
+from agentfactory.runtime.outcome import classify_exit
 from agentfactory.store.tables import AgentRow
 
 

@@ -93,10 +93,10 @@ def test_no_seccomp_or_apparmor_opt_out_and_nothing_privileged() -> None:
     assert list(hc["binds"]) == ["/run/agentfactory/gateway"]
 
 
-def test_system_labels_win_over_extra_labels() -> None:
-    labels = build_create_args(spec(labels={"io.agentfactory.agent_id": "ag_other", "team": "x"}))["labels"]
+def test_labels_point_back_to_the_agent() -> None:
+    labels = build_create_args(spec())["labels"]
     assert labels["io.agentfactory.agent_id"] == "ag_1"
-    assert labels["team"] == "x"
+    assert labels["io.agentfactory.managed"] == "true"
 
 
 def test_runsc_raises_the_pids_limit_for_its_own_threads() -> None:
@@ -114,3 +114,11 @@ def test_runsc_network_agents_use_the_runtime_registered_with_a_netstack() -> No
     assert hc["network_mode"] == "agentfactory-agents"
     other = build_create_args(spec(runtime="kata", network="agentfactory-agents"))["host_config"]
     assert other["runtime"] == "kata"
+
+
+def test_public_resolvers_are_given_to_network_agents_only() -> None:
+    resolvers = ("8.8.8.8", "1.1.1.1")
+    assert build_create_args(spec(network="agentfactory-agents", dns=resolvers))["host_config"]["dns"] == list(
+        resolvers
+    )
+    assert "dns" not in build_create_args(spec(dns=resolvers))["host_config"]

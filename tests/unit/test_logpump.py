@@ -16,7 +16,6 @@ from agentfactory.backends.base import STDOUT
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime import logpump
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.launcher import compute_seal
 from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume, Seal
 from agentfactory.store import Store, queries
 
@@ -57,6 +56,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.dispose()
 
 
+def seal_of(store: Store, pk: int) -> Seal:
+    return store.call(queries.seal_stored_lines, agent_pk=pk)
+
+
 def stored(store: Store, pk: int) -> list[str]:
     with store.session() as s:
         return [t for *_, t in queries.read_log_lines(session=s, agent_pk=pk, after=0, limit=10**9)]
@@ -69,8 +72,10 @@ async def capture(pump: LogPump, pk: int, source: Source) -> asyncio.Future[Seal
 def test_a_flooding_agent_waits_on_its_share_of_the_queue_and_a_neighbour_loses_nothing(store: Store) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        pump = LogPump(store=store, hub=Hub(loop), metrics=Metrics(), loop=loop)
-        pump.start()
+        hub = Hub()
+        hub.bind(loop)
+        pump = LogPump(store=store, hub=hub, metrics=Metrics())
+        pump.start(loop)
         flood = Source(pump, "flood", reads=400, lines_per_read=2000, width=100)  # 80 MB in 200 KB reads
         quiet = Source(pump, "quiet", reads=50, lines_per_read=10)
         done = [await capture(pump, 1, flood), await capture(pump, 2, quiet)]
@@ -79,7 +84,7 @@ def test_a_flooding_agent_waits_on_its_share_of_the_queue_and_a_neighbour_loses_
         assert max(flood.queued_at_read) <= logpump.QUEUE_BYTES
         for pk, source, seal in ((1, flood, seals[0]), (2, quiet, seals[1])):
             assert stored(store, pk) == source.expected()
-            assert seal == compute_seal(store=store, agent_pk=pk)
+            assert seal == seal_of(store, pk)
 
     asyncio.run(scenario())
 
@@ -99,8 +104,10 @@ def test_a_full_store_is_retried_while_capture_waits_then_catches_up(store: Stor
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        pump = LogPump(store=store, hub=Hub(loop), metrics=Metrics(), loop=loop)
-        pump.start()
+        hub = Hub()
+        hub.bind(loop)
+        pump = LogPump(store=store, hub=hub, metrics=Metrics())
+        pump.start(loop)
         source = Source(pump, "a", reads=300, lines_per_read=1000, width=60)  # 18 MB
         done = await capture(pump, 1, source)
         deadline = loop.time() + 30
@@ -118,7 +125,7 @@ def test_a_full_store_is_retried_while_capture_waits_then_catches_up(store: Stor
         pump.stop()
         assert pump.store_error is None
         assert stored(store, 1) == source.expected()
-        assert seal == compute_seal(store=store, agent_pk=1)
+        assert seal == seal_of(store, 1)
 
     asyncio.run(scenario())
 
@@ -140,8 +147,10 @@ def test_lines_the_store_refuses_cost_only_their_agent_and_its_seal_is_of_the_st
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        pump = LogPump(store=store, hub=Hub(loop), metrics=Metrics(), loop=loop)
-        pump.start()
+        hub = Hub()
+        hub.bind(loop)
+        pump = LogPump(store=store, hub=hub, metrics=Metrics())
+        pump.start(loop)
         poison, good = (
             Gated(pump, "poison", reads=20, lines_per_read=1),
             Gated(pump, "good", reads=20, lines_per_read=1),
@@ -153,6 +162,6 @@ def test_lines_the_store_refuses_cost_only_their_agent_and_its_seal_is_of_the_st
         assert isinstance(results[0], CaptureIncomplete)
         assert stored(store, 1) == poison.expected()[:7]  # a prefix: no gap in its seqs
         assert stored(store, 2) == good.expected()
-        assert results[1] == compute_seal(store=store, agent_pk=2)
+        assert results[1] == seal_of(store, 2)
 
     asyncio.run(scenario())

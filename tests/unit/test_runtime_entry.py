@@ -181,34 +181,42 @@ def test_tools_do_not_see_the_gateway_token(run: Any, upstream: FakeOpenAI, harn
     assert any(line.startswith("AGENTFACTORY_GATEWAY_SOCKET=") for line in result.raw)
 
 
-def test_browser_server_returns_the_text_of_a_page(run: Any, upstream: FakeOpenAI) -> None:
-    page = b"<html><head><title>t</title><script>var x;</script></head><body><h1>Hello</h1><p>world &amp; co</p>"
+def test_browser_server_refuses_the_host_and_never_connects(run: Any, upstream: FakeOpenAI) -> None:
+    """Defence in depth (the packet filter is the guard): a loopback page, a name resolving to loopback,
+    and a redirect to one are refused before any connection. Fetching a public page is tested from
+    inside a real agent (tests/integration/test_egress.py): this host has no public address to serve."""
+    requests: list[str] = []
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            requests.append(self.path)
             self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
             self.end_headers()
-            self.wfile.write(page)
 
         def log_message(self, *_args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    port = server.server_address[1]
+    urls = [f"http://127.0.0.1:{port}/page", f"http://localhost:{port}/page", f"http://[::ffff:127.0.0.1]:{port}/"]
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/page"
-        upstream.responder = tool_then_final("browser_server", {"url": url})
+        upstream.responder = lambda body: (
+            completion("done")
+            if tool_messages(body)
+            else completion(None, [tool_call("browser_server", {"url": u}) for u in urls])
+        )
         result = run(tools=[{"id": "browser_server", "description": "fetch", "network": True}])
     finally:
         server.shutdown()
         server.server_close()
     assert result.code == 0, result.stderr
-    seen = tool_messages(upstream.seen[1].body)[0]["content"]
-    assert seen.startswith(f"GET {url} -> 200 text/html")
-    assert seen.endswith("Hello\nworld & co") and "var x" not in seen
-    assert result.raw == [seen.splitlines()[0]]
+    seen = [m["content"] for m in tool_messages(upstream.seen[1].body)]
+    first = [s.splitlines()[0] for s in seen]
+    assert first[0] == f"GET {urls[0]} -> refused: 127.0.0.1 is not a public internet address"
+    assert first[1].startswith(f"GET {urls[1]} -> refused: localhost resolves to ")  # 127.0.0.1 or ::1
+    assert first[2] == f"GET {urls[2]} -> refused: ::ffff:127.0.0.1 is not a public internet address"
+    assert requests == []
 
 
 # --- why it stops ---------------------------------------------------------------------------

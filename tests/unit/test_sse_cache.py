@@ -1,7 +1,8 @@
 import asyncio
 import re
 
-from agentfactory.api.sse import BLOCK, BLOCK_BYTES, SEND_BYTES, BlockCache, GenerationMemo
+from agentfactory.api.sse import BLOCK, BLOCK_BYTES, SEND_BYTES, BlockCache
+from agentfactory.service.memo import GenerationMemo
 
 Row = tuple[int, float, int, str]
 
@@ -143,6 +144,6 @@ def test_memo_is_bounded_in_bytes() -> None:
 
         for key in range(10):
             await memo.get(key, 1, big)
-        assert len(memo._values) == 3 and memo._bytes == 9000
+        assert len(memo) == 3 and memo.nbytes == 9000
 
     asyncio.run(scenario())

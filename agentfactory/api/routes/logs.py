@@ -3,118 +3,95 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
-from agentfactory.api.deps import AppContext, get_caller, get_ctx, load_agent
-from agentfactory.api.routes.agents import ERRORS
-from agentfactory.api.sse import STREAM_NAMES, LeasedEventSource, StreamAgent, Timestamps, sse
+from agentfactory.api.routes.agents import ERRORS, MAX_CURSOR, CallerDep, ServicesDep
+from agentfactory.api.sse import BlockCache, LeasedEventSource, sse
 from agentfactory.errors import SchemaError
-from agentfactory.keys import Caller
 from agentfactory.schemas import LogPage
+from agentfactory.service import agents, streams
 from agentfactory.store import queries
-from agentfactory.store.tables import STDERR, STDOUT, TERMINAL
 
 router = APIRouter(tags=["logs"], responses=ERRORS)
-KEEPALIVE_SECONDS = 10.0
-MAX_PAGE_BYTES = 1024 * 1024  # a page stops early past this much text; its next_cursor says where
 
 
-def _cursor(value: str | None, name: str) -> int:
-    if value is None or value == "":
-        return 0
-    if not value.isdigit() or len(value) > 18:
-        raise SchemaError(f"{name} must be a log line seq (a non-negative integer)")
-    return int(value)
+async def get_block_cache(request: Request) -> BlockCache:
+    cache: BlockCache = request.app.state.sse_cache
+    return cache
 
 
-@router.get("/agents/{agent_id}/logs", response_model=LogPage, summary="A page of captured output")
+@router.get(
+    "/agents/{agent_id}/logs", response_model=LogPage, summary="A page of captured output", operation_id="getAgentLogs"
+)
 async def get_logs(
     agent_id: str,
-    cursor: Annotated[str | None, Query(max_length=20, description="a seq; lines after it")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    caller: CallerDep,
+    svc: ServicesDep,
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_CURSOR, description="a seq; lines after it")] = None,
+    limit: Annotated[int, Query(ge=1, le=agents.MAX_LOG_PAGE)] = 1000,
     stream: Literal["stdout", "stderr"] | None = None,
-    caller: Caller = Depends(get_caller),
-    ctx: AppContext = Depends(get_ctx),
-) -> dict[str, Any]:
-    after = _cursor(cursor, "cursor")
-    row = await load_agent(ctx, caller, agent_id)
-    stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
-    rows, more = await ctx.run_db(
-        queries.read_log_page, agent_pk=row.pk, after=after, limit=limit, stream=stream_no, max_bytes=MAX_PAGE_BYTES
-    )
-    ts = Timestamps()
-    lines = [{"seq": r[0], "ts": ts(r[1]), "stream": STREAM_NAMES[r[2]], "text": r[3]} for r in rows]
-    next_cursor = str(rows[-1][0]) if rows else str(after)
-    return {"lines": lines, "next_cursor": next_cursor, "complete": row.status in TERMINAL and not more}
+    tail: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=agents.MAX_LOG_PAGE,
+            description="only the last N lines (of `stream`, if given), in one page; not with `cursor`",
+        ),
+    ] = None,
+) -> LogPage:
+    if tail is not None:
+        if cursor is not None:
+            raise SchemaError("give either cursor or tail, not both", details=[{"loc": ["query", "tail"]}])
+        return await agents.read_log_tail(svc, caller, agent_id, tail=tail, stream=stream)
+    return await agents.read_logs(svc, caller, agent_id, after=cursor or 0, limit=limit, stream=stream)
 
 
 @router.get(
     "/agents/{agent_id}/stream",
     summary="Server-Sent Events: log lines, status changes, then end",
+    operation_id="streamAgent",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {"example": 'event: log\nid: 1\ndata: {"seq": 1, ...}\n\n'}}}},
 )
 async def stream_agent(
     agent_id: str,
-    request: Request,
-    after: Annotated[str | None, Query(max_length=20, description="start after this seq")] = None,
+    caller: CallerDep,
+    svc: ServicesDep,
+    cache: Annotated[BlockCache, Depends(get_block_cache)],
+    after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR, description="start after this seq")] = None,
     tail: Annotated[int | None, Query(ge=0, le=100_000, description="only the last N lines, then live")] = None,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
-    caller: Caller = Depends(get_caller),
-    ctx: AppContext = Depends(get_ctx),
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_CURSOR)] = None,
 ) -> EventSourceResponse:
-    row = await load_agent(ctx, caller, agent_id)
-    start = _cursor(last_event_id, "Last-Event-ID") if last_event_id else _cursor(after, "after")
-    if tail is not None and not last_event_id and after is None:
-        last = await ctx.run_db(queries.last_log_seq, agent_pk=row.pk)
-        start = max(0, last - tail)
-    assert ctx.hub is not None
-    hub = ctx.hub
+    row = await agents.load_agent(svc, caller, agent_id)
+    start = last_event_id if last_event_id is not None else (after or 0)
+    if tail is not None and last_event_id is None and after is None:
+        start = await agents.tail_start(svc, row, tail)
     pk = row.pk
 
     async def read(after: int, limit: int, max_bytes: int) -> list[tuple[int, float, int, str]]:
-        return await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=after, limit=limit, max_bytes=max_bytes)
+        return await svc.store.run(queries.read_log_lines, agent_pk=pk, after=after, limit=limit, max_bytes=max_bytes)
 
-    async def load_agent_row() -> StreamAgent | None:
-        return StreamAgent.of(await ctx.run_db(queries.get_agent_by_pk, pk=pk))
+    async def read_block(cursor: int, generation: int) -> tuple[bytes, int]:
+        return await cache.events_after(row.id, cursor, generation, read)
 
     async def events() -> AsyncIterator[bytes]:
-        ctx.metrics.stream_clients.inc()
+        svc.metrics.stream_clients.inc()
         try:
-            cursor = start
-            last_status: str | None = None
-            while True:
-                wake = hub.subscribe(pk)
-                generation = hub.generation
-                data, cursor = await ctx.sse_cache.events_after(row.id, cursor, generation, read)
-                if data:
-                    wake.cancel()
-                    yield data
-                    continue
-                agent = await ctx.stream_agents.get(pk, generation, load_agent_row)
-                if agent is None:
-                    wake.cancel()
-                    return
-                if agent.status != last_status:
-                    last_status = agent.status
-                    if agent.status not in TERMINAL:
-                        yield sse("status", agent.json).encode()
-                if agent.status in TERMINAL:
-                    wake.cancel()
-                    # The terminal row is written after the last line is committed: nothing is left.
-                    more = await ctx.run_db(queries.read_log_lines, agent_pk=pk, after=cursor, limit=1)
-                    if more:
-                        continue
-                    yield (sse("status", agent.json) + sse("end", agent.json)).encode()
-                    return
-                if not await hub.wait(pk, KEEPALIVE_SECONDS, wake):
+            async for event in streams.follow(svc, row, start, read_block):
+                if isinstance(event, streams.Lines):
+                    yield event.block
+                elif isinstance(event, streams.StatusChanged):
+                    yield sse("status", event.agent.json).encode()
+                elif isinstance(event, streams.Ended):
+                    yield (sse("status", event.agent.json) + sse("end", event.agent.json)).encode()
+                else:
                     yield b": keep-alive\n\n"
         finally:
-            ctx.metrics.stream_clients.dec()
+            svc.metrics.stream_clients.dec()
 
-    lease = ctx.streams.acquire(caller)  # 429 past the key's max_streams; revoking the key ends the stream
+    lease = svc.streams.acquire(caller)  # 429 past the key's max_streams; revoking the key ends the stream
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return LeasedEventSource(lease, events(), ping=15, headers=headers)

@@ -1,4 +1,4 @@
-"""Rows to wire models."""
+"""Rows to wire models: the one place a stored agent, key or line becomes what a door sends."""
 
 from __future__ import annotations
 
@@ -7,12 +7,33 @@ from agentfactory.schemas import (
     AgentResult,
     KeyOut,
     Links,
+    LogLine,
     Seal,
     Timings,
     TokenUsage,
     iso,
 )
 from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow
+from agentfactory.vocabulary import STREAM_NAMES
+
+StoredLine = tuple[int, float, int, str]  # seq, ts, stream, text
+
+
+class Timestamps:
+    """ISO capture times; lines of one read share a time, so the last conversion is cached."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, str] = (-1.0, "")
+
+    def __call__(self, ts: float) -> str:
+        if ts != self._last[0]:
+            self._last = (ts, iso(ts) or "")
+        return self._last[1]
+
+
+def log_lines(rows: list[StoredLine]) -> list[LogLine]:
+    ts = Timestamps()
+    return [LogLine(seq=seq, ts=ts(t), stream=STREAM_NAMES[s], text=text) for seq, t, s, text in rows]
 
 
 def agent_out(row: AgentRow) -> AgentOut:

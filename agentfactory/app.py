@@ -1,5 +1,6 @@
-"""create_app(settings): builds every part explicitly; the lifespan starts them and tears them down
-in reverse. Nothing is created at import time."""
+"""The composition root: `create_app(settings)` builds every part explicitly, mounts the doors (HTTP,
+MCP) over the services, and its lifespan starts the parts and tears them down in reverse. Nothing is
+created at import time."""
 
 from __future__ import annotations
 
@@ -13,21 +14,18 @@ import structlog
 from fastapi import FastAPI
 
 from agentfactory import __version__
-from agentfactory.api.deps import AppContext
-from agentfactory.api.errors import install_error_handlers
-from agentfactory.api.middleware import EdgeMiddleware
-from agentfactory.api.routes import agents, keys, logs, system
+from agentfactory.api import mount_http_api
+from agentfactory.backends import egress
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
+from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
 from agentfactory.gateway.server import ModelGateway
-from agentfactory.keys import RateLimiter, StreamLeases, ensure_bootstrap_admin
 from agentfactory.mcp.server import build_mcp
 from agentfactory.observability.metrics import Metrics
-from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.launcher import Launcher
-from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.reaper import Reaper
 from agentfactory.runtime.usage import UsageSampler
+from agentfactory.service.auth import ensure_bootstrap_admin
+from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 
@@ -44,6 +42,21 @@ def build_backend(settings: Settings) -> Backend:
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)
 
 
+async def prepare_agent_network(backend: Backend, catalog: Catalog, network: str) -> None:
+    """At start, when the catalog has a network tool: the agents' bridge made and its egress policy
+    installed and read back, so the log says now whether network tools will be refused and why.
+    Every network launch checks again (the engine may be down now, the rules flushed later)."""
+    if not any(t.network for t in catalog.tools):
+        return
+    try:
+        await backend.prepare_network(network)
+        log.info("agent_network_ready", network=network)
+    except NetworkPolicyError as exc:
+        log.error("network_tools_refused", network=network, reason=exc.message)
+    except RuntimeUnavailableError as exc:
+        log.warning("agent_network_not_prepared", network=network, error=exc.message)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -55,19 +68,29 @@ def create_app(
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
     from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
     catalog = catalog or load_catalog(settings.catalog)
+    egress.check_resolvers(settings.agent_dns)
     metrics = Metrics()
     metrics.prepare_models([m.id for m in catalog.models])
     store = Store(settings.database_url)
-    ctx = AppContext(
-        settings=settings,
+    svc = Services.build(
+        settings=settings, catalog=catalog, store=store, backend=backend or build_backend(settings), metrics=metrics
+    )
+    mcp = build_mcp(svc)
+    gateway = ModelGateway(
         catalog=catalog,
         store=store,
-        backend=backend or build_backend(settings),
+        socket_path=settings.gateway_socket_dir / "gateway.sock",
+        environ=dict(os.environ),
         metrics=metrics,
-        limiter=RateLimiter(),
-        streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+        logger=structlog.get_logger("agentfactory.gateway"),
     )
-    mcp = build_mcp(ctx)
+    reaper = Reaper(
+        launcher=svc.launcher,
+        interval=settings.reaper_interval_seconds,
+        retention_days=settings.retention_days,
+        start_deadline=settings.start_deadline_seconds,
+    )
+    sampler = UsageSampler(store=store, backend=svc.backend, interval=settings.usage_interval_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,32 +99,11 @@ def create_app(
         # not for the 2 + 4 threads asyncio picks on a small machine.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db"))
         await asyncio.to_thread(store.migrate)
-        with store.session() as s:
-            ensure_bootstrap_admin(session=s, admin_key=settings.admin_key)
-        hub = Hub(loop)
-        pump = LogPump(store=store, hub=hub, metrics=metrics, loop=loop)
-        pump.start()
-        launcher = Launcher(
-            settings=settings, catalog=catalog, store=store, backend=ctx.backend, pump=pump, hub=hub, metrics=metrics
-        )
-        ctx.hub, ctx.launcher = hub, launcher
-        gateway = ModelGateway(
-            catalog=catalog,
-            store=store,
-            socket_path=settings.gateway_socket_dir / "gateway.sock",
-            environ=dict(os.environ),
-            metrics=metrics,
-            logger=structlog.get_logger("agentfactory.gateway"),
-        )
+        await asyncio.to_thread(ensure_bootstrap_admin, store=store, admin_key=settings.admin_key)
+        svc.start(loop)
         if serve_gateway:
             await gateway.start()
-        reaper = Reaper(
-            launcher=launcher,
-            interval=settings.reaper_interval_seconds,
-            retention_days=settings.retention_days,
-            start_deadline=settings.start_deadline_seconds,
-        )
-        app.state.reaper = reaper
+        await prepare_agent_network(svc.backend, catalog, settings.agent_network)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
         if run_loops:
@@ -110,7 +112,6 @@ def create_app(
             except Exception as exc:  # the engine may be down at start; the reaper catches up later
                 log.warning("recover_failed", error=repr(exc))
             loops.append(loop.create_task(reaper.run(stop)))
-            sampler = UsageSampler(store=store, backend=ctx.backend, interval=settings.usage_interval_seconds)
             loops.append(loop.create_task(sampler.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
@@ -120,10 +121,10 @@ def create_app(
             stop.set()
             if loops:
                 await asyncio.wait(loops, timeout=10)
-            await launcher.shutdown()
+            await svc.launcher.shutdown()
             if serve_gateway:
                 await gateway.stop()
-            await ctx.backend.close()
+            await svc.backend.close()
             store.dispose()
             log.info("control_plane_stopped")
 
@@ -133,10 +134,8 @@ def create_app(
         description="Launch short-lived, sandboxed, containerized AI agents; follow their output.",
         lifespan=lifespan,
     )
-    app.state.ctx = ctx
-    install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware)
-    for module in (system, agents, logs, keys):
-        app.include_router(module.router)
+    app.state.services = svc
+    app.state.reaper = reaper
+    mount_http_api(app)
     app.router.routes.append(mcp.route)
     return app

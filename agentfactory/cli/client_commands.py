@@ -1,0 +1,444 @@
+"""The client commands (`run`, `logs`, `status`, `ls`, `rm`, `ttl`, `result`, `catalog`, `keys ...`), SPEC §7.
+
+They talk to the server only through `agentfactory.client` and print only through `render`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import uuid
+from collections import deque
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from agentfactory.cli.options import (
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_TEMPFAIL,
+    EXIT_UNREACHABLE,
+    CliError,
+    DurationOption,
+    IdArgument,
+    JsonOption,
+    OutputOption,
+    SelectorOption,
+    api_client,
+    exit_code_for,
+    output_format,
+    parse_duration,
+    parse_pairs,
+    parse_selector,
+    split_list,
+)
+from agentfactory.cli.render import (
+    FollowOutput,
+    ago,
+    api_message,
+    cell,
+    print_doc,
+    print_event,
+    print_fields,
+    print_json,
+    print_names,
+    print_table,
+)
+from agentfactory.client import MAX_LOG_PAGE, AgentFollower, ApiClient, ApiError, ClientError, agent_exit_code
+from agentfactory.client_errors import ServerUnreachable, WaitTimeout
+from agentfactory.vocabulary import TERMINAL
+
+AGENT_FIELDS = (
+    *("id", "status", "reason", "exit_code", "error", "model", "tools", "created_at", "started_at"),
+    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256"),
+)
+
+# --- following -------------------------------------------------------------------------------------
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job being cancelled) is handled like Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    raise _Terminated()
+
+
+def follow_agent(
+    client: ApiClient,
+    agent_id: str,
+    *,
+    json_lines: bool,
+    tail: int | None = None,
+    streams: tuple[str, ...] = ("stdout", "stderr"),
+    cancel_on_interrupt: bool = False,
+) -> dict[str, Any] | None:
+    """Streams the agent to its end; returns the terminal agent, or None when interrupted and detached."""
+    out = FollowOutput(agent_id, json_lines=json_lines, streams=streams, status_line=True)
+    follower = AgentFollower(client, agent_id, on_line=out.line, on_status=out.status, on_retry=out.retry, tail=tail)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        try:
+            agent = follower.run()
+        except KeyboardInterrupt:
+            if not cancel_on_interrupt:
+                return None
+            out.note(f"cancelling {agent_id} (interrupt again to leave it running)")
+            try:
+                client.delete_agent(agent_id)
+                agent = follower.run(max_seconds=10)
+            except KeyboardInterrupt:
+                out.note(f"left {agent_id} to finish cancelling on the server")
+                return None
+            except ClientError as exc:
+                out.note(f"could not confirm that {agent_id} stopped: {exc}")
+                return None
+        except ServerUnreachable as exc:
+            raise CliError(
+                f"lost {exc.url} while following {agent_id} ({exc.cause}); "
+                f"it may still be running: agentfactory logs -f {agent_id}",
+                EXIT_UNREACHABLE,
+            ) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        out.close()
+    if json_lines:
+        print_event("end", agent=agent)
+    elif agent.get("status") != "succeeded":
+        detail = f"exit code {agent.get('exit_code')}, reason {agent.get('reason') or '-'}"
+        error = f": {agent['error']}" if agent.get("error") else ""
+        out.note(f"agent {agent_id} {agent.get('status')} ({detail}){error}")
+    return agent
+
+
+# --- agents ----------------------------------------------------------------------------------------
+
+
+def run(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="the prompt, or - to read it from stdin", metavar="PROMPT")],
+    model: Annotated[str, typer.Option("--model", "-m", help="model id from the catalog", metavar="MODEL")],
+    tool: Annotated[
+        list[str] | None, typer.Option("--tool", "-t", help="tool id (repeat, or a,b)", metavar="TOOL")
+    ] = None,
+    ttl: DurationOption = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the agent", metavar="KEY=VALUE")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(help="secret KEY=VALUE (masked in output; prefer --secret-env)", metavar="KEY=VALUE"),
+    ] = None,
+    secret_env: Annotated[
+        list[str] | None, typer.Option(help="secret KEY taken from this shell's env", metavar="KEY")
+    ] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="metadata key=value", metavar="KEY=VALUE")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="same key + body → same agent", metavar="KEY")] = None,
+    token_budget: Annotated[int | None, typer.Option(min=1, help="max model tokens", metavar="TOKENS")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream output; exit with the verdict")] = False,
+    detach_on_interrupt: Annotated[
+        bool, typer.Option("--detach-on-interrupt", help="Ctrl-C leaves the agent running")
+    ] = False,
+    result_file: Annotated[
+        Path | None, typer.Option(help="with --follow: write the result JSON here", metavar="PATH")
+    ] = None,
+    json_out: JsonOption = False,
+    output: OutputOption = None,
+) -> None:
+    """Create an agent; print its id, or with --follow stream its output and exit with its verdict."""
+    fmt = output_format(output, json_out)
+    if follow and fmt not in (None, "json"):
+        raise typer.BadParameter("with --follow, only --json (one JSON event per line)", param_hint="-o/--output")
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
+    secrets = parse_pairs(secret, "--secret")
+    for name in secret_env or []:
+        if name not in os.environ:
+            raise typer.BadParameter(f"{name} is not set in the environment", param_hint="--secret-env")
+        secrets[name] = os.environ[name]
+    body: dict[str, Any] = {"model": model, "prompt": text}
+    body |= {"tools": split_list(tool), "ttl_seconds": ttl, "env": parse_pairs(env, "--env")}
+    body |= {"secrets": secrets, "metadata": parse_pairs(meta, "--meta"), "token_budget": token_budget}
+    body = {k: v for k, v in body.items() if v not in (None, [], {})}
+    with api_client(ctx) as client:
+        # A key of our own makes the POST safe to retry when the connection breaks mid-request.
+        agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
+        agent_id = agent["id"]
+        if not follow:
+            print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
+            return
+        json_lines = fmt == "json"
+        if json_lines:
+            print_event("created", agent=agent)
+        final = follow_agent(client, agent_id, json_lines=json_lines, cancel_on_interrupt=not detach_on_interrupt)
+        if final is None:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if result_file is not None:
+            write_result(result_file, client.get_result(agent_id))
+    raise typer.Exit(agent_exit_code(final))
+
+
+def write_result(path: Path, doc: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}", EXIT_IO) from exc
+
+
+def logs(
+    ctx: typer.Context,
+    agent_id: IdArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the agent ends")] = False,
+    tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines", metavar="N")] = None,
+    stream: Annotated[str | None, typer.Option(help="stdout or stderr only", metavar="STREAM")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Print an agent's captured output (stdout lines to stdout, stderr lines to stderr).
+
+    --tail N (up to 5000) is one request, however long the output; a larger N pages through it all.
+    """
+    if stream not in (None, "stdout", "stderr"):
+        raise typer.BadParameter("must be stdout or stderr", param_hint="--stream")
+    streams = (stream,) if stream else ("stdout", "stderr")
+    with api_client(ctx) as client:
+        if follow:
+            client.get_agent(agent_id)  # an unknown id, a bad key or a down server fail now, not in 60 s
+            final = follow_agent(client, agent_id, json_lines=json_out, tail=tail, streams=streams)
+            raise typer.Exit(EXIT_INTERRUPTED if final is None else 0)
+        out = FollowOutput(agent_id, json_lines=False, streams=streams)
+        if tail == 0:
+            done = client.get_agent(agent_id)["status"] in TERMINAL
+            page: dict[str, Any] = {"lines": [], "next_cursor": None, "complete": done}
+        elif tail is not None and tail <= MAX_LOG_PAGE:
+            page = client.get_logs(agent_id, tail=tail, stream=stream)
+        else:
+            page = _all_lines(client, agent_id, stream=stream, keep=tail, out=None if json_out or tail else out)
+    if json_out:
+        return print_json(page)
+    for line in page["lines"]:
+        out.line(line)
+
+
+def _all_lines(
+    client: ApiClient, agent_id: str, *, stream: str | None, keep: int | None, out: FollowOutput | None
+) -> dict[str, Any]:
+    """Every page of the output: each line printed as it comes (`out`), or the last `keep` kept."""
+    kept: deque[dict[str, Any]] = deque(maxlen=keep)
+    last_seq, complete = None, False
+    for page in client.iter_log_pages(agent_id, stream=stream):
+        complete = bool(page.get("complete"))
+        for line in page.get("lines") or []:
+            last_seq = line["seq"]
+            out.line(line) if out is not None else kept.append(line)
+    return {"lines": list(kept), "next_cursor": None if last_seq is None else str(last_seq), "complete": complete}
+
+
+def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False, output: OutputOption = None) -> None:
+    """Show one agent."""
+    fmt = output_format(output, json_out)
+    with api_client(ctx) as client:
+        agent = client.get_agent(agent_id)
+    print_agents([agent], fmt) if fmt else print_fields(agent, AGENT_FIELDS)
+
+
+def list_agents(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="only agents in this status", metavar="STATUS")] = None,
+    selector: SelectorOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="page size", metavar="N")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="continue from a previous page", metavar="CURSOR")] = None,
+    all_pages: Annotated[bool, typer.Option("--all", help="follow every page")] = False,
+    json_out: JsonOption = False,
+    output: OutputOption = None,
+) -> None:
+    """List your agents, newest first (-l KEY=VALUE: only those with this metadata)."""
+    fmt = output_format(output, json_out)
+    metadata = parse_selector(selector)
+    items: list[dict[str, Any]] = []
+    with api_client(ctx) as client:
+        while True:
+            page = client.list_agents(status=status, limit=limit, cursor=cursor, metadata=metadata)
+            items += page.get("items") or []
+            cursor = page.get("next_cursor")
+            if not all_pages or not cursor:
+                break
+    if fmt in ("json", "yaml"):
+        return print_doc({"items": items, "next_cursor": cursor}, fmt)
+    print_agents(items, fmt)
+    if cursor:
+        sys.stderr.write(f"more: the same command with --cursor {cursor}, or --all\n")
+
+
+def print_agents(items: list[dict[str, Any]], fmt: str | None) -> None:
+    """Agents as a table (`wide`: more columns), their ids (`name`), or one document each (json, yaml)."""
+    if fmt == "name":
+        return print_names([a["id"] for a in items])
+    if fmt in ("json", "yaml"):
+        return print_doc(items[0] if len(items) == 1 else {"items": items}, fmt)
+    headers = ["ID", "STATUS", "MODEL", "TOOLS", "AGE", "EXIT", "REASON"]
+    rows = [
+        [a["id"], str(a.get("status")), str(a.get("model")), cell("tools", a.get("tools")), ago(a.get("created_at")),
+         cell("exit_code", a.get("exit_code")), cell("reason", a.get("reason"))]
+        for a in items
+    ]  # fmt: skip
+    if fmt == "wide":
+        headers += ["EXPIRES", "LINES", "METADATA"]
+        for row, a in zip(rows, items, strict=True):
+            expires = ago(a.get("expires_at")) if a.get("status") not in TERMINAL else "-"
+            row += [expires, cell("log_lines", a.get("log_lines")), cell("metadata", a.get("metadata"))]
+    print_table(headers, rows)
+
+
+def wait(
+    ctx: typer.Context,
+    agent_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="agent ids")],
+    timeout: Annotated[
+        int | None,
+        typer.Option("--timeout", parser=parse_duration, metavar="DURATION", help="give up after this (exit 75)"),
+    ] = None,
+    json_out: JsonOption = False,
+    output: OutputOption = None,
+) -> None:
+    """Wait until the agents end; exit with the verdict (of the first one that did not succeed)."""
+    fmt = output_format(output, json_out)
+    finals: list[dict[str, Any]] = []
+    with api_client(ctx) as client:
+        for agent_id in agent_ids:
+            try:
+                finals.append(client.wait_agent(agent_id, timeout=timeout))
+            except WaitTimeout as exc:
+                raise CliError(str(exc), EXIT_TEMPFAIL) from exc
+    if fmt:
+        print_agents(finals, fmt)
+    else:
+        for agent in finals:
+            sys.stdout.write(f"{agent['id']}\t{agent.get('status')}\n")
+    codes = [agent_exit_code(agent) for agent in finals]
+    raise typer.Exit(next((code for code in codes if code != 0), 0))
+
+
+def rm(ctx: typer.Context, agent_ids: Annotated[list[str], typer.Argument(metavar="ID...")]) -> None:
+    """Stop agents now (status cancelled); a finished agent is left as it is."""
+    failures: list[int] = []
+    with api_client(ctx) as client:
+        for agent_id in agent_ids:
+            try:
+                agent = client.delete_agent(agent_id)
+            except ApiError as exc:
+                failures.append(exit_code_for(exc))
+                sys.stderr.write(f"error: {agent_id}: {api_message(exc)}\n")
+                continue
+            sys.stdout.write(f"{agent_id}\t{agent.get('status')}\n")
+    if failures:
+        raise typer.Exit(failures[0])
+
+
+def ttl(
+    ctx: typer.Context,
+    agent_id: IdArgument,
+    duration: Annotated[int, typer.Argument(parser=parse_duration, metavar="DURATION", help="from now")],
+    json_out: JsonOption = False,
+) -> None:
+    """Set a running agent's time to live: it expires DURATION from now."""
+    with api_client(ctx) as client:
+        agent = client.set_ttl(agent_id, duration)
+    if json_out:
+        return print_json(agent)
+    sys.stdout.write(f"{agent_id}\texpires_at {cell('expires_at', agent.get('expires_at'))}\n")
+
+
+def result(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False, output: OutputOption = None) -> None:
+    """The result document of an agent: verdict, timings, usage and log seal."""
+    fmt = output_format(output, json_out)
+    with api_client(ctx) as client:
+        doc = client.get_result(agent_id)
+    if fmt in ("json", "yaml"):
+        return print_doc(doc, fmt)
+    if fmt == "name":
+        return print_names([doc["id"]])
+    print_fields(doc, ("id", "status", "reason", "exit_code", "error"))
+
+
+# --- catalog and keys ------------------------------------------------------------------------------
+
+
+def catalog(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """The models and tools this server offers, and its limits."""
+    with api_client(ctx) as client:
+        doc = client.get_catalog()
+    if json_out:
+        return print_json(doc)
+    models = [[m.get("id", "?"), m.get("provider", "-"), m.get("description", "")] for m in doc.get("models", [])]
+    print_table(["MODEL", "PROVIDER", "DESCRIPTION"], models)
+    sys.stdout.write("\n")
+    tools = [[t.get("id", "?"), "yes" if t.get("network") else "no", t.get("description", "")]
+             for t in doc.get("tools", [])]  # fmt: skip
+    print_table(["TOOL", "NETWORK", "DESCRIPTION"], tools)
+    if limits := doc.get("limits"):
+        sys.stdout.write("\nlimits: " + ", ".join(f"{k}={v}" for k, v in limits.items()) + "\n")
+
+
+def keys_create(
+    ctx: typer.Context,
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="may manage keys")] = False,
+    model: Annotated[list[str] | None, typer.Option(help="allowed model (repeat; none = all)", metavar="MODEL")] = None,
+    tool: Annotated[list[str] | None, typer.Option(help="allowed tool (repeat; none = all)", metavar="TOOL")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, metavar="N")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="max requests per minute", metavar="N")] = None,
+    max_ttl: Annotated[int | None, typer.Option(parser=parse_duration, metavar="DURATION")] = None,
+    max_streams: Annotated[
+        int | None, typer.Option(min=1, help="max concurrent log streams and MCP waits", metavar="N")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create an API key; its secret is printed once."""
+    body: dict[str, Any] = {
+        "name": name,
+        "admin": admin,
+        "models": split_list(model),
+        "tools": split_list(tool),
+    }
+    limits = {
+        "max_concurrent_agents": max_concurrent,
+        "max_requests_per_minute": rpm,
+        "max_ttl_seconds": max_ttl,
+        "max_streams": max_streams,
+    }
+    body |= {k: v for k, v in limits.items() if v is not None}
+    with api_client(ctx) as client:
+        key = client.create_key(body)
+    if json_out:
+        return print_json(key)
+    sys.stdout.write(f"{key.get('key')}\n")
+    sys.stderr.write(f"created {key.get('id')} ({name}); the key above is shown only this once\n")
+
+
+def keys_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """List API keys and their quotas."""
+    with api_client(ctx) as client:
+        doc = client.list_keys()
+    if json_out:
+        return print_json(doc)
+    items = doc.get("items", []) if isinstance(doc, dict) else doc
+    headers = ["ID", "NAME", "PREFIX", "ADMIN", "MODELS", "TOOLS", "MAX AGENTS", "RPM", "MAX TTL", "AGE", "REVOKED"]
+    rows = [
+        [k["id"], str(k.get("name")), str(k.get("prefix") or "-"), "yes" if k.get("admin") else "no",
+         cell("models", k.get("models") or ["*"]), cell("tools", k.get("tools") or ["*"]),
+         *(cell(c, k.get(c)) for c in ("max_concurrent_agents", "max_requests_per_minute", "max_ttl_seconds")),
+         ago(k.get("created_at")), ago(k.get("revoked_at")) if k.get("revoked_at") else "-"]
+        for k in items
+    ]  # fmt: skip
+    print_table(headers, rows)
+
+
+def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke an API key: it is refused from now on."""
+    with api_client(ctx) as client:
+        client.revoke_key(key_id)
+    sys.stdout.write(f"{key_id}\trevoked\n")

@@ -1,0 +1,121 @@
+"""Admission: may this caller run this agent now? Catalog, key policy, quota and idempotency.
+
+`check_request` is pure policy; `admit` writes the `pending` row atomically with the idempotency
+and concurrency checks (the key's row is locked first, so two admissions of one key serialise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import structlog
+
+from agentfactory.catalog import Catalog
+from agentfactory.errors import ConflictError, ForbiddenError, QuotaError, SchemaError
+from agentfactory.observability.metrics import Metrics
+from agentfactory.schemas import AgentCreate
+from agentfactory.service.auth import Caller, new_id
+from agentfactory.settings import Settings
+from agentfactory.store import Session, queries
+from agentfactory.store.tables import AgentRow
+from agentfactory.vocabulary import AgentStatus
+
+log = structlog.get_logger("agentfactory.admission")
+IDEMPOTENCY_WINDOW_SECONDS = 86_400
+
+
+def request_hash(req: AgentCreate) -> str:
+    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def check_request(*, catalog: Catalog, settings: Settings, caller: Caller, req: AgentCreate) -> int:
+    """Validate the request against the catalog and the caller's key; returns the effective TTL."""
+    catalog.check_request(model=req.model, tools=req.tools, ttl_seconds=req.ttl_seconds)
+    if len(req.prompt) > settings.max_prompt_chars:
+        raise SchemaError(
+            f"prompt is {len(req.prompt)} characters; at most {settings.max_prompt_chars}",
+            details=[{"loc": ["body", "prompt"], "max_length": settings.max_prompt_chars}],
+        )
+    if caller.models and req.model not in caller.models:
+        raise ForbiddenError(f"this key may not use model {req.model!r}")
+    refused = [t for t in req.tools if caller.tools and t not in caller.tools]
+    if refused:
+        raise ForbiddenError(f"this key may not use tool(s): {', '.join(refused)}")
+    ttl = req.ttl_seconds or catalog.limits.default_ttl_seconds
+    if ttl > caller.max_ttl_seconds:
+        raise SchemaError(
+            f"ttl_seconds {ttl} is above this key's max_ttl_seconds {caller.max_ttl_seconds}",
+            details=[{"loc": ["body", "ttl_seconds"], "max": caller.max_ttl_seconds}],
+        )
+    limits = catalog.limits
+    if req.token_budget is not None and req.token_budget > limits.max_token_budget:
+        raise SchemaError(
+            f"token_budget {req.token_budget} is above the catalog's max_token_budget {limits.max_token_budget}",
+            details=[{"loc": ["body", "token_budget"], "max": limits.max_token_budget}],
+        )
+    return ttl
+
+
+def admit(
+    *,
+    session: Session,
+    catalog: Catalog,
+    metrics: Metrics,
+    caller: Caller,
+    req: AgentCreate,
+    ttl: int,
+    idempotency_key: str | None,
+    token: str,
+) -> tuple[AgentRow, bool]:
+    """Insert the pending row, atomically with the idempotency and concurrency checks. Returns
+    (agent, replayed): a replay is the agent an earlier request with the same key and body made.
+    One transaction: run it with `Store.run`."""
+    rhash = request_hash(req)
+    queries.lock_api_key(session=session, key_id=caller.key_id)
+    now = time.time()
+    if idempotency_key:
+        existing = queries.find_idempotent_agent(session=session, key_id=caller.key_id, idempotency_key=idempotency_key)
+        if existing is not None and existing.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+            if existing.request_hash != rhash:
+                raise ConflictError("this Idempotency-Key was used with another request body")
+            return existing, True
+        if existing is not None:  # older than 24 h: the key may be reused
+            queries.update_agent(session=session, pk=existing.pk, idempotency_key=None)
+    active = queries.count_active_agents(session=session, key_id=caller.key_id)
+    if active >= caller.max_concurrent_agents:
+        metrics.quota_rejections.labels(reason="concurrency").inc()
+        raise QuotaError(
+            f"this key already runs {active} agents (max_concurrent_agents {caller.max_concurrent_agents})",
+            retry_after=2,
+        )
+    row = queries.insert_agent(
+        session=session,
+        id=new_id("ag_"),
+        key_id=caller.key_id,
+        status=AgentStatus.PENDING,
+        model=req.model,
+        tools=list(req.tools),
+        prompt=req.prompt,
+        env=dict(req.env),
+        secrets=dict(req.secrets),
+        meta=dict(req.metadata),
+        ttl_seconds=ttl,
+        token_budget=req.token_budget or catalog.limits.default_token_budget,
+        created_at=now,
+        expires_at=now + ttl,
+        gateway_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        tokens_prompt=0,
+        tokens_completion=0,
+        model_calls=0,
+        log_lines=0,
+        log_bytes=0,
+        log_dropped_lines=0,
+        log_dropped_bytes=0,
+        stdout_consumed=0,
+        stderr_consumed=0,
+        idempotency_key=idempotency_key,
+        request_hash=rhash,
+    )
+    return row, False

@@ -1,0 +1,65 @@
+"""`Services`: everything a door (HTTP, MCP, WebSocket, dashboard) needs to serve a use case.
+
+Built whole by the composition root (`agentfactory.app.create_app`); the lifespan binds it to the
+event loop and starts its threads. Doors receive it and pass it to the use-case functions of
+`agentfactory.service`; they never reach past it into the runtime or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from agentfactory.backends.base import Backend
+from agentfactory.catalog import Catalog
+from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.hub import Hub
+from agentfactory.runtime.launcher import Launcher
+from agentfactory.runtime.logpump import LogPump
+from agentfactory.service.auth import AuthCache, RateLimiter
+from agentfactory.service.leases import StreamLeases
+from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
+from agentfactory.settings import Settings
+from agentfactory.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    backend: Backend
+    metrics: Metrics
+    hub: Hub
+    pump: LogPump
+    launcher: Launcher
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    auth_cache: AuthCache = field(default_factory=AuthCache)
+    followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
+    streams: StreamLeases = field(default_factory=StreamLeases)
+
+    @classmethod
+    def build(
+        cls, *, settings: Settings, catalog: Catalog, store: Store, backend: Backend, metrics: Metrics
+    ) -> Services:
+        hub = Hub()
+        pump = LogPump(store=store, hub=hub, metrics=metrics)
+        launcher = Launcher(
+            settings=settings, catalog=catalog, store=store, backend=backend, pump=pump, hub=hub, metrics=metrics
+        )
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            backend=backend,
+            metrics=metrics,
+            hub=hub,
+            pump=pump,
+            launcher=launcher,
+            streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the serving event loop and start the log writer."""
+        self.hub.bind(loop)
+        self.pump.start(loop)

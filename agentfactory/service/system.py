@@ -1,0 +1,33 @@
+"""What the control plane says about itself: readiness and the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agentfactory.service.context import Services
+
+CHECK_TIMEOUT_SECONDS = 5
+
+
+async def readiness(svc: Services) -> dict[str, str]:
+    """{"database": "ok" | "down: ...", "engine": ...}: whether each dependency answers now, and
+    the database also whether it can write (the log writer's last commit did not fail for want of
+    room or connection, and a SQLite file system has room to grow)."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(svc.store.ping), CHECK_TIMEOUT_SECONDS)
+        cannot_write = svc.pump.store_error or svc.store.space_problem()
+        checks["database"] = f"down: cannot write: {cannot_write}" if cannot_write else "ok"
+    except Exception as exc:
+        checks["database"] = f"down: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(svc.backend.ping(), CHECK_TIMEOUT_SECONDS)
+        checks["engine"] = "ok"
+    except Exception as exc:
+        checks["engine"] = f"down: {type(exc).__name__}"
+    return checks
+
+
+def catalog(svc: Services) -> dict[str, Any]:
+    return svc.catalog.model_dump(mode="json")
