@@ -88,6 +88,7 @@ def create_app(
         launcher=svc.launcher,
         interval=settings.reaper_interval_seconds,
         retention_days=settings.retention_days,
+        event_retention_days=settings.event_retention_days,
         start_deadline=settings.start_deadline_seconds,
     )
     sampler = UsageSampler(store=store, backend=svc.backend, interval=settings.usage_interval_seconds)
@@ -113,6 +114,8 @@ def create_app(
                 log.warning("recover_failed", error=repr(exc))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
+            loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
+            loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
             async with mcp.session_manager.run():
@@ -121,6 +124,7 @@ def create_app(
             stop.set()
             if loops:
                 await asyncio.wait(loops, timeout=10)
+            await svc.webhook_deliverer.close()
             await svc.launcher.shutdown()
             if serve_gateway:
                 await gateway.stop()

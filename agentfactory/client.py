@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -284,6 +286,76 @@ class ApiClient(Endpoints[Any]):
             pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
             delay = min(delay * 2, poll_max)
+
+    def create_webhook(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/webhooks", json=body)
+
+    def list_webhooks(self) -> Any:
+        return self.request("GET", "/webhooks")
+
+    def delete_webhook(self, webhook_id: str) -> Any:
+        return self.request("DELETE", f"/webhooks/{webhook_id}")
+
+    def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Any:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self.request("GET", f"/webhooks/{webhook_id}/deliveries", params=params)
+
+    def retry_delivery(self, webhook_id: str, delivery_id: int) -> Any:
+        return self.request("POST", f"/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", idempotent=True)
+
+    def iter_events(
+        self,
+        *,
+        follow: bool,
+        after: int | None = None,
+        agent_id: str | None = None,
+        types: list[str] | None = None,
+        reconnect_window: float = 60.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Lifecycle events from `GET /events` (the server picks the start when `after` is None).
+        Following, a dropped connection is resumed with `Last-Event-ID` (no event lost or repeated)
+        until `reconnect_window` seconds pass without a connection; else it ends at the log's end."""
+        last = after
+        down_since: float | None = None
+        attempt = 0
+        while True:
+            params: dict[str, Any] = {"follow": "true" if follow else "false"}
+            if agent_id:
+                params["agent_id"] = agent_id
+            if types:
+                params["type"] = ",".join(types)
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self._http.stream(
+                    "GET", "/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=45.0)
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise error_from_response(response)
+                    down_since, attempt = None, 0
+                    for event in iter_sse(response.iter_bytes()):
+                        doc: dict[str, Any] = json.loads(event.data)
+                        last = int(doc["id"])
+                        yield doc
+                if not follow:
+                    return
+                cause = "stream closed"
+            except httpx.TransportError as exc:
+                cause = transport_cause(exc)
+            except ApiError as exc:
+                if not follow or exc.status < 500:
+                    raise
+                cause = f"{exc.code} ({exc.status})"
+            now = time.monotonic()
+            down_since = down_since if down_since is not None else now
+            if now - down_since > reconnect_window:
+                raise ServerUnreachable(self.base_url, f"{cause}; gave up reconnecting")
+            time.sleep(min(0.25 * 2**attempt, 5.0) * random.uniform(0.8, 1.2))
+            attempt += 1
 
     @contextmanager
     def stream_agent(

@@ -50,6 +50,41 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
+    event_retention_days: float = Field(
+        7, ge=1, description="lifecycle events (and their webhook deliveries) are kept this long (at least 1 day)"
+    )
+    webhook_retry_schedule: str = Field(
+        "5,30,120,600,1800,3600,7200,14400,28800,28800",
+        description="comma-separated seconds before each retry of a failed webhook delivery (up to 20 % jitter "
+        "added); out of retries a delivery is dead. The default spans about 24 h",
+    )
+    webhook_timeout_seconds: float = Field(10, gt=0, description="a delivery succeeds on a 2xx within this")
+    webhook_circuit_failures: int = Field(
+        5, ge=1, description="consecutive failed attempts that open a webhook's circuit (its deliveries pause)"
+    )
+    webhook_circuit_cooldown_seconds: float = Field(
+        60, ge=0, description="an open circuit waits this long, then one probe decides"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs resolving to loopback, private, link-local or metadata addresses"
+    )
+    webhook_concurrency: int = Field(16, ge=1, description="webhooks delivered to at once (one request in flight each)")
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError("a comma-separated list of seconds, e.g. 5,30,120") from None
+        if any(d < 0 or d != d for d in delays):
+            raise ValueError("retry delays must be seconds >= 0")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """The retry schedule: seconds before retry 1, 2, ...; empty: no retry."""
+        return tuple(float(x) for x in self.webhook_retry_schedule.split(",") if x.strip())
 
     @field_validator("agent_dns")
     @classmethod

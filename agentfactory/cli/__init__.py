@@ -1,8 +1,8 @@
-"""`agentfactory`: the server (`serve`, `reap`, `db upgrade`) and its client (`run`, `logs`, `ls`, ...), SPEC §7.
+"""`agentfactory`: the server (`serve`, `reap`, `db upgrade`) and its client (`run`, `logs`, `events`...), SPEC §7.
 
 This module is the Typer app, its global options and the console entry point `main()`; the commands
-live in `client_commands` (HTTP through `agentfactory.client`), `context_commands` (the config file)
-and `server_commands` (which import the server stack only when run), and everything printed goes
+live in `client_commands` and `event_commands` (HTTP through `agentfactory.client`), `context_commands`
+(the config file) and `server_commands` (which import the server stack only when run), and everything printed goes
 through `render`.
 
 Exit codes (docs/cli.md): 0 ok; for `run --follow` and `wait` the agent's verdict (0 succeeded, its
@@ -19,7 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from agentfactory import __version__
-from agentfactory.cli import client_commands, context_commands, server_commands
+from agentfactory.cli import client_commands, context_commands, event_commands, server_commands
 from agentfactory.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_IO,
@@ -49,6 +49,9 @@ keys_app = typer.Typer(help="Manage API keys (admin key required).", no_args_is_
 app.add_typer(keys_app, name="keys")
 app.add_typer(context_commands.context_app, name="context")
 app.add_typer(server_commands.db_app, name="db")
+webhooks_app = typer.Typer(help="Signed webhooks of your key's agent events.", no_args_is_help=True,
+                           rich_markup_mode=None)  # fmt: skip
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _version(value: bool) -> None:
@@ -102,6 +105,12 @@ app.command()(client_commands.catalog)
 keys_app.command("create")(client_commands.keys_create)
 keys_app.command("list")(client_commands.keys_list)
 keys_app.command("revoke")(client_commands.keys_revoke)
+app.command()(event_commands.events)
+webhooks_app.command("create")(event_commands.webhooks_create)
+webhooks_app.command("list")(event_commands.webhooks_list)
+webhooks_app.command("rm")(event_commands.webhooks_rm)
+webhooks_app.command("deliveries")(event_commands.webhooks_deliveries)
+webhooks_app.command("retry")(event_commands.webhooks_retry)
 app.command()(server_commands.serve)
 app.command()(server_commands.reap)
 app.command()(server_commands.mcp)

@@ -25,6 +25,8 @@ REASONS = tuple(Reason)
 QUOTA_REASONS = ("concurrency", "rate", "body_size", "streams")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# An attempt's outcome: a 2xx; a failure with a retry scheduled; a failure out of retries.
+WEBHOOK_OUTCOMES = ("succeeded", "failed", "dead")
 
 
 class Metrics:
@@ -102,6 +104,26 @@ class Metrics:
         self.gateway_requests = Counter(
             p + "gateway_requests_total", "Model gateway calls", ["model", "outcome"], registry=r
         )
+        self.webhook_deliveries = Counter(
+            p + "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
+        )
+        self.webhook_delivery_duration = Histogram(
+            p + "webhook_delivery_duration_seconds",
+            "Duration of one webhook delivery attempt (address check, request, answer)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.webhook_circuits_open = Gauge(
+            p + "webhook_circuits_open", "Webhooks whose circuit breaker is open or half-open", registry=r
+        )
+        self.webhook_circuits_opened = Counter(
+            p + "webhook_circuits_opened_total", "Times a webhook's circuit breaker opened", registry=r
+        )
+        self.webhook_dead_letters = Gauge(
+            p + "webhook_dead_letters", "Webhook deliveries out of attempts (dead), kept for a manual retry", registry=r
+        )
+        for o in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome=o)
         for s in STATUSES:
             self.agents_finished.labels(status=s)
         for reason in REASONS:

@@ -1,9 +1,12 @@
-"""Wake-ups for stream readers: the log writer and the launcher bump an agent; readers wait on it."""
+"""Wake-ups for stream readers: the log writer and the launcher bump an agent; readers wait on it.
+The launcher also bumps the event log when it appends to it: `/events` followers and the webhook
+dispatcher wait on that."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 
 class Hub:
@@ -14,6 +17,8 @@ class Hub:
         self._bound: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
+        self._event_waiters: set[asyncio.Future[None]] = set()
+        self._event_listeners: list[Callable[[], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._bound = loop
@@ -62,3 +67,25 @@ class Hub:
             return True
         except TimeoutError:
             return False
+
+    # -- the event log ---------------------------------------------------------------------------
+
+    def bump_events(self) -> None:
+        """The event log grew (here): wake its followers and listeners."""
+        waiters, self._event_waiters = self._event_waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        for listener in self._event_listeners:
+            listener()
+
+    def subscribe_events(self) -> asyncio.Future[None]:
+        """A future that completes at the event log's next bump (subscribe before reading)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._event_waiters.add(fut)
+        fut.add_done_callback(self._event_waiters.discard)
+        return fut
+
+    def on_events(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the loop) at every bump of the event log."""
+        self._event_listeners.append(listener)

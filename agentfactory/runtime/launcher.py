@@ -7,6 +7,10 @@ launcher takes an admitted `pending` row. Every transition is a compare-and-set 
 truth); a terminal status never changes. The seal and the exit code are written in the same
 transaction as the terminal status, after the log pump has committed the agent's last line, so
 whoever sees a terminal agent sees its final seal. The reaper drives the same public operations.
+
+The transitions that start and end an agent append `agent.started` / `agent.finished` to the
+event log in their own transaction (the outbox, `queries.transition_agent`), with the agent's
+wire document built by `agent_document` (given by the service layer, which owns the wire views).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
-from agentfactory.vocabulary import AgentStatus, Reason
+from agentfactory.vocabulary import AgentStatus, EventType, Reason
 
 log = structlog.get_logger("agentfactory.launcher")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -49,6 +53,7 @@ class Launcher:
         pump: LogPump,
         hub: Hub,
         metrics: Metrics,
+        agent_document: Callable[[AgentRow], str],
         clock: Callable[[], float] = time.time,
     ):
         self.settings = settings
@@ -58,6 +63,7 @@ class Launcher:
         self.pump = pump
         self.hub = hub
         self.metrics = metrics
+        self.agent_document = agent_document
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
@@ -69,6 +75,21 @@ class Launcher:
 
     async def _cas(self, pk: int, only_if: tuple[str, ...] | None, **values: Any) -> bool:
         return await self.store.run(queries.update_agent, pk=pk, only_if_status=only_if, **values)
+
+    async def _transition(self, pk: int, only_if: tuple[str, ...], event: EventType, **values: Any) -> bool:
+        """The compare-and-set, with `event` appended to the event log in its transaction."""
+        changed = await self.store.run(
+            queries.transition_agent,
+            pk=pk,
+            only_if_status=only_if,
+            event=event,
+            document=self.agent_document,
+            at=self.clock(),
+            **values,
+        )
+        if changed:
+            self.hub.bump_events()
+        return changed
 
     async def active_agents(self) -> list[AgentRow]:
         return await self.store.run(queries.list_agents_in, statuses=ACTIVE)
@@ -118,9 +139,10 @@ class Launcher:
             await self.fail_launch(row.pk, row.id, exc.message)
             return await self.load(row.pk) or row
         started = self.clock()
-        moved = await self._cas(
+        moved = await self._transition(
             row.pk,
             (AgentStatus.STARTING,),
+            EventType.STARTED,
             status=AgentStatus.RUNNING,
             container_id=launched.container_id,
             started_at=started,
@@ -140,9 +162,10 @@ class Launcher:
     async def fail_launch(self, pk: int, agent_id: str, message: str) -> None:
         """End an agent that never ran: `failed`/`launch_failed`, an empty seal, no container."""
         await self.backend.remove(agent_id)
-        changed = await self._cas(
+        changed = await self._transition(
             pk,
             ACTIVE,
+            EventType.FINISHED,
             status=AgentStatus.FAILED,
             reason=Reason.LAUNCH_FAILED,
             error=message,
@@ -255,9 +278,10 @@ class Launcher:
             seal = await self.store.run(queries.seal_stored_lines, agent_pk=pk)
         lines, nbytes, sha = seal
         was_running = row.status == AgentStatus.RUNNING
-        changed = await self._cas(
+        changed = await self._transition(
             pk,
             ACTIVE,
+            EventType.FINISHED,
             status=status,
             reason=reason,
             error=error,

@@ -1,4 +1,5 @@
-"""The reaper: TTL expiry, stuck launches, lost containers, orphans, retention; and start-up recovery.
+"""The reaper: TTL expiry, stuck launches, lost containers, orphans, retention (agents, and the event
+log with its webhook deliveries); and start-up recovery.
 
 Each decision re-reads the row before acting (a status may have changed since the listing), and
 each item is handled in its own try/except so one bad agent never stops a pass. Every action is
@@ -25,10 +26,19 @@ LAUNCHING = (AgentStatus.PENDING, AgentStatus.STARTING)
 class Reaper(Loop):
     name = "reaper"
 
-    def __init__(self, *, launcher: Launcher, interval: float, retention_days: float, start_deadline: float):
+    def __init__(
+        self,
+        *,
+        launcher: Launcher,
+        interval: float,
+        retention_days: float,
+        start_deadline: float,
+        event_retention_days: float = 7,
+    ):
         super().__init__(interval=interval)
         self.launcher = launcher
         self.retention_seconds = retention_days * 86_400
+        self.event_retention_seconds = event_retention_days * 86_400
         self.start_deadline = start_deadline
 
     async def _each(self, items: Sequence[Awaitable[None]]) -> None:
@@ -58,6 +68,9 @@ class Reaper(Loop):
         if purged:
             lch.metrics.agents_purged.inc(purged)
             log.info("agents_purged", count=purged)
+        events = await lch.store.run(queries.purge_events_before, cutoff=now - self.event_retention_seconds)
+        if events:
+            log.info("events_purged", count=events)
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
 

@@ -16,9 +16,11 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
+from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, RateLimiter
 from agentfactory.service.leases import StreamLeases
 from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
+from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 
@@ -33,6 +35,8 @@ class Services:
     hub: Hub
     pump: LogPump
     launcher: Launcher
+    webhook_dispatcher: WebhookDispatcher
+    webhook_deliverer: WebhookDeliverer
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
@@ -45,8 +49,18 @@ class Services:
         hub = Hub()
         pump = LogPump(store=store, hub=hub, metrics=metrics)
         launcher = Launcher(
-            settings=settings, catalog=catalog, store=store, backend=backend, pump=pump, hub=hub, metrics=metrics
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            backend=backend,
+            pump=pump,
+            hub=hub,
+            metrics=metrics,
+            agent_document=agent_json,
         )
+        deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
+        dispatcher = WebhookDispatcher(store=store, metrics=metrics, settings=settings, on_deliveries=deliverer.poke)
+        hub.on_events(dispatcher.poke)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -57,9 +71,12 @@ class Services:
             pump=pump,
             launcher=launcher,
             streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+            webhook_dispatcher=dispatcher,
+            webhook_deliverer=deliverer,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the serving event loop and start the log writer."""
+        """Bind to the serving event loop, start the log writer, open the webhook client."""
         self.hub.bind(loop)
         self.pump.start(loop)
+        self.webhook_deliverer.open()
