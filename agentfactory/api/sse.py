@@ -22,9 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from agentfactory.errors import error_body
 from agentfactory.service.leases import StreamLease
 from agentfactory.service.views import Timestamps
 from agentfactory.vocabulary import STREAM_NAMES
@@ -200,13 +202,12 @@ class LeasedEventSource(EventSourceResponse):
         self._lease = lease
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        import anyio
-
         try:
             with self._lease.cancel_on_revoke() as revoked:
                 await super().__call__(scope, receive, send)
             if revoked.cancelled_caught:
-                body = {"error": {"code": "E_AUTH", "message": "this API key was revoked", "details": []}}
+                request_id = scope.get("state", {}).get("request_id", "-")
+                body = error_body(code="E_AUTH", message="this API key was revoked", request_id=request_id)
                 # a client that stopped reading does not get it: the stream just ends
                 with anyio.move_on_after(1), contextlib.suppress(RuntimeError, OSError):
                     end = sse("error", json.dumps(body)).encode()
