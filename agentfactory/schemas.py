@@ -225,6 +225,12 @@ class Seal(BaseModel):
     log_sha256: str | None
     dropped_lines: int
     dropped_bytes: int
+    capture_complete: bool = Field(
+        True,
+        description="false when some of the agent's output could not be captured (capture_error says why); "
+        "the seal still covers exactly the stored lines",
+    )
+    capture_error: str | None = None
 
 
 class AgentResult(BaseModel):
@@ -260,6 +266,8 @@ class AgentResult(BaseModel):
                         "log_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                         "dropped_lines": 0,
                         "dropped_bytes": 0,
+                        "capture_complete": True,
+                        "capture_error": None,
                     },
                 }
             ]
@@ -292,6 +300,7 @@ class KeyCreate(BaseModel):
                     "max_concurrent_agents": 10,
                     "max_requests_per_minute": 600,
                     "max_ttl_seconds": 3600,
+                    "max_streams": 10,
                 }
             ]
         },
@@ -304,6 +313,9 @@ class KeyCreate(BaseModel):
     max_concurrent_agents: int = Field(10, ge=1, le=100_000)
     max_requests_per_minute: int = Field(600, ge=1, le=1_000_000)
     max_ttl_seconds: int = Field(3600, ge=1)
+    max_streams: int = Field(
+        10, ge=1, le=100_000, description="most concurrent log streams and MCP waits (per control-plane replica)"
+    )
 
 
 class KeyOut(BaseModel):
@@ -320,6 +332,7 @@ class KeyOut(BaseModel):
                     "max_concurrent_agents": 10,
                     "max_requests_per_minute": 600,
                     "max_ttl_seconds": 3600,
+                    "max_streams": 10,
                     "created_at": "2026-11-22T10:00:00.000Z",
                     "revoked_at": None,
                 }
@@ -336,6 +349,7 @@ class KeyOut(BaseModel):
     max_concurrent_agents: int
     max_requests_per_minute: int
     max_ttl_seconds: int
+    max_streams: int
     created_at: Timestamp
     revoked_at: Timestamp | None
 

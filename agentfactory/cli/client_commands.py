@@ -392,6 +392,9 @@ def keys_create(
     max_concurrent: Annotated[int | None, typer.Option(min=1, metavar="N")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="max requests per minute", metavar="N")] = None,
     max_ttl: Annotated[int | None, typer.Option(parser=parse_duration, metavar="DURATION")] = None,
+    max_streams: Annotated[
+        int | None, typer.Option(min=1, help="max concurrent log streams and MCP waits", metavar="N")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create an API key; its secret is printed once."""
@@ -405,6 +408,7 @@ def keys_create(
         "max_concurrent_agents": max_concurrent,
         "max_requests_per_minute": rpm,
         "max_ttl_seconds": max_ttl,
+        "max_streams": max_streams,
     }
     body |= {k: v for k, v in limits.items() if v is not None}
     with api_client(ctx) as client:

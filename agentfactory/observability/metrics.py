@@ -22,7 +22,7 @@ from agentfactory.vocabulary import TERMINAL, Reason
 
 STATUSES = TERMINAL
 REASONS = tuple(Reason)
-QUOTA_REASONS = ("concurrency", "rate", "body_size")
+QUOTA_REASONS = ("concurrency", "rate", "body_size", "streams")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # An attempt's outcome: a 2xx; a failure with a retry scheduled; a failure out of retries.
@@ -70,6 +70,12 @@ class Metrics:
         self.log_bytes = Counter(p + "log_bytes_total", "Log bytes captured", registry=r)
         self.log_bytes_dropped = Counter(
             p + "log_bytes_dropped_total", "Log bytes dropped past max_log_bytes", registry=r
+        )
+        self.log_write_failures = Counter(
+            p + "log_write_failures_total", "Failed commits of captured lines (each is retried)", registry=r
+        )
+        self.log_queue_bytes = Gauge(
+            p + "log_queue_bytes", "Captured bytes read from agents and waiting for the log writer", registry=r
         )
         self.stream_clients = Gauge(p + "stream_clients", "Open SSE stream clients", registry=r)
         self.http_requests = Counter(

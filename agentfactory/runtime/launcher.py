@@ -29,7 +29,7 @@ from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUn
 from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import LogPump, Resume, Seal
+from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume, Seal
 from agentfactory.runtime.masking import mask_text
 from agentfactory.runtime.outcome import classify_exit
 from agentfactory.runtime.spec import agent_spec
@@ -242,15 +242,20 @@ class Launcher:
 
     async def _finish_when_captured(self, pk: int, agent_id: str, captured: asyncio.Future[Seal | None]) -> None:
         seal: Seal | None = None
+        capture_error: str | None = None
         try:
             seal = await captured
+        except CaptureIncomplete as exc:
+            capture_error = str(exc)
+            log.error("agent_capture_incomplete", agent_id=agent_id, error=capture_error)
         except Exception as exc:
+            capture_error = f"reading the agent's output broke off ({type(exc).__name__}); what was read is kept"
             log.warning("agent_capture_ended_with_error", agent_id=agent_id, error=type(exc).__name__)
         if self.pump.stopping:
             return  # shutting down while the container runs on: the next start resumes it
         try:
             st = await self.backend.wait(agent_id, timeout=30)
-            await self.finalize(pk, st, seal)
+            await self.finalize(pk, st, seal, capture_error=capture_error)
             await self.backend.remove(agent_id)
         except RuntimeUnavailableError:
             log.warning("agent_finish_engine_down", agent_id=agent_id)
@@ -259,9 +264,13 @@ class Launcher:
         except Exception:
             log.exception("agent_finish_failed", agent_id=agent_id)
 
-    async def finalize(self, pk: int, st: ContainerStatus, seal: Seal | None = None) -> AgentRow | None:
+    async def finalize(
+        self, pk: int, st: ContainerStatus, seal: Seal | None = None, *, capture_error: str | None = None
+    ) -> AgentRow | None:
         """Move the agent to its terminal status with exit code and seal (once). `seal` is the
-        capture's running one; without it (after a restart) the stored lines are read back."""
+        capture's running one, given only when every line it covers is stored; without it (after a
+        restart, or when capture could not be completed: `capture_error`) the stored lines are
+        read back, so the seal always agrees with the store."""
         row = await self.load(pk)
         if row is None or row.status in TERMINAL:
             return row
@@ -287,6 +296,7 @@ class Launcher:
             log_lines=lines,
             log_bytes=nbytes,
             log_sha256=sha,
+            capture_error=capture_error,
             secrets={},
             gateway_token_hash=None,
         )

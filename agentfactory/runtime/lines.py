@@ -9,6 +9,7 @@ bytes at C speed; Python only loops per line where a line is longer than MAX_LIN
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agentfactory.runtime.masking import Masker
@@ -26,11 +27,12 @@ def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive stored lines of one stream. `data` is their UTF-8 text, each line followed by
-    b"\\n" (the seal's byte form); `text` is the same lines joined by "\\n" (the stored form)."""
+    """Consecutive stored lines of one stream, held once: as `data`, their UTF-8 text with each
+    line followed by b"\\n" (the seal's byte form). `text` (the stored form, lines joined by "\\n")
+    is decoded from it when the chunk is stored, so a chunk waiting in the tail ring costs its
+    bytes and nothing more."""
 
     stream: int
-    text: str
     data: bytes
     lines: int
     raw_complete: int  # how many raw lines of the container this ends (resume counts them)
@@ -38,7 +40,11 @@ class Chunk:
     @classmethod
     def of_text(cls, stream: int, text: str, raw_complete: int) -> Chunk:
         data = text.encode("utf-8") + b"\n"
-        return cls(stream, text, data, data.count(b"\n"), raw_complete)
+        return cls(stream, data, data.count(b"\n"), raw_complete)
+
+    @property
+    def text(self) -> str:
+        return self.data[:-1].decode("utf-8")
 
     @property
     def nbytes(self) -> int:
@@ -51,7 +57,7 @@ class Chunk:
             return self
         data = self.data[start:end]
         n = data.count(b"\n")
-        return Chunk(self.stream, data[:-1].decode("utf-8"), data, n, min(n, self.raw_complete))
+        return Chunk(self.stream, data, n, min(n, self.raw_complete))
 
     def head(self, max_bytes: int) -> tuple[Chunk | None, Chunk | None]:
         """The longest run of whole leading lines within max_bytes, and the rest."""
@@ -88,7 +94,7 @@ class LineSplitter:
         text = raw.decode("utf-8", "replace")
         data = text.encode("utf-8") + b"\n" if "\ufffd" in text else raw + b"\n"
         n = data.count(b"\n")
-        return Chunk(stream, text, data, n, raw.count(b"\n") + 1 if complete else 0)
+        return Chunk(stream, data, n, raw.count(b"\n") + 1 if complete else 0)
 
     def feed(self, stream: int, data: bytes) -> list[Chunk]:
         return self._split(stream, self._maskers[stream].feed(data))
@@ -195,16 +201,16 @@ class Bounded:
                     self.tail[0] = rest
         return keep
 
-    def finish(self) -> list[Chunk]:
-        """At end of output: the marker (if anything was dropped) and the tail."""
-        out: list[Chunk] = []
+    def finish(self) -> Iterator[Chunk]:
+        """At end of output: the marker (if anything was dropped), then the tail, each chunk let go
+        of as it is taken (so storing the tail never holds it twice)."""
         if self.dropped_lines:
             text = (
                 f"[agentfactory: {self.dropped_lines} lines ({self.dropped_bytes} bytes) dropped here: "
                 f"output exceeded max_log_bytes={self.max_bytes}]"
             )
-            out.append(Chunk.of_text(2, text, 0))
-        out.extend(self.tail)
-        self.tail.clear()
-        self.tail_bytes = 0
-        return out
+            yield Chunk.of_text(2, text, 0)
+        while self.tail:
+            chunk = self.tail.popleft()
+            self.tail_bytes -= chunk.nbytes
+            yield chunk

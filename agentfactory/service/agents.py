@@ -26,6 +26,7 @@ MAX_ID_LENGTH = 64
 MAX_METADATA_FILTERS = 16
 MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 1024  # the limits of AgentCreate.metadata
 MAX_LOG_PAGE = 5000
+MAX_PAGE_BYTES = 1024 * 1024  # of text: a page of long lines stops early, and its next_cursor says where
 
 
 async def create_agent(
@@ -135,12 +136,12 @@ async def read_logs(
     svc: Services, caller: Caller, agent_id: str, *, after: int, limit: int, stream: str | None = None
 ) -> LogPage:
     """A page of captured lines after seq `after`; `complete` once the agent is terminal and the
-    page reaches its last line."""
+    page reaches its last line. A page stops early past MAX_PAGE_BYTES (its next_cursor says where)."""
     row = await load_agent(svc, caller, agent_id)
     stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
-    rows = await svc.store.run(queries.read_log_lines, agent_pk=row.pk, after=after, limit=limit + 1, stream=stream_no)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await svc.store.run(
+        queries.read_log_page, agent_pk=row.pk, after=after, limit=limit, stream=stream_no, max_bytes=MAX_PAGE_BYTES
+    )
     lines = log_lines(rows)
     next_cursor = str(rows[-1][0]) if rows else str(after)
     return LogPage(lines=lines, next_cursor=next_cursor, complete=row.status in TERMINAL and not more)
@@ -150,10 +151,13 @@ async def read_log_tail(
     svc: Services, caller: Caller, agent_id: str, *, tail: int, stream: str | None = None
 ) -> LogPage:
     """The agent's last `tail` lines (of one stream, if given) as one page: `next_cursor` is the
-    last seq (follow on from there), `complete` once the agent is terminal."""
+    last seq (follow on from there), `complete` once the agent is terminal. Past MAX_PAGE_BYTES
+    only the newest lines that fit are in it."""
     row = await load_agent(svc, caller, agent_id)
     stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
-    rows = await svc.store.run(queries.read_last_log_lines, agent_pk=row.pk, count=tail, stream=stream_no)
+    rows = await svc.store.run(
+        queries.read_last_log_lines, agent_pk=row.pk, count=tail, stream=stream_no, max_bytes=MAX_PAGE_BYTES
+    )
     last = rows[-1][0] if rows else await svc.store.run(queries.last_log_seq, agent_pk=row.pk)
     next_cursor = str(last)
     return LogPage(lines=log_lines(rows), next_cursor=next_cursor, complete=row.status in TERMINAL)
@@ -168,7 +172,5 @@ async def tail_start(svc: Services, row: AgentRow, tail: int) -> int:
 async def read_tail(svc: Services, caller: Caller, agent_id: str, tail: int) -> list[LogLine]:
     """The agent's last `tail` lines, oldest first."""
     row = await load_agent(svc, caller, agent_id)
-    rows = await svc.store.run(
-        queries.read_log_lines, agent_pk=row.pk, after=await tail_start(svc, row, tail), limit=tail
-    )
+    rows = await svc.store.run(queries.read_last_log_lines, agent_pk=row.pk, count=tail, max_bytes=MAX_PAGE_BYTES)
     return log_lines(rows)

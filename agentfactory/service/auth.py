@@ -29,6 +29,7 @@ class Caller:
     max_concurrent_agents: int
     max_requests_per_minute: int
     max_ttl_seconds: int
+    max_streams: int
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> Caller:
@@ -41,6 +42,7 @@ class Caller:
             max_concurrent_agents=row.max_concurrent_agents,
             max_requests_per_minute=row.max_requests_per_minute,
             max_ttl_seconds=row.max_ttl_seconds,
+            max_streams=row.max_streams,
         )
 
 

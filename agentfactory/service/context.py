@@ -18,12 +18,12 @@ from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, RateLimiter
-from agentfactory.service.memo import GenerationMemo
+from agentfactory.service.leases import StreamLeases
+from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 from agentfactory.store.server_key import ServerKey
-from agentfactory.store.tables import AgentRow
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Services:
     webhook_deliverer: WebhookDeliverer
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
-    followed_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
+    followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
+    streams: StreamLeases = field(default_factory=StreamLeases)
 
     @classmethod
     def build(
@@ -74,6 +75,7 @@ class Services:
             pump=pump,
             launcher=launcher,
             server_key=server_key,
+            streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
         )

@@ -102,6 +102,8 @@ def agent_result(row: AgentRow) -> AgentResult:
             log_sha256=row.log_sha256 if sealed else None,
             dropped_lines=row.log_dropped_lines,
             dropped_bytes=row.log_dropped_bytes,
+            capture_complete=row.capture_error is None,
+            capture_error=row.capture_error,
         ),
     )
 
@@ -117,6 +119,7 @@ def key_out(row: ApiKeyRow) -> KeyOut:
         max_concurrent_agents=row.max_concurrent_agents,
         max_requests_per_minute=row.max_requests_per_minute,
         max_ttl_seconds=row.max_ttl_seconds,
+        max_streams=row.max_streams,
         created_at=iso(row.created_at) or "",
         revoked_at=iso(row.revoked_at),
     )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
 from sqlalchemy import String, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
@@ -170,21 +169,57 @@ def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion
 
 
 CHUNKS_PER_READ = 64
+BOOTSTRAP_MAX_STREAMS = 10_000  # the bootstrap admin key's max_streams
 
 
-def read_log_lines(
-    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
-) -> list[tuple[int, float, int, str]]:
-    """Lines with seq > after, in order: (seq, ts, stream, text). Reads whole chunks, a few at a
-    time, until `limit` lines are found."""
-    out: list[tuple[int, float, int, str]] = []
-    cursor = after
-    while len(out) < limit:
+def store_log_chunks(
+    *,
+    session: Session,
+    rows: Sequence[tuple[int, int, int, float, int, str]],
+    positions: dict[int, tuple[int, int, int, int]],
+    first_output_at: dict[int, float],
+) -> None:
+    """Insert log chunk rows (agent_pk, last_seq, first_seq, ts, stream, text) and record each
+    agent's resume position (stdout_consumed, stderr_consumed, dropped lines, dropped bytes) and
+    first output time, in the caller's one transaction. The rows go through the driver's
+    executemany: a flood's chunks cost no ORM objects."""
+    conn = session.connection()
+    if rows:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            "INSERT INTO log_chunks (agent_pk, last_seq, first_seq, ts, stream, text) VALUES "
+            f"({', '.join([mark] * 6)})",
+            list(rows),
+        )
+    for pk, (stdout_consumed, stderr_consumed, dropped_lines, dropped_bytes) in positions.items():
+        conn.execute(
+            update(AgentRow)
+            .where(AgentRow.pk == pk)
+            .values(
+                stdout_consumed=stdout_consumed,
+                stderr_consumed=stderr_consumed,
+                log_dropped_lines=dropped_lines,
+                log_dropped_bytes=dropped_bytes,
+            )
+        )
+    for pk, ts in first_output_at.items():
+        conn.execute(
+            update(AgentRow).where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None)).values(first_output_at=ts)
+        )
+
+
+def iter_log_lines(
+    *, session: Session, agent_pk: int, after: int, stream: int | None = None
+) -> Iterator[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text), read a few whole chunks at a time
+    (more as the reader keeps going): a caller that stops early has read little."""
+    cursor, fetch = after, 4
+    while True:
         q = (
             select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
             .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.last_seq > cursor)
             .order_by(LogChunkRow.last_seq)
-            .limit(CHUNKS_PER_READ)
+            .limit(fetch)
         )
         if stream is not None:
             q = q.where(LogChunkRow.stream == stream)
@@ -193,28 +228,61 @@ def read_log_lines(
             lines = text.split("\n")
             skip = max(0, after + 1 - first)
             n = len(lines) - skip
-            out.extend(zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True))
+            yield from zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True)
             cursor = last
-            if len(out) >= limit:
-                break
-        if len(chunks) < CHUNKS_PER_READ:
-            break
-    return out[:limit]
+        if len(chunks) < fetch:
+            return
+        fetch = min(fetch * 2, CHUNKS_PER_READ)
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def read_log_lines(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text); at most `limit` of them, and
+    with `max_bytes`, no more once their text (UTF-8) reaches it (but at least one line)."""
+    return read_log_page(
+        session=session, agent_pk=agent_pk, after=after, limit=limit, stream=stream, max_bytes=max_bytes
+    )[0]
+
+
+def read_log_page(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> tuple[list[tuple[int, float, int, str]], bool]:
+    """`read_log_lines`, and whether more lines follow the ones returned."""
+    out: list[tuple[int, float, int, str]] = []
+    total = 0
+    for line in iter_log_lines(session=session, agent_pk=agent_pk, after=after, stream=stream):
+        if len(out) >= limit:
+            return out, True
+        if max_bytes is not None:
+            size = _text_bytes(line[3])
+            if out and total + size > max_bytes:
+                return out, True
+            total += size
+        out.append(line)
+    return out, False
 
 
 def read_last_log_lines(
-    *, session: Session, agent_pk: int, count: int, stream: int | None = None
+    *, session: Session, agent_pk: int, count: int, stream: int | None = None, max_bytes: int | None = None
 ) -> list[tuple[int, float, int, str]]:
     """The last `count` lines (of one stream, if given), oldest first: whole chunks read from the
-    end backwards, a few at a time, so a tail costs the same on a 10-line and a 10M-line agent."""
-    out: list[tuple[int, float, int, str]] = []
+    end backwards, a few at a time, so a tail costs the same on a 10-line and a 10M-line agent.
+    With `max_bytes`, only the newest lines whose text (UTF-8) fits in it (at least one)."""
+    newest_first: list[tuple[int, float, int, str]] = []
+    total = 0
     before: int | None = None
-    while len(out) < count:
+    fetch = 4
+    while len(newest_first) < count:
         q = (
             select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
             .where(LogChunkRow.agent_pk == agent_pk)
             .order_by(LogChunkRow.last_seq.desc())
-            .limit(CHUNKS_PER_READ)
+            .limit(fetch)
         )
         if stream is not None:
             q = q.where(LogChunkRow.stream == stream)
@@ -223,15 +291,22 @@ def read_last_log_lines(
         chunks = session.execute(q).all()
         for first, last, ts, st, text in chunks:
             lines = text.split("\n")
-            n = len(lines)
-            block = list(zip(range(first, last + 1), repeat(ts, n), repeat(st, n), lines, strict=True))
-            out[:0] = block[-(count - len(out)) :]
+            for seq, line in zip(range(last, first - 1, -1), reversed(lines), strict=True):
+                if len(newest_first) >= count:
+                    break
+                if max_bytes is not None:
+                    size = _text_bytes(line)
+                    if newest_first and total + size > max_bytes:
+                        return newest_first[::-1]
+                    total += size
+                newest_first.append((seq, ts, st, line))
             before = first
-            if len(out) >= count:
+            if len(newest_first) >= count:
                 break
-        if len(chunks) < CHUNKS_PER_READ:
+        if len(chunks) < fetch:
             break
-    return out
+        fetch = min(fetch * 2, CHUNKS_PER_READ)
+    return newest_first[::-1]
 
 
 def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:
@@ -352,12 +427,14 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
                 max_concurrent_agents=1000,
                 max_requests_per_minute=100_000,
                 max_ttl_seconds=10**9,
+                max_streams=BOOTSTRAP_MAX_STREAMS,
                 created_at=now,
                 lock_version=0,
             )
         )
     else:
         row.key_hash, row.prefix, row.revoked_at = digest, "", None
+        row.max_streams = BOOTSTRAP_MAX_STREAMS
 
 
 # --- the model gateway ----------------------------------------------------------------------------

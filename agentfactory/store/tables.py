@@ -68,6 +68,7 @@ class AgentRow(Base):
     log_sha256: Mapped[str | None] = mapped_column(String(64))
     log_dropped_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_dropped_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    capture_error: Mapped[str | None] = mapped_column(Text)  # why some output could not be stored
     stdout_consumed: Mapped[int] = mapped_column(Integer, default=0)
     stderr_consumed: Mapped[int] = mapped_column(Integer, default=0)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -110,6 +111,7 @@ class ApiKeyRow(Base):
     max_concurrent_agents: Mapped[int] = mapped_column(Integer)
     max_requests_per_minute: Mapped[int] = mapped_column(Integer)
     max_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    max_streams: Mapped[int] = mapped_column(Integer, default=10)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
     lock_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -86,12 +86,12 @@ def test_rm_cancels_and_reports_unknown_ids(standin: StandIn) -> None:
 
 def test_keys_create_prints_the_secret_once_and_sends_quotas(standin: StandIn) -> None:
     proc = run_cli(standin, "keys", "create", "ci-main", "--model", "echo", "--tool", "python",
-                   "--max-concurrent", "4", "--rpm", "60", "--max-ttl", "1h")  # fmt: skip
+                   "--max-concurrent", "4", "--rpm", "60", "--max-ttl", "1h", "--max-streams", "3")  # fmt: skip
     assert proc.returncode == 0
     assert proc.stdout == "af_secret\n" and "shown only this once" in proc.stderr
     assert standin.requests[-1]["json"] == {
         "name": "ci-main", "admin": False, "models": ["echo"], "tools": ["python"],
-        "max_concurrent_agents": 4, "max_requests_per_minute": 60, "max_ttl_seconds": 3600,
+        "max_concurrent_agents": 4, "max_requests_per_minute": 60, "max_ttl_seconds": 3600, "max_streams": 3,
     }  # fmt: skip
     assert run_cli(standin, "keys", "revoke", "key_0001").stdout == "key_0001\trevoked\n"
 

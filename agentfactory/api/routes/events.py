@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from sse_starlette.sse import EventSourceResponse
 
 from agentfactory.api.routes.agents import ERRORS, MAX_CURSOR, CallerDep, ServicesDep
-from agentfactory.api.sse import sse
+from agentfactory.api.sse import LeasedEventSource, sse
 from agentfactory.service import events
 
 router = APIRouter(tags=["events"], responses=ERRORS)
@@ -50,4 +50,6 @@ async def stream_events(
         async for ev in events.follow_events(svc, caller, after=start, agent_id=agent_id, types=types, follow=follow):
             yield sse(ev.type, ev.data, ev.id).encode()
 
-    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    lease = svc.streams.acquire(caller)  # 429 past the key's max_streams; revoking the key ends the stream
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return LeasedEventSource(lease, stream(), ping=15, headers=headers)

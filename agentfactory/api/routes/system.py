@@ -25,7 +25,7 @@ async def health() -> Health:
 @router.get(
     "/ready",
     response_model=Health,
-    summary="200 when the database and the engine answer",
+    summary="200 when the database answers and can write, and the engine answers",
     operation_id="ready",
     responses={503: {"description": "a dependency is down; `checks` names it"}},
 )
