@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         "sqlite:///./agentfactory.db", description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://..."
     )
     catalog: Path = Field(Path("catalog.json"), description="path of the JSON catalog of models and tools")
-    admin_key: str | None = Field(None, description="bootstrap admin API key (accepted as an admin key)")
+    admin_key: str | None = Field(
+        None, description="bootstrap admin API key (accepted as an admin key; at least 24 characters)"
+    )
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8000, description="port the HTTP server binds")
     retention_days: float = Field(30, description="finished agents and their logs are purged after this")

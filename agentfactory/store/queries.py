@@ -24,6 +24,7 @@ from agentfactory.store.tables import (
     DeliveryRow,
     EventRow,
     LogChunkRow,
+    ServerKeyRow,
     WebhookRow,
 )
 from agentfactory.vocabulary import UNDELIVERED, DeliveryStatus
@@ -343,7 +344,7 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
                 id=key_id,
                 name="bootstrap admin",
                 key_hash=digest,
-                prefix=key[:9],
+                prefix="",  # the operator chose this key: none of its characters is shown
                 admin=True,
                 models=[],
                 tools=[],
@@ -355,7 +356,7 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
             )
         )
     else:
-        row.key_hash, row.prefix, row.revoked_at = digest, key[:9], None
+        row.key_hash, row.prefix, row.revoked_at = digest, "", None
 
 
 # --- the model gateway ----------------------------------------------------------------------------
@@ -789,3 +790,17 @@ def webhook_health(*, session: Session, circuit_failures: int) -> tuple[int, int
         select(func.count()).select_from(WebhookRow).where(WebhookRow.consecutive_failures >= circuit_failures)
     )
     return int(dead or 0), int(tripped or 0)
+
+
+# --- the server's own keys --------------------------------------------------------------------
+
+
+def get_server_key(*, session: Session, name: str) -> str | None:
+    row = session.get(ServerKeyRow, name)
+    return None if row is None else row.secret
+
+
+def add_server_key(*, session: Session, name: str, secret: str, created_at: float) -> None:
+    """Insert a key; raises IntegrityError when another replica made it first."""
+    session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
+    session.flush()

@@ -205,3 +205,15 @@ class CursorRow(Base):
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ServerKeyRow(Base):
+    """The control plane's own secret keys (hex), made once at first start and shared by every
+    replica: what is derived from them (agents' gateway tokens, request fingerprints) is the same
+    wherever and whenever it is computed."""
+
+    __tablename__ = "server_keys"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
