@@ -1,14 +1,14 @@
 """tokens reserved by an agent's model calls in flight, so concurrent calls never overshoot its budget
 
 Revision ID: 0003
-Revises: 0004 (main had 0004 and this one both after 0006: two heads)
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

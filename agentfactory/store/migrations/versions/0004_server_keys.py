@@ -1,7 +1,7 @@
 """the server's own secret key; request fingerprints become keyed
 
 Revision ID: 0004
-Revises: 0006 (chained after main's 0006 at the merge; was 0002)
+Revises: 0003
 """
 
 import sqlalchemy as sa

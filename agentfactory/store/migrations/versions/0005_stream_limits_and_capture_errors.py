@@ -1,7 +1,7 @@
 """api_keys.max_streams (concurrent streams and waits per key) and agents.capture_error
 
 Revision ID: 0005
-Revises: 0006
+Revises: 0004
 """
 
 import sqlalchemy as sa
