@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
 from sqlalchemy import String, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session

@@ -1,14 +1,14 @@
 """the server's own secret key; request fingerprints become keyed
 
 Revision ID: 0004
-Revises: 0006 (chained after main's 0006 at the merge; was 0002)
+Revises: 0003 (after main's 0006 and 0003: one chain)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0006"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
