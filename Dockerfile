@@ -1,6 +1,7 @@
-# The agentfactory control plane. Build it with `bash scripts/build_image.sh` (or `make image`), which
-# first fills ./wheelhouse on the host with the wheels poetry.lock pins; nothing is fetched during
-# `docker build` (PIP_NO_INDEX=1), so it builds with no registry and no network.
+# The agentfactory control plane. Build it with `make image` (bash scripts/build_image.sh), which first
+# fills ./wheelhouse on the host with the wheels poetry.lock pins (the server and postgres extras
+# included); nothing is fetched during `docker build` (PIP_NO_INDEX=1), so it builds with no registry and
+# no network. A plain `docker build .` without ./wheelhouse fails at its first step and says so.
 #
 #   default base   agentfactory-base:bookworm (the offline debootstrap image of scripts/setup.sh; Debian's
 #                  python3 3.11, no pip: pip runs from its own wheel in the wheelhouse)
@@ -26,7 +27,13 @@ ARG BASE_IMAGE=agentfactory-base:bookworm
 FROM ${BASE_IMAGE} AS wheels
 ARG PIP_NO_INDEX=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore PYTHONDONTWRITEBYTECODE=1
-COPY wheelhouse/ /wheelhouse/
+# `make image` fills ./wheelhouse first; a plain `docker build .` without it stops here, saying so. (The
+# glob lets this COPY succeed with no wheelhouse at all: LICENSE always matches.)
+COPY LICENSE wheelhous[e] /wheelhouse/
+RUN test -f /wheelhouse/.inputs || { \
+      echo 'error: ./wheelhouse is empty. Build this image with `make image` (scripts/build_image.sh), which'; \
+      echo '       fills ./wheelhouse with the locked wheels first, then runs docker build.'; \
+      exit 1; } >&2
 # Debian's python3 has neither pip nor ensurepip: pip then runs from its own wheel (pip supports being
 # run from a zip). The venv is created without pip, so no installer ends up in the image.
 RUN set -eu; \
@@ -41,7 +48,7 @@ COPY pyproject.toml poetry.lock README.md LICENSE /src/
 COPY agentfactory/ /src/agentfactory/
 RUN set -eu; \
     pip-run wheel --no-deps --find-links /wheelhouse --wheel-dir /wheels /src; \
-    pip-run --python /opt/agentfactory/bin/python install --no-deps /wheels/agentfactory-*.whl; \
+    pip-run --python /opt/agentfactory/bin/python install --no-deps "$(ls /wheels/agentfactory-*.whl)[server,postgres]"; \
     pip-run --python /opt/agentfactory/bin/python check; \
     /opt/agentfactory/bin/python -c "import agentfactory.server, agentfactory.cli"
 

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up up-ha setup test test-pg test-no-engine lint fmt bench load image clean
+.PHONY: up up-ha setup test test-pg test-no-engine lint fmt bench load image typescript openapi clean
 
 up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
 	bash scripts/up.sh
@@ -45,6 +45,12 @@ fmt:
 
 image: setup   ## the control-plane image agentfactory:latest, built with no registry (scripts/build_image.sh)
 	bash scripts/build_image.sh
+
+openapi:       ## the OpenAPI document, without starting the server: openapi.json
+	$(VENV)/python scripts/openapi.py > openapi.json
+
+typescript: setup  ## the TypeScript client: generate its types from the OpenAPI document and type-check it (tsc)
+	$(VENV)/pytest -q -p no:cacheprovider tests/clients/test_typescript.py
 
 bench:         ## agentfactory vs docker run, one table (bench/README.md); about 17 minutes
 	bash scripts/setup.sh

@@ -19,13 +19,15 @@ from agentfactory.backends import egress
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.gateway.seat import GatewaySeat
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.mcp.server import build_mcp
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.reaper import Reaper
 from agentfactory.runtime.usage import UsageSampler
-from agentfactory.service.auth import ensure_bootstrap_admin
+from agentfactory.service.auth import check_admin_key, ensure_bootstrap_admin
 from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
@@ -67,7 +69,9 @@ def create_app(
     serve_gateway: bool = True,
 ) -> FastAPI:
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
-    from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
+    from settings. A bad catalog raises CatalogInvalid, a short admin key ValueError, here, before
+    anything starts."""
+    check_admin_key(settings.admin_key)
     catalog = catalog or load_catalog(settings.catalog)
     egress.check_resolvers(settings.agent_dns)
     metrics = Metrics()
@@ -84,6 +88,7 @@ def create_app(
         environ=dict(os.environ),
         metrics=metrics,
         logger=structlog.get_logger("agentfactory.gateway"),
+        limits=GatewayLimits.from_settings(settings),
     )
     seat = GatewaySeat(gateway)
     reaper = Reaper(
@@ -91,6 +96,7 @@ def create_app(
         replica=svc.replica,
         interval=settings.reaper_interval_seconds,
         retention_days=settings.retention_days,
+        event_retention_days=settings.event_retention_days,
         start_deadline=settings.start_deadline_seconds,
     )
     sampler = UsageSampler(
@@ -105,6 +111,7 @@ def create_app(
         loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db"))
         await asyncio.to_thread(store.migrate)
         await asyncio.to_thread(ensure_bootstrap_admin, store=store, admin_key=settings.admin_key)
+        await asyncio.to_thread(svc.server_key.load, store)
         svc.start(loop)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
@@ -117,7 +124,7 @@ def create_app(
             try:
                 await svc.replica.run_once()  # the lease, the database's clock, the engine's id
             except Exception as exc:  # the lease loop retries
-                log.warning("lease_failed", error=repr(exc))
+                log.warning("lease_failed", error=describe_error(exc))
 
         await asyncio.gather(
             prepare_agent_network(svc.backend, catalog, settings.agent_network),
@@ -127,10 +134,12 @@ def create_app(
             try:
                 await reaper.recover()
             except Exception as exc:  # the controller catches up on its next passes
-                log.warning("recover_failed", error=repr(exc))
+                log.warning("recover_failed", error=describe_error(exc))
             loops.append(loop.create_task(svc.replica.run(stop)))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
+            loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
+            loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend, replica_id=svc.replica.id)
         try:
             async with mcp.session_manager.run():
@@ -139,6 +148,7 @@ def create_app(
             stop.set()
             if loops:
                 await asyncio.wait(loops, timeout=10)
+            await svc.webhook_deliverer.close()
             await svc.launcher.shutdown()
             if svc.replica.leasing:
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once

@@ -1,13 +1,13 @@
-"""The agentfactory HTTP client used by the command line: requests, errors, and the resumable SSE follow.
+"""The agentfactory HTTP client (synchronous), used by the command line and by the SDK.
 
-Three layers, each usable alone:
-
-- `SSEDecoder` / `iter_sse`: a Server-Sent Events parser that follows the WHATWG algorithm on raw bytes
-  (lines end at CRLF, LF or CR only, so a U+2028 or NEL inside a data line is text, not a line break).
-- `ApiClient`: one method per route of SPEC §3; every non-2xx answer becomes `ApiError`, every transport
-  failure `ServerUnreachable`.
+- `Endpoints`: one method per route of SPEC §3, written once for both clients: each builds a `Call`
+  and hands it to `_call`, which the sync client answers with the decoded body and the async client
+  (`async_client`) with an awaitable of it.
+- `ApiClient`: those methods over an httpx.Client; every non-2xx answer becomes `ApiError`, every
+  transport failure `ServerUnreachable` (`client_errors`). Idempotent calls are retried (`RetryPolicy`).
 - `AgentFollower`: follows one agent's stream to its `end` event, delivering each log line exactly once
-  and in order across dropped connections (reconnect with `Last-Event-ID`, backoff, gap back-fill).
+  and in order across dropped connections (reconnect with `Last-Event-ID`, backoff, gap back-fill); the
+  bookkeeping is `follow.FollowCursor` and `follow.Reconnect`, shared with the async follower.
 """
 
 from __future__ import annotations
@@ -15,97 +15,206 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import httpx
 
+from agentfactory import __version__
+from agentfactory.client_errors import (
+    ApiError,
+    ClientError,
+    ServerUnreachable,
+    WaitTimeout,
+    error_from_response,
+    transport_cause,
+)
+from agentfactory.follow import Backfill, End, FollowCursor, Line, Reconnect, Status, retry_after_seconds
 from agentfactory.sse_client import SSEDecoder, SSEEvent, iter_sse, split_lines
 from agentfactory.vocabulary import TERMINAL
 
-__all__ = ["SSEDecoder", "SSEEvent", "iter_sse", "split_lines"]
+__all__ = [
+    "AgentFollower",
+    "ApiClient",
+    "ApiError",
+    "Call",
+    "ClientError",
+    "Endpoints",
+    "RetryPolicy",
+    "SSEDecoder",
+    "SSEEvent",
+    "ServerUnreachable",
+    "WaitTimeout",
+    "agent_exit_code",
+    "iter_sse",
+    "split_lines",
+]
 
 TERMINAL_STATUSES = frozenset(TERMINAL)
 MAX_LOG_PAGE = 5000
+USER_AGENT = f"agentfactory-python/{__version__}"
+R = TypeVar("R")
+Params = list[tuple[str, str | int]]
 
 
-class ClientError(Exception):
-    """Base of what the client reports to its caller."""
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request of the API. `idempotent` None: GET and DELETE are, the rest are not."""
+
+    method: str
+    path: str
+    params: Params = field(default_factory=list)
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.idempotent if self.idempotent is not None else self.method in ("GET", "DELETE")
+
+    def httpx_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"params": self.params, "headers": self.headers}
+        if self.json is not None:
+            kwargs["json"] = self.json
+        return kwargs
 
 
-class ApiError(ClientError):
-    """The server answered with an error envelope (or at least a non-2xx status)."""
+def _params(**values: Any) -> Params:
+    return [(k, v) for k, v in values.items() if v is not None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a request is tried again.
+
+    A connection that could not be opened is retried (nothing was sent); one that broke after sending
+    only when the request is idempotent (GET, DELETE, or an Idempotency-Key). An idempotent request
+    answered with one of `statuses` (e.g. 429, 502, 503, 504) is retried too, after `Retry-After` when
+    the server sent one. At most `retries` more attempts, `backoff` * 2^attempt apart.
+    """
+
+    retries: int = 2
+    statuses: frozenset[int] = frozenset()
+    backoff: float = 0.3
+
+    def after_error(self, attempt: int, exc: httpx.TransportError, call: Call) -> float | None:
+        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        if attempt >= self.retries or (sent and not call.retryable):
+            return None
+        return self.backoff * 2**attempt
+
+    def after_response(self, attempt: int, response: httpx.Response, call: Call) -> float | None:
+        if attempt >= self.retries or not call.retryable or response.status_code not in self.statuses:
+            return None
+        if response.headers.get("retry-after"):
+            return retry_after_seconds(response.headers["retry-after"])
+        return self.backoff * 2**attempt
+
+
+class Endpoints(Generic[R]):
+    """The API's routes (SPEC §3), one method each; `_call` sends. A new route is one method here."""
+
+    def _call(self, call: Call) -> R:
+        raise NotImplementedError
+
+    def create_agent(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> R:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call(Call("POST", "/agents", json=dict(body), headers=headers, idempotent=bool(idempotency_key)))
+
+    def list_agents(
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R:
+        """`metadata`: pairs that must all match (`GET /agents?metadata.KEY=VALUE`)."""
+        params = _params(status=status, limit=limit, cursor=cursor)
+        params += [(f"metadata.{k}", _text(v)) for k, v in (metadata or {}).items()]
+        return self._call(Call("GET", "/agents", params=params))
+
+    def get_agent(self, agent_id: str) -> R:
+        return self._call(Call("GET", f"/agents/{agent_id}"))
+
+    def delete_agent(self, agent_id: str) -> R:
+        return self._call(Call("DELETE", f"/agents/{agent_id}"))
+
+    def set_ttl(self, agent_id: str, ttl_seconds: int) -> R:
+        body = {"ttl_seconds": ttl_seconds}
+        return self._call(Call("POST", f"/agents/{agent_id}/ttl", json=body, idempotent=True))
+
+    def get_result(self, agent_id: str) -> R:
+        return self._call(Call("GET", f"/agents/{agent_id}/result"))
+
+    def get_logs(
+        self,
+        agent_id: str,
+        *,
+        cursor: int | None = None,
+        limit: int | None = None,
+        stream: str | None = None,
+        tail: int | None = None,
+    ) -> R:
+        params = _params(cursor=cursor, limit=limit, stream=stream, tail=tail)
+        return self._call(Call("GET", f"/agents/{agent_id}/logs", params=params))
+
+    def get_catalog(self) -> R:
+        return self._call(Call("GET", "/catalog"))
+
+    def create_key(self, body: Mapping[str, Any]) -> R:
+        return self._call(Call("POST", "/keys", json=dict(body)))
+
+    def list_keys(self) -> R:
+        return self._call(Call("GET", "/keys"))
+
+    def revoke_key(self, key_id: str) -> R:
+        return self._call(Call("DELETE", f"/keys/{key_id}"))
+
+
+def _text(value: Any) -> str:
+    """A metadata value as the selector compares it: JSON's spelling for booleans and null."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def default_headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def missing_key_hint(error: ApiError, has_api_key: bool) -> ApiError:
+    if error.status == 401 and not has_api_key:
+        error.hint = "no API key was given: set AGENTFACTORY_API_KEY, pass --api-key, or `agentfactory login`"
+    return error
+
+
+class ApiClient(Endpoints[Any]):
+    """Synchronous client of the agentfactory API. Use as a context manager (it owns an httpx.Client)."""
 
     def __init__(
         self,
-        status: int,
-        code: str,
-        message: str,
+        base_url: str,
+        api_key: str | None,
         *,
-        details: Any = None,
-        request_id: str | None = None,
-        retry_after: str | None = None,
+        timeout: float = 30.0,
+        retries: int | RetryPolicy = 2,
+        transport: httpx.BaseTransport | None = None,
     ):
-        super().__init__(f"{code}: {message} ({status})")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.request_id = request_id
-        self.retry_after = retry_after
-        self.hint: str | None = None
-
-
-class ServerUnreachable(ClientError):
-    """No HTTP answer: connection refused, DNS failure, timeout, connection dropped."""
-
-    def __init__(self, url: str, cause: str):
-        super().__init__(f"cannot reach {url} ({cause})")
-        self.url = url
-        self.cause = cause
-
-
-# --- Server-Sent Events ------------------------------------------------------------------------------
-
-
-def _error_from(response: httpx.Response) -> ApiError:
-    request_id = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
-        request_id = body.get("request_id")
-        code, message, details = (
-            str(err.get("code", "E_HTTP")),
-            str(err.get("message", "")),
-            err.get("details"),
-        )
-    else:
-        code, message, details = f"HTTP {response.status_code}", response.reason_phrase or "error", None
-    return ApiError(
-        response.status_code,
-        code,
-        message,
-        details=details,
-        request_id=request_id,
-        retry_after=response.headers.get("retry-after"),
-    )
-
-
-class ApiClient:
-    """Synchronous client of the agentfactory API. Use as a context manager (it owns an httpx.Client)."""
-
-    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0, retries: int = 2):
         self.base_url = base_url.rstrip("/")
         self.has_api_key = bool(api_key)
-        self.retries = retries
-        headers = {"Accept": "application/json", "User-Agent": "agentfactory-cli"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout))
+        self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=default_headers(api_key),
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+        )
 
     def __enter__(self) -> ApiClient:
         return self
@@ -116,57 +225,28 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
-        """Sends a request and returns its decoded JSON body.
-
-        A connection that could not be opened is retried (nothing was sent); one that broke after
-        sending is retried only when the request is idempotent (GET, DELETE, or an Idempotency-Key).
-        """
-        if idempotent is None:
-            idempotent = method in ("GET", "DELETE")
-        for attempt in range(self.retries + 1):
+    def _call(self, call: Call) -> Any:
+        """Sends `call` (retrying as `self.retry` allows) and returns its decoded JSON body."""
+        attempt = 0
+        while True:
             try:
-                response = self._http.request(method, path, **kwargs)
-                break
+                response = self._http.request(call.method, call.path, **call.httpx_kwargs())
             except httpx.TransportError as exc:
-                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt >= self.retries or (sent and not idempotent):
-                    raise ServerUnreachable(self.base_url, _cause(exc)) from exc
-                time.sleep(0.3 * 2**attempt)
-        if response.status_code >= 400:
-            error = _error_from(response)
-            if error.status == 401 and not self.has_api_key:
-                error.hint = "no API key was given: set AGENTFACTORY_API_KEY or pass --api-key"
-            raise error
-        return response.json() if response.content else None
+                delay = self.retry.after_error(attempt, exc, call)
+                if delay is None:
+                    raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+            else:
+                if response.status_code < 400:
+                    return response.json() if response.content else None
+                delay = self.retry.after_response(attempt, response, call)
+                if delay is None:
+                    raise missing_key_hint(error_from_response(response), self.has_api_key)
+            time.sleep(delay)
+            attempt += 1
 
-    def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
-
-    def create_agent(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        idempotent = idempotency_key is not None
-        return self.request("POST", "/agents", json=body, headers=headers, idempotent=idempotent)
-
-    def list_agents(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> Any:
-        return self.get("/agents", status=status, limit=limit, cursor=cursor)
-
-    def get_agent(self, agent_id: str) -> dict[str, Any]:
-        return self.get(f"/agents/{agent_id}")
-
-    def delete_agent(self, agent_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/agents/{agent_id}")
-
-    def set_ttl(self, agent_id: str, ttl_seconds: int) -> dict[str, Any]:
-        return self.request("POST", f"/agents/{agent_id}/ttl", json={"ttl_seconds": ttl_seconds}, idempotent=True)
-
-    def get_result(self, agent_id: str) -> dict[str, Any]:
-        return self.get(f"/agents/{agent_id}/result")
-
-    def get_logs(
-        self, agent_id: str, *, cursor: int | None = None, limit: int | None = None, stream: str | None = None
-    ) -> dict[str, Any]:
-        return self.get(f"/agents/{agent_id}/logs", cursor=cursor, limit=limit, stream=stream)
+    def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
+        """Any route, by method and path (`params`, `json`, `headers` as in `Call`)."""
+        return self._call(Call(method, path, idempotent=idempotent, **kwargs))
 
     def iter_log_pages(
         self, agent_id: str, *, after: int | None = None, stream: str | None = None, until: int | None = None
@@ -192,17 +272,90 @@ class ApiClient:
                     return
                 yield line
 
-    def get_catalog(self) -> dict[str, Any]:
-        return self.get("/catalog")
+    def wait_agent(self, agent_id: str, *, timeout: float | None = None, poll_max: float = 1.0) -> dict[str, Any]:
+        """Polls `GET /agents/{id}` (every 0.1 s, backing off to `poll_max`) until the agent is terminal;
+        `WaitTimeout` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            agent: dict[str, Any] = self.get_agent(agent_id)
+            if agent.get("status") in TERMINAL_STATUSES:
+                return agent
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(agent_id, timeout or 0.0, agent)
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, poll_max)
 
-    def create_key(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/keys", json=body)
+    def create_webhook(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/webhooks", json=body)
 
-    def list_keys(self) -> Any:
-        return self.get("/keys")
+    def list_webhooks(self) -> Any:
+        return self.request("GET", "/webhooks")
 
-    def revoke_key(self, key_id: str) -> Any:
-        return self.request("DELETE", f"/keys/{key_id}")
+    def delete_webhook(self, webhook_id: str) -> Any:
+        return self.request("DELETE", f"/webhooks/{webhook_id}")
+
+    def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Any:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self.request("GET", f"/webhooks/{webhook_id}/deliveries", params=params)
+
+    def retry_delivery(self, webhook_id: str, delivery_id: int) -> Any:
+        return self.request("POST", f"/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", idempotent=True)
+
+    def iter_events(
+        self,
+        *,
+        follow: bool,
+        after: int | None = None,
+        agent_id: str | None = None,
+        types: list[str] | None = None,
+        reconnect_window: float = 60.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Lifecycle events from `GET /events` (the server picks the start when `after` is None).
+        Following, a dropped connection is resumed with `Last-Event-ID` (no event lost or repeated)
+        until `reconnect_window` seconds pass without a connection; else it ends at the log's end."""
+        last = after
+        down_since: float | None = None
+        attempt = 0
+        while True:
+            params: dict[str, Any] = {"follow": "true" if follow else "false"}
+            if agent_id:
+                params["agent_id"] = agent_id
+            if types:
+                params["type"] = ",".join(types)
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self._http.stream(
+                    "GET", "/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=45.0)
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise error_from_response(response)
+                    down_since, attempt = None, 0
+                    for event in iter_sse(response.iter_bytes()):
+                        doc: dict[str, Any] = json.loads(event.data)
+                        last = int(doc["id"])
+                        yield doc
+                if not follow:
+                    return
+                cause = "stream closed"
+            except httpx.TransportError as exc:
+                cause = transport_cause(exc)
+            except ApiError as exc:
+                if not follow or exc.status < 500:
+                    raise
+                cause = f"{exc.code} ({exc.status})"
+            now = time.monotonic()
+            down_since = down_since if down_since is not None else now
+            if now - down_since > reconnect_window:
+                raise ServerUnreachable(self.base_url, f"{cause}; gave up reconnecting")
+            time.sleep(min(0.25 * 2**attempt, 5.0) * random.uniform(0.8, 1.2))
+            attempt += 1
 
     @contextmanager
     def stream_agent(
@@ -215,9 +368,7 @@ class ApiClient:
     ) -> Iterator[Iterator[SSEEvent]]:
         """Opens `GET /agents/{id}/stream`; yields its events. Idle reads time out after `read_timeout`
         (the server sends a keep-alive at least every 15 s, so silence that long is a dead connection)."""
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
+        headers = stream_headers(last_event_id)
         params = {"tail": tail} if tail is not None and last_event_id is None else {}
         timeout = httpx.Timeout(10.0, read=read_timeout)
         try:
@@ -226,15 +377,17 @@ class ApiClient:
             ) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise _error_from(response)
+                    raise missing_key_hint(error_from_response(response), self.has_api_key)
                 yield iter_sse(response.iter_bytes())
         except httpx.TransportError as exc:
-            raise ServerUnreachable(self.base_url, _cause(exc)) from exc
+            raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
 
 
-def _cause(exc: httpx.TransportError) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.split("] ", 1)[1] if text.startswith("[Errno") and "] " in text else text
+def stream_headers(last_event_id: int | None) -> dict[str, str]:
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    return headers
 
 
 # --- following an agent ------------------------------------------------------------------------------
@@ -243,11 +396,12 @@ def _cause(exc: httpx.TransportError) -> str:
 class AgentFollower:
     """Follows one agent's output to its end, each line exactly once and in order.
 
-    `run()` returns the terminal agent from the `end` event. A dropped connection, a stream closed
-    before `end`, or a 5xx while the server restarts are retried with `Last-Event-ID` = the last seq
-    delivered, with exponential backoff, until `reconnect_window` seconds pass without a successful
-    connection (then `ServerUnreachable`). Lines the stream skipped are fetched from the logs pages.
-    `run()` may be called again after an interruption: it resumes where it stopped.
+    `events()` yields `follow.Line`, `follow.Status` and, last, `follow.End`; `run()` hands them to the
+    callbacks and returns the terminal agent. A dropped connection, a stream closed before `end`, or a
+    5xx while the server restarts are retried with `Last-Event-ID` = the last seq delivered, with
+    exponential backoff, until `reconnect_window` seconds pass without a successful connection (then
+    `ServerUnreachable`). Lines the stream skipped are fetched from the logs pages. `run()` and
+    `events()` may be called again after an interruption: they resume where they stopped.
     """
 
     def __init__(
@@ -255,105 +409,82 @@ class AgentFollower:
         client: ApiClient,
         agent_id: str,
         *,
-        on_line: Callable[[dict[str, Any]], None],
+        on_line: Callable[[dict[str, Any]], None] = lambda line: None,
         on_status: Callable[[dict[str, Any]], None] = lambda agent: None,
         on_retry: Callable[[int, float, str], None] = lambda attempt, delay, cause: None,
         tail: int | None = None,
+        after: int | None = None,
         reconnect_window: float = 60.0,
     ):
         self.client = client
         self.agent_id = agent_id
         self.on_line, self.on_status, self.on_retry = on_line, on_status, on_retry
-        self.tail = tail
         self.reconnect_window = reconnect_window
-        # None: nothing seen yet in tail mode; 0: from the first line. Seqs start at 1.
-        self.last_seq: int | None = None if tail is not None else 0
-        self.delivered = 0
+        self.cursor = FollowCursor(after=after, tail=tail)
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.cursor.last_seq
+
+    @property
+    def delivered(self) -> int:
+        return self.cursor.delivered
 
     def run(self, *, max_seconds: float | None = None) -> dict[str, Any]:
-        started = time.monotonic()
-        down_since: float | None = None
-        attempt = 0
-        retry_base = 0.25
+        for step in self.events(max_seconds=max_seconds):
+            if isinstance(step, Line):
+                self.on_line(step.line)
+            elif isinstance(step, Status):
+                self.on_status(step.agent)
+            else:
+                return step.agent
+        raise AssertionError("events() ends only with End or an exception")  # pragma: no cover
+
+    def events(self, *, max_seconds: float | None = None) -> Iterator[Line | Status | End]:
+        cursor = self.cursor
+        policy = Reconnect(self.client.base_url, window=self.reconnect_window, max_seconds=max_seconds)
         while True:
-            wait: float | None = None
             try:
-                resume = self.last_seq if self.last_seq else None
-                read_timeout = 45.0 if max_seconds is None else max(0.1, min(45.0, max_seconds))
                 with self.client.stream_agent(
-                    self.agent_id, last_event_id=resume, tail=self.tail, read_timeout=read_timeout
+                    self.agent_id,
+                    last_event_id=cursor.resume_id(),
+                    tail=cursor.tail,
+                    read_timeout=policy.read_timeout(),
                 ) as events:
-                    down_since = None
+                    policy.connected()
                     for event in events:
-                        attempt = 0
-                        if event.retry is not None:
-                            retry_base = max(0.05, event.retry / 1000)
-                        end = self._handle(event)
-                        if end is not None:
-                            return end
-                        if max_seconds is not None and time.monotonic() - started > max_seconds:
+                        policy.saw(event)
+                        for step in cursor.steps(event):
+                            if isinstance(step, Backfill):
+                                lines = self.client.iter_logs(self.agent_id, after=cursor.last_seq, until=step.until)
+                                for line in lines:
+                                    if cursor.accept(line):
+                                        yield Line(line)
+                            elif isinstance(step, Line):
+                                if cursor.accept(step.line):
+                                    yield step
+                            else:
+                                yield step
+                                if isinstance(step, End):
+                                    return
+                        if policy.out_of_time():
                             break
                 cause = "stream closed before its end"
-            except ServerUnreachable as exc:
-                cause = exc.cause
-            except ApiError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    raise
-                cause = f"{exc.code} ({exc.status})"
-                if exc.status == 429:  # the server is up, only asking us to slow down
-                    down_since, wait = None, _seconds(exc.retry_after)
-            now = time.monotonic()
-            down_since = down_since if down_since is not None else now
-            if now - down_since > self.reconnect_window:
-                raise ServerUnreachable(self.client.base_url, f"{cause}; gave up reconnecting")
-            if max_seconds is not None and now - started > max_seconds:
-                raise ServerUnreachable(self.client.base_url, f"{cause}; no end within {max_seconds:.0f}s")
-            delay = wait if wait is not None else min(retry_base * 2**attempt, 5.0) * random.uniform(0.8, 1.2)
-            attempt += 1
-            self.on_retry(attempt, delay, cause)
+            except (ServerUnreachable, ApiError) as exc:
+                cause = policy.cause_of(exc)
+            delay = policy.next_delay(cause)
+            self.on_retry(policy.attempt, delay, cause)
             time.sleep(delay)
 
-    def _handle(self, event: SSEEvent) -> dict[str, Any] | None:
-        if event.event == "log":
-            self._deliver(json.loads(event.data))
-        elif event.event == "status":
-            self.on_status(json.loads(event.data))
-        elif event.event == "end":
-            agent: dict[str, Any] = json.loads(event.data)
-            sealed = agent.get("log_lines")
-            if self.last_seq is not None and isinstance(sealed, int) and self.last_seq < sealed:
-                self._backfill(until=None)
-            return agent
-        return None
 
-    def _deliver(self, line: dict[str, Any]) -> None:
-        seq = int(line["seq"])
-        if self.last_seq is not None:
-            if seq <= self.last_seq:
-                return
-            if seq > self.last_seq + 1:
-                self._backfill(until=seq)
-        self.on_line(line)
-        self.last_seq = seq
-        self.delivered += 1
-
-    def _backfill(self, *, until: int | None) -> None:
-        for line in self.client.iter_logs(self.agent_id, after=self.last_seq, until=until):
-            if self.last_seq is None or line["seq"] > self.last_seq:
-                self.on_line(line)
-                self.last_seq = int(line["seq"])
-                self.delivered += 1
-
-
-def _seconds(retry_after: str | None) -> float:
-    try:
-        return min(max(float(retry_after or 1), 0.1), 60.0)
-    except ValueError:
-        return 1.0
+#: CLI exit codes 64-78 (sysexits.h) are the CLI's own failures; an agent's verdict never uses them.
+RESERVED_EXIT_CODES = range(64, 79)
 
 
 def agent_exit_code(agent: dict[str, Any]) -> int:
-    """The process exit code that mirrors a terminal agent (SPEC §7)."""
+    """The process exit code that mirrors a terminal agent (SPEC §7): 0 succeeded, 124 expired,
+    130 cancelled, the agent's exit code when it failed (1 when it has none, or when it falls in
+    64-78, which the CLI keeps for its own failures)."""
     status = agent.get("status")
     if status == "succeeded":
         return 0
@@ -362,4 +493,6 @@ def agent_exit_code(agent: dict[str, Any]) -> int:
     if status == "cancelled":
         return 130
     code = agent.get("exit_code")
-    return code if isinstance(code, int) and 0 < code < 256 else 1
+    if isinstance(code, int) and 0 < code < 256 and code not in RESERVED_EXIT_CODES:
+        return code
+    return 1

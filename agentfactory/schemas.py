@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from agentfactory.vocabulary import AgentStatus, ErrorCode, Reason
+from agentfactory.vocabulary import AgentStatus, DeliveryStatus, ErrorCode, EventType, Reason
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # The runtime's own variables: a request may not override them.
@@ -48,8 +49,11 @@ INT32_MAX = 2_147_483_647
 
 
 class AgentCreate(BaseModel):
+    # allow_inf_nan=False on every request body: Python's JSON reader takes NaN and Infinity, which
+    # are not JSON; stored, they break the response (and PostgreSQL's json refuses them mid-INSERT).
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -196,7 +200,9 @@ class LogPage(BaseModel):
 
 
 class TtlUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ttl_seconds": 600}]})
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"ttl_seconds": 600}]}
+    )
 
     ttl_seconds: int = Field(ge=1, le=INT32_MAX)
 
@@ -224,6 +230,12 @@ class Seal(BaseModel):
     log_sha256: str | None
     dropped_lines: int
     dropped_bytes: int
+    capture_complete: bool = Field(
+        True,
+        description="false when some of the agent's output could not be captured (capture_error says why); "
+        "the seal still covers exactly the stored lines",
+    )
+    capture_error: str | None = None
 
 
 class AgentResult(BaseModel):
@@ -259,6 +271,8 @@ class AgentResult(BaseModel):
                         "log_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                         "dropped_lines": 0,
                         "dropped_bytes": 0,
+                        "capture_complete": True,
+                        "capture_error": None,
                     },
                 }
             ]
@@ -280,6 +294,7 @@ class AgentResult(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -290,6 +305,7 @@ class KeyCreate(BaseModel):
                     "max_concurrent_agents": 10,
                     "max_requests_per_minute": 600,
                     "max_ttl_seconds": 3600,
+                    "max_streams": 10,
                 }
             ]
         },
@@ -302,6 +318,9 @@ class KeyCreate(BaseModel):
     max_concurrent_agents: int = Field(10, ge=1, le=100_000)
     max_requests_per_minute: int = Field(600, ge=1, le=1_000_000)
     max_ttl_seconds: int = Field(3600, ge=1, le=INT32_MAX)
+    max_streams: int = Field(
+        10, ge=1, le=100_000, description="most concurrent log streams and MCP waits (per control-plane replica)"
+    )
 
 
 class KeyOut(BaseModel):
@@ -318,6 +337,7 @@ class KeyOut(BaseModel):
                     "max_concurrent_agents": 10,
                     "max_requests_per_minute": 600,
                     "max_ttl_seconds": 3600,
+                    "max_streams": 10,
                     "created_at": "2026-11-22T10:00:00.000Z",
                     "revoked_at": None,
                 }
@@ -334,6 +354,7 @@ class KeyOut(BaseModel):
     max_concurrent_agents: int
     max_requests_per_minute: int
     max_ttl_seconds: int
+    max_streams: int
     created_at: Timestamp
     revoked_at: Timestamp | None
 
@@ -344,6 +365,159 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+# --- events and webhooks (SPEC §11) ---------------------------------------------------------------
+
+
+def event_json(*, event_id: int, event_type: str, created_at: float, agent: str) -> str:
+    """An event's wire JSON, `{"type", "id", "created_at", "agent"}`, around the agent's stored
+    JSON: the `data:` of `GET /events` and the body of a webhook delivery, byte for byte."""
+    head = json.dumps({"type": event_type, "id": event_id, "created_at": iso(created_at)}, separators=(",", ":"))
+    return head[:-1] + ',"agent":' + agent + "}"
+
+
+class EventOut(BaseModel):
+    """A lifecycle event: the `data:` of `GET /events` and the body of a webhook delivery."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "agent.finished",
+                    "id": 42,
+                    "created_at": "2026-11-22T10:00:03.500Z",
+                    "agent": AgentOut.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                }
+            ]
+        }
+    )
+
+    type: EventType
+    id: int = Field(description="monotonically increasing; the SSE `id:` and the webhook-id header")
+    created_at: str
+    agent: AgentOut
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://ci.example.com/hooks/agentfactory",
+                    "events": ["agent.finished"],
+                    "metadata": {"ci": "main"},
+                }
+            ]
+        },
+    )
+
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL the events are POSTed to")
+    events: list[EventType] = Field(
+        default_factory=lambda: list(EventType), min_length=1, description="event types to send (default: all)"
+    )
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="only agents whose metadata contains all these pairs"
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[EventType]) -> list[EventType]:
+        if len(set(v)) != len(v):
+            raise ValueError("events must not repeat")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(v) > MAX_METADATA_ITEMS:
+            raise ValueError(f"at most {MAX_METADATA_ITEMS} metadata entries")
+        return v
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "wh_7k2m9x4b3q5w8t1r6p0n",
+                    "url": "https://ci.example.com/hooks/agentfactory",
+                    "events": ["agent.finished"],
+                    "metadata": {"ci": "main"},
+                    "all_keys": False,
+                    "created_at": "2026-11-22T10:00:00.000Z",
+                    "circuit": "closed",
+                    "consecutive_failures": 0,
+                }
+            ]
+        }
+    )
+
+    id: str
+    url: str
+    events: list[EventType]
+    metadata: dict[str, Any]
+    all_keys: bool = Field(description="made by an admin key: receives every key's events")
+    created_at: str
+    circuit: Literal["closed", "open", "half_open"]
+    consecutive_failures: int
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="whsec_...: the signing secret; shown this once")
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+
+
+class DeliveryAttempt(BaseModel):
+    at: str
+    duration_seconds: float
+    status_code: int | None = Field(description="the HTTP status the endpoint answered, if it answered")
+    error: str | None = Field(description="timeout, connection refused, a refused address...; null on an answer")
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "webhook_id": "wh_7k2m9x4b3q5w8t1r6p0n",
+                    "event_id": 42,
+                    "event_type": "agent.finished",
+                    "agent_id": "ag_5x2kq7m3b9w4t6r8p1n0c2vd",
+                    "status": "failed",
+                    "attempt_count": 1,
+                    "next_attempt_at": "2026-11-22T10:00:09.100Z",
+                    "created_at": "2026-11-22T10:00:03.510Z",
+                    "finished_at": None,
+                    "attempts": [
+                        {"at": "2026-11-22T10:00:03.520Z", "duration_seconds": 0.012, "status_code": 500, "error": None}
+                    ],
+                }
+            ]
+        }
+    )
+
+    id: int
+    webhook_id: str
+    event_id: int
+    event_type: EventType | None
+    agent_id: str | None
+    status: DeliveryStatus
+    attempt_count: int
+    next_attempt_at: str | None = Field(description="when the next attempt is due (pending and failed)")
+    created_at: str
+    finished_at: str | None
+    attempts: list[DeliveryAttempt]
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
 
 
 class ErrorDetail(BaseModel):

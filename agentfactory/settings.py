@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         "sqlite:///./agentfactory.db", description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://..."
     )
     catalog: Path = Field(Path("catalog.json"), description="path of the JSON catalog of models and tools")
-    admin_key: str | None = Field(None, description="bootstrap admin API key (accepted as an admin key)")
+    admin_key: str | None = Field(
+        None, description="bootstrap admin API key (accepted as an admin key; at least 24 characters)"
+    )
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8000, description="port the HTTP server binds")
     retention_days: float = Field(30, description="finished agents and their logs are purged after this")
@@ -63,6 +65,92 @@ class Settings(BaseSettings):
     adopt_after_seconds: float = Field(
         15, gt=0, description="a dead replica's agents are adopted by another replica within this"
     )
+    agent_nofile: int = Field(
+        1024, ge=64, description="open-file limit (soft and hard) of every agent container: sockets count too"
+    )
+    # The model gateway's bounds on what one agent may send (SPEC §14).
+    gateway_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest model-call body an agent may send; larger ones get 413 unread"
+    )
+    gateway_inline_json_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="model-call bodies (and answers) up to this size are parsed on the event loop; larger "
+        "ones in the gateway's JSON worker processes, so a big body never stalls the API",
+    )
+    gateway_json_workers: int = Field(2, ge=1, description="worker processes that parse and re-encode large bodies")
+    gateway_max_connections: int = Field(
+        512,
+        ge=8,
+        description="open connections to the gateway socket, all agents together; past it the oldest "
+        "connection that has not sent a request is closed, else the new one is refused",
+    )
+    gateway_max_connections_per_agent: int = Field(
+        16, ge=1, description="open connections one agent's token may hold; past it a request gets 429"
+    )
+    gateway_max_concurrent_calls_per_agent: int = Field(
+        4, ge=1, description="model calls of one agent in flight at once; past it a call gets 429"
+    )
+    gateway_calls_per_second_per_agent: float = Field(
+        10.0, gt=0, description="sustained gateway requests per second of one agent (token bucket rate)"
+    )
+    gateway_call_burst_per_agent: int = Field(
+        20, ge=1, description="gateway requests one agent may make in a burst above its per-second rate"
+    )
+    gateway_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a gateway connection that sends no complete request within this is closed"
+    )
+    gateway_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="a model-call body must arrive whole within this many seconds"
+    )
+    gateway_default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="completion tokens a model call may use when it names no max_tokens (always clamped to "
+        "what the agent's token budget has left)",
+    )
+    gateway_prompt_bytes_per_token: float = Field(
+        1.0,
+        ge=1.0,
+        description="bytes of request body reserved as one prompt token before a call: 1 is an upper bound for "
+        "byte-level BPE tokenizers, so concurrent calls can never overshoot a budget; larger values reserve "
+        "less and may overshoot by the difference",
+    )
+    event_retention_days: float = Field(
+        7, ge=1, description="lifecycle events (and their webhook deliveries) are kept this long (at least 1 day)"
+    )
+    webhook_retry_schedule: str = Field(
+        "5,30,120,600,1800,3600,7200,14400,28800,28800",
+        description="comma-separated seconds before each retry of a failed webhook delivery (up to 20 % jitter "
+        "added); out of retries a delivery is dead. The default spans about 24 h",
+    )
+    webhook_timeout_seconds: float = Field(10, gt=0, description="a delivery succeeds on a 2xx within this")
+    webhook_circuit_failures: int = Field(
+        5, ge=1, description="consecutive failed attempts that open a webhook's circuit (its deliveries pause)"
+    )
+    webhook_circuit_cooldown_seconds: float = Field(
+        60, ge=0, description="an open circuit waits this long, then one probe decides"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs resolving to loopback, private, link-local or metadata addresses"
+    )
+    webhook_concurrency: int = Field(16, ge=1, description="webhooks delivered to at once (one request in flight each)")
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError("a comma-separated list of seconds, e.g. 5,30,120") from None
+        if any(d < 0 or d != d for d in delays):
+            raise ValueError("retry delays must be seconds >= 0")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """The retry schedule: seconds before retry 1, 2, ...; empty: no retry."""
+        return tuple(float(x) for x in self.webhook_retry_schedule.split(",") if x.strip())
 
     @field_validator("agent_dns")
     @classmethod

@@ -58,31 +58,65 @@ class SSEDecoder:
         return SSEEvent(event=event, data="\n".join(data), id=self.last_event_id, retry=retry)
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """SSE line splitting on a byte stream; an unterminated last line is dropped (it ends no event)."""
-    buf = bytearray()
-    for chunk in chunks:
+class LineSplitter:
+    """SSE line splitting, fed chunk by chunk (by a sync or an async byte stream alike)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        buf = self._buf
         buf += chunk
+        lines: list[str] = []
         start = 0
         while (m := _LINE_END.search(buf, start)) is not None:
             if m.group() == b"\r" and m.end() == len(buf):
                 break  # maybe the first half of a CRLF split across chunks
-            yield buf[start : m.start()].decode("utf-8", "replace")
+            lines.append(buf[start : m.start()].decode("utf-8", "replace"))
             start = m.end()
         del buf[:start]
-    if buf.endswith(b"\r"):
-        yield buf[:-1].decode("utf-8", "replace")
+        return lines
+
+    def close(self) -> list[str]:
+        """The end of the stream: a last line ended by a lone CR; an unterminated one is dropped."""
+        buf, self._buf = self._buf, bytearray()
+        return [buf[:-1].decode("utf-8", "replace")] if buf.endswith(b"\r") else []
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """SSE line splitting on a byte stream; an unterminated last line is dropped (it ends no event)."""
+    splitter = LineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.close()
+
+
+class SSEParser:
+    """Bytes in, events out: the line splitter and the decoder, with the stream's leading BOM removed."""
+
+    def __init__(self) -> None:
+        self._splitter = LineSplitter()
+        self._decoder = SSEDecoder()
+        self._first = True
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return self._events(self._splitter.feed(chunk))
+
+    def close(self) -> list[SSEEvent]:
+        return self._events(self._splitter.close())
+
+    def _events(self, lines: list[str]) -> list[SSEEvent]:
+        events = []
+        for line in lines:
+            if self._first:
+                line, self._first = line.removeprefix("\ufeff"), False
+            if (event := self._decoder.feed(line)) is not None:
+                events.append(event)
+        return events
 
 
 def iter_sse(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
-    decoder = SSEDecoder()
-    first = True
-    for line in split_lines(chunks):
-        if first:
-            line, first = line.removeprefix("\ufeff"), False
-        event = decoder.feed(line)
-        if event is not None:
-            yield event
-
-
-# --- HTTP API ----------------------------------------------------------------------------------------
+    parser = SSEParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+    yield from parser.close()

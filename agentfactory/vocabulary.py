@@ -1,4 +1,5 @@
-"""The product's words, defined once: agent statuses, end reasons, error codes, output streams.
+"""The product's words, defined once: agent statuses, end reasons, error codes, output streams,
+lifecycle event types and webhook delivery states.
 
 Used by the wire models, the tables, the metrics, the gateway, the runtime and the client alike.
 Pure: imports nothing of agentfactory, so the light client can use it too.
@@ -51,6 +52,25 @@ class ErrorCode(enum.StrEnum):
     E_INTERNAL = "E_INTERNAL"
 
 
+class EventType(enum.StrEnum):
+    """Lifecycle events of the event log (SPEC §11)."""
+
+    QUEUED = "agent.queued"
+    STARTED = "agent.started"
+    FINISHED = "agent.finished"
+    ARTIFACTS_READY = "agent.artifacts_ready"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A webhook delivery: `pending` (not tried yet), `failed` (an attempt failed, a retry is
+    scheduled), `succeeded`, `dead` (out of attempts; a manual retry sends it again)."""
+
+    PENDING = "pending"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
 TERMINAL: tuple[str, ...] = (
     AgentStatus.SUCCEEDED,
     AgentStatus.FAILED,
@@ -58,5 +78,6 @@ TERMINAL: tuple[str, ...] = (
     AgentStatus.EXPIRED,
 )
 ACTIVE: tuple[str, ...] = (AgentStatus.PENDING, AgentStatus.STARTING, AgentStatus.RUNNING)
+UNDELIVERED: tuple[str, ...] = (DeliveryStatus.PENDING, DeliveryStatus.FAILED)
 STDOUT, STDERR = 1, 2
 STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}

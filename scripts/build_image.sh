@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the control-plane image (default agentfactory:latest) with no registry and no network inside
 # `docker build`, idempotently:
-#   1. ./wheelhouse: the wheels poetry.lock pins for the runtime (hash-checked), plus pip and poetry-core,
+#   1. ./wheelhouse: the wheels poetry.lock pins for the runtime, the server and postgres extras included
+#      (hash-checked), plus pip and poetry-core,
 #      fetched on the host by pip (from its cache or PyPI); skipped while poetry.lock is unchanged.
 #   2. `docker build` of ./Dockerfile on the base image; skipped while the image's
 #      io.agentfactory.inputs label matches the hash of everything the build reads.
@@ -46,7 +47,7 @@ if [ "$(cat wheelhouse/.inputs 2>/dev/null || true)" != "$wheel_inputs" ]; then
   # the project's wheel (pyproject.toml's build-system).
   pip_version=$("$PYTHON" -m pip --version | cut -d' ' -f2)
   "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary :all: \
-    --dest wheelhouse.tmp "pip==$pip_version" "poetry-core>=1.9"
+    --dest wheelhouse.tmp "pip==$pip_version" "poetry-core>=2.0"
   echo "$wheel_inputs" >wheelhouse.tmp/.inputs
   rm -rf wheelhouse
   mv wheelhouse.tmp wheelhouse
@@ -80,7 +81,7 @@ if [ "$base_python" != "$py_version" ]; then
 fi
 log "building $IMAGE on $BASE_IMAGE"
 previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q \
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q --network none \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   --build-arg "INPUTS_HASH=$image_inputs" \
   --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)" \

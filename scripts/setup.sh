@@ -6,8 +6,8 @@
 #   AGENTFACTORY_BASE_IMAGE    use this base image instead of building one with debootstrap
 #   AGENTFACTORY_RUNTIME_IMAGE tag of the agent runtime image (default agentfactory-runtime:latest)
 #   AGENTFACTORY_WITH_RUNSC=1  also install gVisor and register it as the Docker runtime "runsc"
-#   AGENTFACTORY_WITH_TEST_TOOLS=1  also install what the test suite uses (promtool/prometheus,
-#                                   postgresql and haproxy for the replicas' tests)
+#   AGENTFACTORY_WITH_TEST_TOOLS=1  also install what the test suite uses (promtool, Node and clients/typescript's
+#                              npm packages, postgresql and haproxy for the replicas' tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,9 +28,10 @@ if ! command -v poetry >/dev/null 2>&1; then
   python3 -m pip install -q poetry
 fi
 export POETRY_VIRTUALENVS_IN_PROJECT=true
-if [ ! -x .venv/bin/python ] || [ poetry.lock -nt .venv/.installed ]; then
-  log "poetry install"
-  poetry install -q --no-interaction
+# The server lives in extras (pyproject.toml): a development checkout gets them all.
+if [ ! -x .venv/bin/python ] || [ poetry.lock -nt .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  log "poetry install --all-extras"
+  poetry install -q --no-interaction --all-extras
   touch .venv/.installed
 fi
 
@@ -103,7 +104,12 @@ fi
 
 # --- test tools -------------------------------------------------------------------------------
 if [ "${AGENTFACTORY_WITH_TEST_TOOLS:-0}" = 1 ]; then
-  apt_install prometheus postgresql haproxy
+  # promtool (the Grafana dashboard's and the alert rules' checks), Node for the TypeScript client's check.
+  apt_install prometheus nodejs npm postgresql haproxy
+  if [ ! -d clients/typescript/node_modules ] || [ clients/typescript/package-lock.json -nt clients/typescript/node_modules/.package-lock.json ]; then
+    log "npm ci (clients/typescript: openapi-typescript, typescript)"
+    npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error >/dev/null
+  fi
 fi
 # `make up-ha` (scripts/up_ha.sh): PostgreSQL and HAProxy from Debian, no registry.
 if [ "${AGENTFACTORY_WITH_HA:-0}" = 1 ]; then

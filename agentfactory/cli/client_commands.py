@@ -18,16 +18,22 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from agentfactory.cli.options import (
-    EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_TEMPFAIL,
     EXIT_UNREACHABLE,
     CliError,
     DurationOption,
     IdArgument,
     JsonOption,
+    OutputOption,
+    SelectorOption,
     api_client,
+    exit_code_for,
+    output_format,
     parse_duration,
     parse_pairs,
+    parse_selector,
     split_list,
 )
 from agentfactory.cli.render import (
@@ -35,12 +41,16 @@ from agentfactory.cli.render import (
     ago,
     api_message,
     cell,
+    print_doc,
     print_event,
     print_fields,
     print_json,
+    print_names,
     print_table,
 )
-from agentfactory.client import AgentFollower, ApiClient, ApiError, ClientError, ServerUnreachable, agent_exit_code
+from agentfactory.client import MAX_LOG_PAGE, AgentFollower, ApiClient, ApiError, ClientError, agent_exit_code
+from agentfactory.client_errors import ServerUnreachable, WaitTimeout
+from agentfactory.vocabulary import TERMINAL
 
 AGENT_FIELDS = (
     *("id", "status", "reason", "exit_code", "error", "model", "tools", "created_at", "started_at"),
@@ -137,8 +147,12 @@ def run(
         Path | None, typer.Option(help="with --follow: write the result JSON here", metavar="PATH")
     ] = None,
     json_out: JsonOption = False,
+    output: OutputOption = None,
 ) -> None:
     """Create an agent; print its id, or with --follow stream its output and exit with its verdict."""
+    fmt = output_format(output, json_out)
+    if follow and fmt not in (None, "json"):
+        raise typer.BadParameter("with --follow, only --json (one JSON event per line)", param_hint="-o/--output")
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
@@ -156,16 +170,24 @@ def run(
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
         if not follow:
-            print_json(agent) if json_out else sys.stdout.write(f"{agent_id}\n")
+            print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
             return
-        if json_out:
+        json_lines = fmt == "json"
+        if json_lines:
             print_event("created", agent=agent)
-        final = follow_agent(client, agent_id, json_lines=json_out, cancel_on_interrupt=not detach_on_interrupt)
+        final = follow_agent(client, agent_id, json_lines=json_lines, cancel_on_interrupt=not detach_on_interrupt)
         if final is None:
             raise typer.Exit(EXIT_INTERRUPTED)
         if result_file is not None:
-            result_file.write_text(json.dumps(client.get_result(agent_id), indent=2) + "\n")
+            write_result(result_file, client.get_result(agent_id))
     raise typer.Exit(agent_exit_code(final))
+
+
+def write_result(path: Path, doc: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}", EXIT_IO) from exc
 
 
 def logs(
@@ -176,7 +198,10 @@ def logs(
     stream: Annotated[str | None, typer.Option(help="stdout or stderr only", metavar="STREAM")] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Print an agent's captured output (stdout lines to stdout, stderr lines to stderr)."""
+    """Print an agent's captured output (stdout lines to stdout, stderr lines to stderr).
+
+    --tail N (up to 5000) is one request, however long the output; a larger N pages through it all.
+    """
     if stream not in (None, "stdout", "stderr"):
         raise typer.BadParameter("must be stdout or stderr", param_hint="--stream")
     streams = (stream,) if stream else ("stdout", "stderr")
@@ -186,70 +211,131 @@ def logs(
             final = follow_agent(client, agent_id, json_lines=json_out, tail=tail, streams=streams)
             raise typer.Exit(EXIT_INTERRUPTED if final is None else 0)
         out = FollowOutput(agent_id, json_lines=False, streams=streams)
-        kept: deque[dict[str, Any]] = deque(maxlen=tail)
-        last_seq, complete = None, False
-        for page in client.iter_log_pages(agent_id, stream=stream):
-            complete = bool(page.get("complete"))
-            for line in page.get("lines") or []:
-                last_seq = line["seq"]
-                kept.append(line) if json_out or tail is not None else out.line(line)
+        if tail == 0:
+            done = client.get_agent(agent_id)["status"] in TERMINAL
+            page: dict[str, Any] = {"lines": [], "next_cursor": None, "complete": done}
+        elif tail is not None and tail <= MAX_LOG_PAGE:
+            page = client.get_logs(agent_id, tail=tail, stream=stream)
+        else:
+            page = _all_lines(client, agent_id, stream=stream, keep=tail, out=None if json_out or tail else out)
     if json_out:
-        next_cursor = None if last_seq is None else str(last_seq)
-        return print_json({"lines": list(kept), "next_cursor": next_cursor, "complete": complete})
-    for line in kept:
+        return print_json(page)
+    for line in page["lines"]:
         out.line(line)
 
 
-def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False) -> None:
+def _all_lines(
+    client: ApiClient, agent_id: str, *, stream: str | None, keep: int | None, out: FollowOutput | None
+) -> dict[str, Any]:
+    """Every page of the output: each line printed as it comes (`out`), or the last `keep` kept."""
+    kept: deque[dict[str, Any]] = deque(maxlen=keep)
+    last_seq, complete = None, False
+    for page in client.iter_log_pages(agent_id, stream=stream):
+        complete = bool(page.get("complete"))
+        for line in page.get("lines") or []:
+            last_seq = line["seq"]
+            out.line(line) if out is not None else kept.append(line)
+    return {"lines": list(kept), "next_cursor": None if last_seq is None else str(last_seq), "complete": complete}
+
+
+def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False, output: OutputOption = None) -> None:
     """Show one agent."""
+    fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         agent = client.get_agent(agent_id)
-    print_json(agent) if json_out else print_fields(agent, AGENT_FIELDS)
+    print_agents([agent], fmt) if fmt else print_fields(agent, AGENT_FIELDS)
 
 
 def list_agents(
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option(help="only agents in this status", metavar="STATUS")] = None,
+    selector: SelectorOption = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="page size", metavar="N")] = 50,
     cursor: Annotated[str | None, typer.Option(help="continue from a previous page", metavar="CURSOR")] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="follow every page")] = False,
     json_out: JsonOption = False,
+    output: OutputOption = None,
 ) -> None:
-    """List your agents, newest first."""
+    """List your agents, newest first (-l KEY=VALUE: only those with this metadata)."""
+    fmt = output_format(output, json_out)
+    metadata = parse_selector(selector)
     items: list[dict[str, Any]] = []
     with api_client(ctx) as client:
         while True:
-            page = client.list_agents(status=status, limit=limit, cursor=cursor)
+            page = client.list_agents(status=status, limit=limit, cursor=cursor, metadata=metadata)
             items += page.get("items") or []
             cursor = page.get("next_cursor")
             if not all_pages or not cursor:
                 break
-    if json_out:
-        return print_json({"items": items, "next_cursor": cursor})
+    if fmt in ("json", "yaml"):
+        return print_doc({"items": items, "next_cursor": cursor}, fmt)
+    print_agents(items, fmt)
+    if cursor:
+        sys.stderr.write(f"more: the same command with --cursor {cursor}, or --all\n")
+
+
+def print_agents(items: list[dict[str, Any]], fmt: str | None) -> None:
+    """Agents as a table (`wide`: more columns), their ids (`name`), or one document each (json, yaml)."""
+    if fmt == "name":
+        return print_names([a["id"] for a in items])
+    if fmt in ("json", "yaml"):
+        return print_doc(items[0] if len(items) == 1 else {"items": items}, fmt)
+    headers = ["ID", "STATUS", "MODEL", "TOOLS", "AGE", "EXIT", "REASON"]
     rows = [
         [a["id"], str(a.get("status")), str(a.get("model")), cell("tools", a.get("tools")), ago(a.get("created_at")),
          cell("exit_code", a.get("exit_code")), cell("reason", a.get("reason"))]
         for a in items
     ]  # fmt: skip
-    print_table(["ID", "STATUS", "MODEL", "TOOLS", "AGE", "EXIT", "REASON"], rows)
-    if cursor:
-        sys.stderr.write(f"more: agentfactory ls --cursor {cursor}\n")
+    if fmt == "wide":
+        headers += ["EXPIRES", "LINES", "METADATA"]
+        for row, a in zip(rows, items, strict=True):
+            expires = ago(a.get("expires_at")) if a.get("status") not in TERMINAL else "-"
+            row += [expires, cell("log_lines", a.get("log_lines")), cell("metadata", a.get("metadata"))]
+    print_table(headers, rows)
+
+
+def wait(
+    ctx: typer.Context,
+    agent_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="agent ids")],
+    timeout: Annotated[
+        int | None,
+        typer.Option("--timeout", parser=parse_duration, metavar="DURATION", help="give up after this (exit 75)"),
+    ] = None,
+    json_out: JsonOption = False,
+    output: OutputOption = None,
+) -> None:
+    """Wait until the agents end; exit with the verdict (of the first one that did not succeed)."""
+    fmt = output_format(output, json_out)
+    finals: list[dict[str, Any]] = []
+    with api_client(ctx) as client:
+        for agent_id in agent_ids:
+            try:
+                finals.append(client.wait_agent(agent_id, timeout=timeout))
+            except WaitTimeout as exc:
+                raise CliError(str(exc), EXIT_TEMPFAIL) from exc
+    if fmt:
+        print_agents(finals, fmt)
+    else:
+        for agent in finals:
+            sys.stdout.write(f"{agent['id']}\t{agent.get('status')}\n")
+    codes = [agent_exit_code(agent) for agent in finals]
+    raise typer.Exit(next((code for code in codes if code != 0), 0))
 
 
 def rm(ctx: typer.Context, agent_ids: Annotated[list[str], typer.Argument(metavar="ID...")]) -> None:
     """Stop agents now (status cancelled); a finished agent is left as it is."""
-    failed = 0
+    failures: list[int] = []
     with api_client(ctx) as client:
         for agent_id in agent_ids:
             try:
                 agent = client.delete_agent(agent_id)
             except ApiError as exc:
-                failed += 1
+                failures.append(exit_code_for(exc))
                 sys.stderr.write(f"error: {agent_id}: {api_message(exc)}\n")
                 continue
             sys.stdout.write(f"{agent_id}\t{agent.get('status')}\n")
-    if failed:
-        raise typer.Exit(EXIT_ERROR)
+    if failures:
+        raise typer.Exit(failures[0])
 
 
 def ttl(
@@ -266,11 +352,16 @@ def ttl(
     sys.stdout.write(f"{agent_id}\texpires_at {cell('expires_at', agent.get('expires_at'))}\n")
 
 
-def result(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False) -> None:
+def result(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False, output: OutputOption = None) -> None:
     """The result document of an agent: verdict, timings, usage and log seal."""
+    fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         doc = client.get_result(agent_id)
-    print_json(doc) if json_out else print_fields(doc, ("id", "status", "reason", "exit_code", "error"))
+    if fmt in ("json", "yaml"):
+        return print_doc(doc, fmt)
+    if fmt == "name":
+        return print_names([doc["id"]])
+    print_fields(doc, ("id", "status", "reason", "exit_code", "error"))
 
 
 # --- catalog and keys ------------------------------------------------------------------------------
@@ -301,6 +392,9 @@ def keys_create(
     max_concurrent: Annotated[int | None, typer.Option(min=1, metavar="N")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="max requests per minute", metavar="N")] = None,
     max_ttl: Annotated[int | None, typer.Option(parser=parse_duration, metavar="DURATION")] = None,
+    max_streams: Annotated[
+        int | None, typer.Option(min=1, help="max concurrent log streams and MCP waits", metavar="N")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create an API key; its secret is printed once."""
@@ -314,6 +408,7 @@ def keys_create(
         "max_concurrent_agents": max_concurrent,
         "max_requests_per_minute": rpm,
         "max_ttl_seconds": max_ttl,
+        "max_streams": max_streams,
     }
     body |= {k: v for k, v in limits.items() if v is not None}
     with api_client(ctx) as client:

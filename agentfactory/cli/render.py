@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -39,6 +40,71 @@ def _console() -> Console:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def to_yaml(obj: Any, indent: int = 0) -> str:
+    """JSON-shaped data (dicts, lists, strings, numbers, booleans, None) as block YAML. Strings are
+    double-quoted JSON strings (valid YAML), so no value can be misread as another type."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return pad + "{}\n"
+        out = []
+        for key, value in obj.items():
+            name = _yaml_key(str(key))
+            if isinstance(value, dict | list) and value:
+                out.append(f"{pad}{name}:\n{to_yaml(value, indent + 1)}")
+            else:
+                out.append(f"{pad}{name}: {_yaml_scalar(value)}\n")
+        return "".join(out)
+    if isinstance(obj, list):
+        if not obj:
+            return pad + "[]\n"
+        out = []
+        for value in obj:
+            if isinstance(value, dict | list) and value:
+                nested = to_yaml(value, indent + 1)
+                out.append(f"{pad}- {nested.lstrip()}")
+            else:
+                out.append(f"{pad}- {_yaml_scalar(value)}\n")
+        return "".join(out)
+    return pad + _yaml_scalar(obj) + "\n"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _yaml_key(key: str) -> str:
+    plain = _PLAIN_KEY.fullmatch(key) and key.lower() not in _YAML_WORDS
+    return key if plain else json.dumps(key, ensure_ascii=False)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def print_yaml(obj: Any) -> None:
+    sys.stdout.write(to_yaml(obj))
+
+
+def print_doc(obj: Any, fmt: str) -> None:
+    """A document as `json` or `yaml`."""
+    print_yaml(obj) if fmt == "yaml" else print_json(obj)
+
+
+def print_names(ids: list[str]) -> None:
+    sys.stdout.write("".join(f"{i}\n" for i in ids))
 
 
 def print_event(name: str, **fields: Any) -> None:

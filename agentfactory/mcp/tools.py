@@ -181,9 +181,11 @@ async def extend_ttl(svc: Services, caller: Caller, args: ExtendTtl) -> AgentOut
 
 
 async def wait_agent(svc: Services, caller: Caller, args: WaitAgent) -> WaitResult:
-    """Wait for the agent's end (the service's hub loop), then the result document and the last lines."""
+    """Wait for the agent's end (the service's hub loop), then the result document and the last lines.
+    The wait holds one of the key's max_streams leases (429 past it; E_AUTH if the key is revoked)."""
     row = await agents.load_agent(svc, caller, args.agent_id)
-    row = await streams.wait_until_done(svc, row, args.timeout_seconds)
+    with svc.streams.hold(caller):
+        row = await streams.wait_until_done(svc, row, args.timeout_seconds)
     result = agent_result(row)
     tail: list[LogLine] = []
     if args.tail:

@@ -6,15 +6,27 @@ series exists (at 0) before the first failure. No label ever carries an agent id
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
+from agentfactory import __version__
 from agentfactory.vocabulary import TERMINAL, Reason
 
 STATUSES = TERMINAL
 REASONS = tuple(Reason)
-QUOTA_REASONS = ("concurrency", "rate", "body_size")
+QUOTA_REASONS = ("concurrency", "rate", "body_size", "streams")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# An attempt's outcome: a 2xx; a failure with a retry scheduled; a failure out of retries.
+WEBHOOK_OUTCOMES = ("succeeded", "failed", "dead")
 
 
 class Metrics:
@@ -23,6 +35,13 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = "agentfactory_"
+        # The client library's standard collectors: process_* (CPU, memory, fds, start time),
+        # python_info, python_gc_*; registered on this registry, not the global default one.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(p + "build_info", "The running version (always 1)", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
         self.agents_created = Counter(p + "agents_created_total", "Agents accepted", ["model"], registry=r)
         self.agents_finished = Counter(
             p + "agents_finished_total", "Agents that reached a terminal status", ["status"], registry=r
@@ -51,6 +70,12 @@ class Metrics:
         self.log_bytes = Counter(p + "log_bytes_total", "Log bytes captured", registry=r)
         self.log_bytes_dropped = Counter(
             p + "log_bytes_dropped_total", "Log bytes dropped past max_log_bytes", registry=r
+        )
+        self.log_write_failures = Counter(
+            p + "log_write_failures_total", "Failed commits of captured lines (each is retried)", registry=r
+        )
+        self.log_queue_bytes = Gauge(
+            p + "log_queue_bytes", "Captured bytes read from agents and waiting for the log writer", registry=r
         )
         self.stream_clients = Gauge(p + "stream_clients", "Open SSE stream clients", registry=r)
         self.http_requests = Counter(
@@ -85,6 +110,34 @@ class Metrics:
         self.agents_adopted = Counter(
             p + "agents_adopted_total", "Agents this replica adopted from a replica that died or stopped", registry=r
         )
+        self.gateway_connections = Gauge(
+            p + "gateway_connections", "Open connections to the model gateway's socket", registry=r
+        )
+        self.gateway_connections_refused = Counter(
+            p + "gateway_connections_refused_total",
+            "Gateway connections closed unserved: over the connection cap, or evicted to make room",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            p + "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
+        )
+        self.webhook_delivery_duration = Histogram(
+            p + "webhook_delivery_duration_seconds",
+            "Duration of one webhook delivery attempt (address check, request, answer)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.webhook_circuits_open = Gauge(
+            p + "webhook_circuits_open", "Webhooks whose circuit breaker is open or half-open", registry=r
+        )
+        self.webhook_circuits_opened = Counter(
+            p + "webhook_circuits_opened_total", "Times a webhook's circuit breaker opened", registry=r
+        )
+        self.webhook_dead_letters = Gauge(
+            p + "webhook_dead_letters", "Webhook deliveries out of attempts (dead), kept for a manual retry", registry=r
+        )
+        for o in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome=o)
         for s in STATUSES:
             self.agents_finished.labels(status=s)
         for reason in REASONS:

@@ -1,10 +1,14 @@
-"""Wake-ups for stream readers: the log writer and the launcher bump an agent; readers wait on it."""
+"""Wake-ups for stream readers: the log writer and the launcher bump an agent; readers wait on it.
+The launcher also bumps the event log when it appends to it: `/events` followers and the webhook
+dispatcher wait on that."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+
+EVENTS = "e"  # the bus item that says the event log grew
 
 
 class Hub:
@@ -15,8 +19,11 @@ class Hub:
         self._bound: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
-        # Set on PostgreSQL: tells the other replicas which agents changed here (LISTEN/NOTIFY).
-        self.publish: Callable[[list[int]], None] | None = None
+        # Set on PostgreSQL: tells the other replicas which agents changed here, and when the event
+        # log grew (EVENTS), over LISTEN/NOTIFY.
+        self.publish: Callable[[list[object]], None] | None = None
+        self._event_waiters: set[asyncio.Future[None]] = set()
+        self._event_listeners: list[Callable[[], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._bound = loop
@@ -79,3 +86,34 @@ class Hub:
             return True
         except TimeoutError:
             return False
+
+    # -- the event log ---------------------------------------------------------------------------
+
+    def bump_events(self) -> None:
+        """The event log grew (here): wake its followers and listeners, here and on other replicas."""
+        self._wake_events()
+        if self.publish is not None:
+            self.publish([EVENTS])
+
+    def wake_events_threadsafe(self) -> None:
+        """The event log grew on another replica."""
+        self._loop.call_soon_threadsafe(self._wake_events)
+
+    def _wake_events(self) -> None:
+        waiters, self._event_waiters = self._event_waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        for listener in self._event_listeners:
+            listener()
+
+    def subscribe_events(self) -> asyncio.Future[None]:
+        """A future that completes at the event log's next bump (subscribe before reading)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._event_waiters.add(fut)
+        fut.add_done_callback(self._event_waiters.discard)
+        return fut
+
+    def on_events(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the loop) at every bump of the event log."""
+        self._event_listeners.append(listener)

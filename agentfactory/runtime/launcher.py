@@ -7,6 +7,10 @@ launcher takes an admitted `pending` row. Every transition is a compare-and-set 
 truth); a terminal status never changes. The seal and the exit code are written in the same
 transaction as the terminal status, after the log pump has committed the agent's last line, so
 whoever sees a terminal agent sees its final seal. The reaper drives the same public operations.
+
+The transitions that start and end an agent append `agent.started` / `agent.finished` to the
+event log in their own transaction (the outbox, `queries.transition_agent`), with the agent's
+wire document built by `agent_document` (given by the service layer, which owns the wire views).
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import structlog
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import CaptureInterrupted, LogPump, Resume, Seal
+from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume, Seal
+from agentfactory.runtime.masking import mask_text
 from agentfactory.runtime.outcome import classify_exit
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
+from agentfactory.store.server_key import ServerKey
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
-from agentfactory.vocabulary import AgentStatus, Reason
+from agentfactory.vocabulary import AgentStatus, EventType, Reason
 
 log = structlog.get_logger("agentfactory.launcher")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -49,6 +56,8 @@ class Launcher:
         pump: LogPump,
         hub: Hub,
         metrics: Metrics,
+        server_key: ServerKey,
+        agent_document: Callable[[AgentRow], str],
         replica_id: str = "local",
         clock: Callable[[], float] = time.time,
     ):
@@ -60,6 +69,8 @@ class Launcher:
         self.pump = pump
         self.hub = hub
         self.metrics = metrics
+        self.server_key = server_key
+        self.agent_document = agent_document
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._launching: set[int] = set()  # launches in flight here: the controller keeps off
@@ -78,6 +89,23 @@ class Launcher:
         return await self.store.run(
             queries.update_agent, pk=pk, only_if_status=only_if, only_if_owner=self.replica_id, **values
         )
+
+    async def _transition(self, pk: int, only_if: tuple[str, ...], event: EventType, **values: Any) -> bool:
+        """The compare-and-set (on status and owner), with `event` appended to the event log in its
+        transaction."""
+        changed = await self.store.run(
+            queries.transition_agent,
+            pk=pk,
+            only_if_status=only_if,
+            only_if_owner=self.replica_id,
+            event=event,
+            document=self.agent_document,
+            at=self.clock(),
+            **values,
+        )
+        if changed:
+            self.hub.bump_events()
+        return changed
 
     async def active_agents(self) -> list[AgentRow]:
         """The active agents this replica owns."""
@@ -144,12 +172,14 @@ class Launcher:
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
         except AgentFactoryError as exc:
-            await self.fail_launch(row.pk, row.id, exc.message)
+            # The engine's words may quote the container's environment.
+            await self.fail_launch(row.pk, row.id, mask_text(exc.message, [*row.secrets.values(), token]))
             return await self.load(row.pk) or row
         started = self.clock()
-        moved = await self._cas(
+        moved = await self._transition(
             row.pk,
             (AgentStatus.STARTING,),
+            EventType.STARTED,
             status=AgentStatus.RUNNING,
             container_id=launched.container_id,
             started_at=started,
@@ -169,9 +199,10 @@ class Launcher:
     async def fail_launch(self, pk: int, agent_id: str, message: str) -> None:
         """End an agent that never ran: `failed`/`launch_failed`, an empty seal, no container."""
         await self.backend.remove(agent_id)
-        changed = await self._cas(
+        changed = await self._transition(
             pk,
             ACTIVE,
+            EventType.FINISHED,
             status=AgentStatus.FAILED,
             reason=Reason.LAUNCH_FAILED,
             error=message,
@@ -204,7 +235,7 @@ class Launcher:
         try:
             await self.expire_if_due(pk)
         except Exception as exc:  # the reaper's next pass retries
-            log.warning("ttl_expiry_failed", agent_pk=pk, error=repr(exc))
+            log.warning("ttl_expiry_failed", agent_pk=pk, error=describe_error(exc))
 
     async def expire_if_due(self, pk: int) -> None:
         """Kill a running agent whose TTL has run out (re-read first: it may have been extended)."""
@@ -256,13 +287,18 @@ class Launcher:
 
     async def _finish_when_captured(self, pk: int, agent_id: str, captured: asyncio.Future[Seal | None]) -> None:
         seal: Seal | None = None
+        capture_error: str | None = None
         try:
             seal = await captured
         except CaptureInterrupted as exc:
             if not self.pump.stopping and pk not in self._abandoned:
                 await self._hand_over(pk, agent_id, str(exc))
             return
+        except CaptureIncomplete as exc:
+            capture_error = str(exc)
+            log.error("agent_capture_incomplete", agent_id=agent_id, error=capture_error)
         except Exception as exc:
+            capture_error = f"reading the agent's output broke off ({type(exc).__name__}); what was read is kept"
             log.warning("agent_capture_ended_with_error", agent_id=agent_id, error=type(exc).__name__)
         if self.pump.stopping or pk in self._abandoned:
             return  # shutting down while the container runs on (the next start resumes it), or adopted
@@ -271,7 +307,7 @@ class Launcher:
             if st.state is ContainerState.RUNNING:  # its output ended but it runs on
                 await self._hand_over(pk, agent_id, "the output ended while the container runs")
                 return
-            row = await self.finalize(pk, st, seal)
+            row = await self.finalize(pk, st, seal, capture_error=capture_error)
             if row is not None and row.status in TERMINAL:
                 await self.backend.remove(agent_id)
         except RuntimeUnavailableError:
@@ -291,9 +327,13 @@ class Launcher:
         await self.store.run(queries.mark_engine_lost, pks=[pk], at=self.clock())
         log.warning("agent_capture_handed_over", agent_id=agent_id, why=why)
 
-    async def finalize(self, pk: int, st: ContainerStatus, seal: Seal | None = None) -> AgentRow | None:
+    async def finalize(
+        self, pk: int, st: ContainerStatus, seal: Seal | None = None, *, capture_error: str | None = None
+    ) -> AgentRow | None:
         """Move the agent to its terminal status with exit code and seal (once). `seal` is the
-        capture's running one; without it (after a restart) the stored lines are read back."""
+        capture's running one, given only when every line it covers is stored; without it (after a
+        restart, or when capture could not be completed: `capture_error`) the stored lines are
+        read back, so the seal always agrees with the store."""
         row = await self.load(pk)
         if row is None or row.status in TERMINAL:
             return row
@@ -312,9 +352,10 @@ class Launcher:
             seal = await self.store.run(queries.seal_stored_lines, agent_pk=pk)
         lines, nbytes, sha = seal
         was_running = row.status == AgentStatus.RUNNING
-        changed = await self._cas(
+        changed = await self._transition(
             pk,
             ACTIVE,
+            EventType.FINISHED,
             status=status,
             reason=reason,
             error=error,
@@ -323,6 +364,7 @@ class Launcher:
             log_lines=lines,
             log_bytes=nbytes,
             log_sha256=sha,
+            capture_error=capture_error,
             secrets={},
             gateway_token_hash=None,
         )
@@ -458,7 +500,9 @@ class Launcher:
             source.close()
             return
         self.metrics.agents_running.inc()
-        self._watch(row.pk, row.id, source, list(row.secrets.values()), resume)
+        # The gateway token is derived again: only its hash is stored.
+        masked = [*row.secrets.values(), self.server_key.gateway_token(row.id)]
+        self._watch(row.pk, row.id, source, masked, resume)
         self.arm_ttl(row.pk, row.expires_at)
         if st is not None and st.state is ContainerState.RUNNING and row.engine_lost_at is not None:
             # It outlived the engine's outage (live-restore): the outage is no longer its story.

@@ -1,18 +1,20 @@
 """Turning a container's byte chunks into stored log chunks: splitting, masking, bounding. Pure.
 
 Output is handled a read at a time, never a line at a time: a `Chunk` is the complete lines of one
-read of one stream, and the store keeps one row per chunk. Splitting, UTF-8 repair, masking, the
-byte bound and the seal's digest all run over a chunk's bytes at C speed; Python only loops per
-line where a line is longer than MAX_LINE_BYTES.
+read of one stream, and the store keeps one row per chunk. Masking (before anything is split, see
+masking.py), splitting, UTF-8 repair, the byte bound and the seal's digest all run over a chunk's
+bytes at C speed; Python only loops per line where a line is longer than MAX_LINE_BYTES.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agentfactory.runtime.masking import Masker
+
 MAX_LINE_BYTES = 65_536
-MASK = "***"
 
 
 def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
@@ -25,11 +27,12 @@ def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive stored lines of one stream. `data` is their UTF-8 text, each line followed by
-    b"\\n" (the seal's byte form); `text` is the same lines joined by "\\n" (the stored form)."""
+    """Consecutive stored lines of one stream, held once: as `data`, their UTF-8 text with each
+    line followed by b"\\n" (the seal's byte form). `text` (the stored form, lines joined by "\\n")
+    is decoded from it when the chunk is stored, so a chunk waiting in the tail ring costs its
+    bytes and nothing more."""
 
     stream: int
-    text: str
     data: bytes
     lines: int
     raw_complete: int  # how many raw lines of the container this ends (resume counts them)
@@ -37,7 +40,11 @@ class Chunk:
     @classmethod
     def of_text(cls, stream: int, text: str, raw_complete: int) -> Chunk:
         data = text.encode("utf-8") + b"\n"
-        return cls(stream, text, data, data.count(b"\n"), raw_complete)
+        return cls(stream, data, data.count(b"\n"), raw_complete)
+
+    @property
+    def text(self) -> str:
+        return self.data[:-1].decode("utf-8")
 
     @property
     def nbytes(self) -> int:
@@ -50,7 +57,7 @@ class Chunk:
             return self
         data = self.data[start:end]
         n = data.count(b"\n")
-        return Chunk(self.stream, data[:-1].decode("utf-8"), data, n, min(n, self.raw_complete))
+        return Chunk(self.stream, data, n, min(n, self.raw_complete))
 
     def head(self, max_bytes: int) -> tuple[Chunk | None, Chunk | None]:
         """The longest run of whole leading lines within max_bytes, and the rest."""
@@ -73,27 +80,28 @@ class Chunk:
 
 
 class LineSplitter:
-    """Per-stream partial-line buffers. A very long line is cut into MAX_LINE_BYTES pieces; invalid
-    UTF-8 is replaced with U+FFFD. Secrets are masked on whole lines, so a secret split across two
-    writes of one line is still masked."""
+    """Per-stream maskers and partial-line buffers. Secrets are masked in the byte stream before it
+    is split, so neither a read boundary, nor the cut of a very long line into MAX_LINE_BYTES pieces,
+    nor a secret spanning lines lets one through (masking keeps the number of lines). Invalid UTF-8
+    is replaced with U+FFFD."""
 
     def __init__(self, secrets: list[str]):
         self._partial: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._maskers = {1: Masker(secrets), 2: Masker(secrets)}
 
     def _chunk(self, stream: int, raw: bytes, complete: bool) -> Chunk:
         """Chunk of raw lines joined by b"\\n" (no trailing newline)."""
         text = raw.decode("utf-8", "replace")
-        changed = "\ufffd" in text
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-                changed = True
-        data = text.encode("utf-8") + b"\n" if changed else raw + b"\n"
+        data = text.encode("utf-8") + b"\n" if "\ufffd" in text else raw + b"\n"
         n = data.count(b"\n")
-        return Chunk(stream, text, data, n, raw.count(b"\n") + 1 if complete else 0)
+        return Chunk(stream, data, n, raw.count(b"\n") + 1 if complete else 0)
 
     def feed(self, stream: int, data: bytes) -> list[Chunk]:
+        return self._split(stream, self._maskers[stream].feed(data))
+
+    def _split(self, stream: int, data: bytes) -> list[Chunk]:
+        if not data:
+            return []
         buf = self._partial[stream]
         out: list[Chunk] = []
         end = data.rfind(b"\n")
@@ -143,6 +151,7 @@ class LineSplitter:
         """The unterminated last line of each stream, if any (at end of output)."""
         out = []
         for stream, buf in self._partial.items():
+            out.extend(self._split(stream, self._maskers[stream].flush()))
             if buf:
                 out.append(self._chunk(stream, bytes(buf), True))
                 buf.clear()
@@ -192,16 +201,16 @@ class Bounded:
                     self.tail[0] = rest
         return keep
 
-    def finish(self) -> list[Chunk]:
-        """At end of output: the marker (if anything was dropped) and the tail."""
-        out: list[Chunk] = []
+    def finish(self) -> Iterator[Chunk]:
+        """At end of output: the marker (if anything was dropped), then the tail, each chunk let go
+        of as it is taken (so storing the tail never holds it twice)."""
         if self.dropped_lines:
             text = (
                 f"[agentfactory: {self.dropped_lines} lines ({self.dropped_bytes} bytes) dropped here: "
                 f"output exceeded max_log_bytes={self.max_bytes}]"
             )
-            out.append(Chunk.of_text(2, text, 0))
-        out.extend(self.tail)
-        self.tail.clear()
-        self.tail_bytes = 0
-        return out
+            yield Chunk.of_text(2, text, 0)
+        while self.tail:
+            chunk = self.tail.popleft()
+            self.tail_bytes -= chunk.nbytes
+            yield chunk

@@ -4,16 +4,23 @@ Readers split container output into chunks of lines, mask secrets, bound the vol
 gap-free `seq`s; the writer commits chunks (one row each) in batches together with each agent's
 resume position, then wakes stream readers. Clients are served from the store, so no client can
 slow an agent.
+
+Memory is bounded and nothing read is dropped. What readers hand the writer waits in a queue
+bounded in bytes, per agent and in all: a reader whose agent floods blocks on its own share, stops
+reading, and the agent blocks on its full pipe; other agents' lines keep their turn. A commit that
+fails because the store cannot write (disk full, database gone) is retried with backoff for as long
+as it takes, every reader waiting meanwhile; a batch the store refuses for what it holds costs only
+its own agent's capture, which then says so (`CaptureIncomplete`) instead of sealing lines it lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -22,12 +29,26 @@ from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.lines import Bounded, Chunk, LineSplitter
-from agentfactory.store import Store, queries
+from agentfactory.store import Store, describe_store_error, queries, store_cannot_write
 
 log = structlog.get_logger("agentfactory.logpump")
 BATCH_LINES = 50_000
+BATCH_BYTES = 8 * 1024 * 1024
+# Bytes read from agents and waiting for the writer: per agent, and in all.
+AGENT_QUEUE_BYTES = 4 * 1024 * 1024
+QUEUE_BYTES = 32 * 1024 * 1024
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 2.0
+# A group of batches refused this many times for a reason other than the store being unable to
+# write is committed batch by batch; the agent whose lines the store refuses loses the rest of its
+# capture, alone.
+REFUSALS_BEFORE_ISOLATING = 3
 
 ChunkRow = tuple[int, int, int, float, int, str]  # agent_pk, last_seq, first_seq, ts, stream, text
+
+
+class CaptureIncomplete(Exception):
+    """Some of the agent's output could not be stored: its seal is computed from what was."""
 
 
 @dataclass
@@ -49,6 +70,7 @@ class _Done:
     notify: Callable[[BaseException | None, Seal | None], None]
     error: BaseException | None
     seal: Seal | None
+    nbytes: int = 0
 
 
 class CaptureInterrupted(Exception):
@@ -56,9 +78,13 @@ class CaptureInterrupted(Exception):
 
 
 def _output_ended(source: OutputSource) -> bool:
-    """Whether `source` ended because its container exited (asks the engine; False on doubt)."""
+    """Whether `source` ended because its container exited (asks the engine; False on doubt). A
+    source that cannot tell (no `ended`) ended with its container."""
+    ended = getattr(source, "ended", None)
+    if ended is None:
+        return True
     try:
-        return bool(source.ended())
+        return bool(ended())
     except Exception:
         return False
 
@@ -75,6 +101,79 @@ class Resume:
     dropped_bytes: int = 0
 
 
+class _Queue:
+    """Batches on their way to the writer, bounded in bytes: `put` blocks while the agent's own
+    share (or the whole queue) is full. A batch bigger than a share is let in alone, so no reader
+    waits forever. Bytes are counted until the writer takes them: what is held in all is at most
+    the queue plus the one group being committed (BATCH_BYTES, or one batch bigger than that)."""
+
+    def __init__(self, metrics: Metrics):
+        self._cond = threading.Condition()
+        self._items: deque[_Batch | _Done] = deque()
+        self._agent_bytes: dict[int, int] = {}
+        self._bytes = 0
+        self._metrics = metrics
+        self.refusing = False  # shutting down: readers are not waited for
+        self.closed = False  # no more items: the writer ends once the queue is empty
+
+    def put(self, item: _Batch | _Done) -> bool:
+        """Queue `item`, waiting for room; False when refused (shutting down)."""
+        n = item.nbytes
+        with self._cond:
+            while not self.refusing and n and self._full(item.agent_pk, n):
+                self._cond.wait()
+            if self.refusing and isinstance(item, _Batch):
+                return False
+            self._items.append(item)
+            if n:
+                self._agent_bytes[item.agent_pk] = self._agent_bytes.get(item.agent_pk, 0) + n
+                self._bytes += n
+                self._metrics.log_queue_bytes.set(self._bytes)
+            self._cond.notify_all()
+            return True
+
+    def _full(self, agent_pk: int, n: int) -> bool:
+        mine = self._agent_bytes.get(agent_pk, 0)
+        return bool(mine and mine + n > AGENT_QUEUE_BYTES) or bool(self._bytes and self._bytes + n > QUEUE_BYTES)
+
+    def take(self) -> list[_Batch | _Done] | None:
+        """What is queued now, up to one commit's worth (waiting for the first); None once closed
+        and empty. No waiting for more: a lone line is committed at once."""
+        with self._cond:
+            while not self._items and not self.closed:
+                self._cond.wait()
+            if not self._items:
+                return None
+            items: list[_Batch | _Done] = []
+            lines = nbytes = 0
+            while self._items and lines < BATCH_LINES and nbytes < BATCH_BYTES:
+                item = self._items.popleft()
+                items.append(item)
+                if isinstance(item, _Batch):
+                    lines += item.lines
+                    nbytes += item.nbytes
+                if item.nbytes:
+                    left = self._agent_bytes[item.agent_pk] - item.nbytes
+                    if left:
+                        self._agent_bytes[item.agent_pk] = left
+                    else:
+                        del self._agent_bytes[item.agent_pk]
+            self._bytes -= nbytes
+            self._metrics.log_queue_bytes.set(self._bytes)
+            self._cond.notify_all()
+            return items
+
+    def refuse(self) -> None:
+        with self._cond:
+            self.refusing = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
 class LogPump:
     """Owns the writer thread and the per-agent reader threads."""
 
@@ -84,9 +183,14 @@ class LogPump:
         self._hub = hub
         self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: queue.SimpleQueue[_Batch | _Done | None] = queue.SimpleQueue()
+        self._queue = _Queue(metrics)
         self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
+        # Agents some of whose lines the store refused: nothing more of theirs is stored (no gap
+        # in their seqs), and their capture ends with CaptureIncomplete.
+        self._refused: dict[int, str] = {}
+        self._abandon = threading.Event()
         self.stopping = False
+        self.store_error: str | None = None  # why the last commit failed, until one succeeds
         self._writer = threading.Thread(target=self._write_loop, name="logpump-writer", daemon=True)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -95,20 +199,29 @@ class LogPump:
         self._writer.start()
 
     def stop(self, timeout: float = 5) -> None:
-        """Stop reading (containers keep running; a restart resumes them), flush, stop the writer."""
+        """Stop reading (containers keep running; a restart resumes them), flush, stop the writer.
+
+        What is not committed by the deadline (a store that cannot write) is given up here: the
+        agents' stored positions do not cover it, so the next start reads it again."""
         self.stopping = True
+        self._queue.refuse()
         for _thread, source in list(self._readers.values()):
             source.close()
         for thread, _source in list(self._readers.values()):
             thread.join(timeout)
-        self._queue.put(None)
+        self._queue.close()
         self._writer.join(timeout)
+        if self._writer.is_alive():
+            self._abandon.set()
+            self._writer.join(timeout)
 
     def capture(
         self, *, agent_pk: int, source: OutputSource, secrets: list[str], max_log_bytes: int, resume: Resume
     ) -> asyncio.Future[Seal | None]:
         """Start reading `source`; the future completes once every line of it is committed, with
-        the seal of the agent's whole output when this capture saw all of it (None after a resume)."""
+        the seal of the agent's whole output when this capture saw all of it (None after a resume),
+        or fails: CaptureIncomplete when the store refused some of its lines, the backend's error
+        when reading broke off."""
         loop = self._loop
         assert loop is not None, "LogPump.start(loop) first"
         done: asyncio.Future[Seal | None] = loop.create_future()
@@ -152,7 +265,9 @@ class LogPump:
         seen = {STDOUT: resume.stdout_consumed, STDERR: resume.stderr_consumed}
         consumed = (seen[STDOUT], seen[STDERR])
 
-        def push(chunks: list[Chunk], final: bool) -> None:
+        def push(chunks: Iterable[Chunk], final: bool) -> None:
+            """Queue chunks for the writer (blocking while this agent's share of the queue is full).
+            Each chunk's bytes go into the digest and are let go of as its row's text is made."""
             nonlocal seq, consumed, sealed_lines, sealed_bytes
             ts = time.time()
             rows: list[ChunkRow] = []
@@ -167,13 +282,15 @@ class LogPump:
             sealed_bytes += nbytes
             if final or not bounded.tail:
                 consumed = (seen[STDOUT], seen[STDERR])
-            if rows or final:
+            if (rows or final) and agent_pk not in self._refused:
                 dropped = (bounded.dropped_lines, bounded.dropped_bytes)
                 self._queue.put(_Batch(agent_pk, rows, lines, consumed, dropped, nbytes))
 
         error: BaseException | None = None
         try:
             for stream, data in source.chunks():
+                if agent_pk in self._refused:
+                    continue  # drained, so the agent is not blocked, but no longer stored
                 chunks = splitter.feed(stream, data)
                 if skip[STDOUT] or skip[STDERR]:
                     chunks = self._skip(chunks, skip)
@@ -192,7 +309,9 @@ class LogPump:
                 rest = splitter.flush()
                 for chunk in rest:
                     seen[chunk.stream] += chunk.raw_complete
-                push(bounded.admit(rest) + bounded.finish(), final=True)
+                head = bounded.admit(rest)
+                # One batch, so the tail and the final positions are committed together.
+                push(self._then(head, bounded.finish()), final=True)
         finally:
             self._readers.pop(agent_pk, None)
             whole = resume.last_seq == 0 and ended
@@ -206,6 +325,11 @@ class LogPump:
         reader = self._readers.get(agent_pk)
         if reader is not None:
             reader[1].close()
+
+    @staticmethod
+    def _then(first: list[Chunk], rest: Iterable[Chunk]) -> Iterable[Chunk]:
+        yield from first
+        yield from rest
 
     @staticmethod
     def _skip(chunks: list[Chunk], skip: dict[int, int]) -> list[Chunk]:
@@ -226,40 +350,71 @@ class LogPump:
     # -- writer (one thread) ---------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            items: list[_Batch | _Done] = []
-            if item is None:
-                stopping = True
-            else:
-                items.append(item)
-            # Group commit: take what is queued now and commit it; what arrives meanwhile is the
-            # next batch. No waiting for more, so a lone line is committed at once.
-            n = 0
-            while not stopping and n < BATCH_LINES:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                items.append(item)
-                if isinstance(item, _Batch):
-                    n += item.lines
+        while (items := self._queue.take()) is not None:
             try:
-                self._commit(items)
-            except Exception:
-                log.exception("log_commit_failed")
-                time.sleep(0.5)
-                try:
-                    self._commit(items)
-                except Exception:
-                    log.exception("log_commit_failed_again")
+                self._commit_until_stored(items)
+            except Exception as exc:  # a bug: it must not end capture for every agent, nor be sealed over
+                log.exception("log_writer_failed")
+                self._refuse(items, exc)
             for it in items:
                 if isinstance(it, _Done):
-                    it.notify(it.error, it.seal)
+                    self._settle(it)
+
+    def _settle(self, done: _Done) -> None:
+        refused = self._refused.pop(done.agent_pk, None)
+        if refused is not None:
+            done.notify(CaptureIncomplete(refused), None)
+        else:
+            done.notify(done.error, done.seal)
+
+    def _commit_until_stored(self, items: list[_Batch | _Done], *, isolate: bool = True) -> None:
+        """Commit the items' batches, retrying with backoff while the store cannot write; a group
+        the store keeps refusing is committed batch by batch (`isolate`), and a batch refused alone
+        is given up: its agent's capture is marked incomplete."""
+        delay, refusals = RETRY_FIRST_SECONDS, 0
+        while True:
+            try:
+                self._commit(items)
+            except Exception as exc:
+                self._metrics.log_write_failures.inc()
+                if self._abandon.is_set():  # shutting down past the deadline: the restart re-reads
+                    log.error("log_commit_abandoned", error=type(exc).__name__)
+                    return
+                if store_cannot_write(exc):
+                    if self.store_error is None:
+                        log.error("log_store_cannot_write", error=describe_store_error(exc))
+                    self.store_error = describe_store_error(exc)
+                else:
+                    refusals += 1
+                    log.warning("log_commit_refused", error=type(exc).__name__, refusals=refusals)
+                    if refusals >= REFUSALS_BEFORE_ISOLATING:
+                        self._isolate(items, exc) if isolate else self._refuse(items, exc)
+                        return
+                self._abandon.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            if self.store_error is not None:
+                log.info("log_store_writes_again")
+                self.store_error = None
+            return
+
+    def _isolate(self, items: list[_Batch | _Done], exc: BaseException) -> None:
+        """Commit batch by batch, in order: each agent keeps every line before the one refused."""
+        batches = [it for it in items if isinstance(it, _Batch)]
+        if len(batches) == 1:
+            self._refuse(batches, exc)
+            return
+        for batch in batches:
+            self._commit_until_stored([batch], isolate=False)
+
+    def _refuse(self, items: list[_Batch] | list[_Batch | _Done], exc: BaseException) -> None:
+        for it in items:
+            if isinstance(it, _Batch) and it.agent_pk not in self._refused:
+                self._refused[it.agent_pk] = (
+                    f"the store refused some of this agent's output ({type(exc).__name__}); "
+                    "what was stored before is kept and sealed"
+                )
+                log.error("log_capture_refused", agent_pk=it.agent_pk, error=type(exc).__name__)
 
     def _commit(self, items: list[_Batch | _Done]) -> None:
         rows: list[ChunkRow] = []
@@ -267,7 +422,7 @@ class LogPump:
         first_ts: dict[int, float] = {}
         lines = nbytes = 0
         for it in items:
-            if isinstance(it, _Batch):
+            if isinstance(it, _Batch) and it.agent_pk not in self._refused:
                 if it.rows:
                     rows.extend(it.rows)
                     first_ts.setdefault(it.agent_pk, it.rows[0][3])

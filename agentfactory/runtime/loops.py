@@ -1,7 +1,9 @@
 """The one loop primitive: `run_once()` does a pass; `run(stop)` repeats it with jitter and backoff.
 
 After Prefect's service loop and arq's burst mode: every periodic job can be driven one pass at a
-time (tests, `agentfactory reap --once`), and a failing pass never kills the loop.
+time (tests, `agentfactory reap --once`), and a failing pass never kills the loop. A loop that has
+work sooner than its interval is `poke()`d (the next pass starts at once) or sets `wake_in` during
+a pass (the next pass starts within that many seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ class Loop(abc.ABC):
         self.interval = interval
         self.max_backoff = max_backoff
         self.failures = 0
+        self.wake_in: float | None = None
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Start the next pass now rather than at the interval (call on the loop's thread)."""
+        self._poked.set()
 
     @abc.abstractmethod
     async def run_once(self) -> None:
@@ -30,6 +38,8 @@ class Loop(abc.ABC):
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._poked.clear()
+            self.wake_in = None
             try:
                 await self.run_once()
                 self.failures = 0
@@ -39,7 +49,14 @@ class Loop(abc.ABC):
                 self.failures += 1
                 log.exception("loop_pass_failed", loop=self.name, failures=self.failures)
             delay = self.interval * (1 + random.uniform(-0.1, 0.1))
-            if self.failures:
+            if self.failures:  # backing off: pokes wait too
                 delay = min(self.max_backoff, self.interval * 2**self.failures)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                continue
+            if self.wake_in is not None:
+                delay = min(delay, max(0.005, self.wake_in))
+            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._poked.wait())}
+            _done, pending = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()

@@ -9,7 +9,8 @@ an adoption, or an engine that went away and came back): their container runs or
 capture resumes from the stored position (an exited one is then finalized with its real exit
 code); gone → `lost`. While the engine does not answer, the pass only notes the outage on the
 running agents (so an end caused by it is reported truthfully) and waits: when the engine is back,
-the next pass catches up, with no restart of ours. Then orphans and retention.
+the next pass catches up, with no restart of ours. Then orphans and retention (agents, and the
+event log with its webhook deliveries).
 
 Each decision re-reads the row before acting (a status may have changed since the listing), and
 each item is handled in its own try/except so one bad agent never stops a pass. Every action is
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Sequence
 import structlog
 
 from agentfactory.errors import RuntimeUnavailableError
+from agentfactory.observability.logging import describe_error
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.runtime.replicas import Replica
@@ -46,11 +48,13 @@ class Reaper(Loop):
         interval: float,
         retention_days: float,
         start_deadline: float,
+        event_retention_days: float = 7,
     ):
         super().__init__(interval=interval)
         self.launcher = launcher
         self.replica = replica
         self.retention_seconds = retention_days * 86_400
+        self.event_retention_seconds = event_retention_days * 86_400
         self.start_deadline = start_deadline
         self.engine_up: bool | None = None  # as the last pass found it
 
@@ -120,6 +124,9 @@ class Reaper(Loop):
         if purged:
             lch.metrics.agents_purged.inc(purged)
             log.info("agents_purged", count=purged)
+        events = await lch.store.run(queries.purge_events_before, cutoff=now - self.event_retention_seconds)
+        if events:
+            log.info("events_purged", count=events)
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
 
@@ -206,4 +213,4 @@ class Reaper(Loop):
                 lch.metrics.orphans_reaped.inc()
                 log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
             except Exception as exc:
-                log.error("orphan_remove_failed", agent_id=m.agent_id, error=repr(exc))
+                log.error("orphan_remove_failed", agent_id=m.agent_id, error=describe_error(exc))

@@ -7,7 +7,7 @@ WebSocket are thin adapters over these functions.
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Sequence
 
 import structlog
 
@@ -23,6 +23,10 @@ from agentfactory.vocabulary import STDERR, STDOUT, AgentStatus, Reason
 
 log = structlog.get_logger("agentfactory.service")
 MAX_ID_LENGTH = 64
+MAX_METADATA_FILTERS = 16
+MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 1024  # the limits of AgentCreate.metadata
+MAX_LOG_PAGE = 5000
+MAX_PAGE_BYTES = 1024 * 1024  # of text: a page of long lines stops early, and its next_cursor says where
 
 
 async def create_agent(
@@ -31,7 +35,6 @@ async def create_agent(
     """Admit and launch an agent. Returns (agent, replayed). E_RUNTIME leaves nothing behind."""
     ttl = admission.check_request(catalog=svc.catalog, settings=svc.settings, caller=caller, req=req)
     await svc.launcher.network_ready(req.tools)  # E_CATALOG before anything is stored (SPEC §14)
-    token = secrets.token_urlsafe(32)
     row, replayed = await svc.store.run(
         admission.admit,
         catalog=svc.catalog,
@@ -40,14 +43,14 @@ async def create_agent(
         req=req,
         ttl=ttl,
         idempotency_key=idempotency_key,
-        token=token,
+        server_key=svc.server_key,
         owner=svc.launcher.replica_id,
     )
     if replayed:
         return agent_out(row), True
     svc.metrics.agents_created.labels(model=row.model).inc()
     log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl)
-    return agent_out(await svc.launcher.launch(row, token)), False
+    return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
 
 
 async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
@@ -75,15 +78,32 @@ async def get_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
 
 
 async def list_agents(
-    svc: Services, caller: Caller, *, status: AgentStatus | None, limit: int, cursor: int | None
+    svc: Services,
+    caller: Caller,
+    *,
+    status: AgentStatus | None,
+    limit: int,
+    cursor: int | None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> AgentList:
-    """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page."""
+    """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page.
+    `metadata`: (key, value) pairs that must all match the agent's metadata (values compared as
+    text: `42` matches the string "42" and the number 42, `true` the boolean)."""
+    if len(metadata) > MAX_METADATA_FILTERS:
+        raise SchemaError(f"at most {MAX_METADATA_FILTERS} metadata filters")
+    for key, value in metadata:
+        if not key or len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise SchemaError(
+                f"metadata filter keys are 1 to {MAX_METADATA_KEY} and values at most {MAX_METADATA_VALUE} characters",
+                details=[{"loc": ["query", f"metadata.{key[:MAX_METADATA_KEY]}"]}],
+            )
     rows = await svc.store.run(
         queries.list_agents,
         key_id=None if caller.admin else caller.key_id,
         status=status,
         limit=limit,
         before_pk=cursor,
+        metadata=tuple(metadata),
     )
     next_cursor = str(rows[-1].pk) if len(rows) == limit else None
     return AgentList(items=[agent_out(r) for r in rows], next_cursor=next_cursor)
@@ -117,15 +137,31 @@ async def read_logs(
     svc: Services, caller: Caller, agent_id: str, *, after: int, limit: int, stream: str | None = None
 ) -> LogPage:
     """A page of captured lines after seq `after`; `complete` once the agent is terminal and the
-    page reaches its last line."""
+    page reaches its last line. A page stops early past MAX_PAGE_BYTES (its next_cursor says where)."""
     row = await load_agent(svc, caller, agent_id)
     stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
-    rows = await svc.store.run(queries.read_log_lines, agent_pk=row.pk, after=after, limit=limit + 1, stream=stream_no)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await svc.store.run(
+        queries.read_log_page, agent_pk=row.pk, after=after, limit=limit, stream=stream_no, max_bytes=MAX_PAGE_BYTES
+    )
     lines = log_lines(rows)
     next_cursor = str(rows[-1][0]) if rows else str(after)
     return LogPage(lines=lines, next_cursor=next_cursor, complete=row.status in TERMINAL and not more)
+
+
+async def read_log_tail(
+    svc: Services, caller: Caller, agent_id: str, *, tail: int, stream: str | None = None
+) -> LogPage:
+    """The agent's last `tail` lines (of one stream, if given) as one page: `next_cursor` is the
+    last seq (follow on from there), `complete` once the agent is terminal. Past MAX_PAGE_BYTES
+    only the newest lines that fit are in it."""
+    row = await load_agent(svc, caller, agent_id)
+    stream_no = {"stdout": STDOUT, "stderr": STDERR}.get(stream or "")
+    rows = await svc.store.run(
+        queries.read_last_log_lines, agent_pk=row.pk, count=tail, stream=stream_no, max_bytes=MAX_PAGE_BYTES
+    )
+    last = rows[-1][0] if rows else await svc.store.run(queries.last_log_seq, agent_pk=row.pk)
+    next_cursor = str(last)
+    return LogPage(lines=log_lines(rows), next_cursor=next_cursor, complete=row.status in TERMINAL)
 
 
 async def tail_start(svc: Services, row: AgentRow, tail: int) -> int:
@@ -137,7 +173,5 @@ async def tail_start(svc: Services, row: AgentRow, tail: int) -> int:
 async def read_tail(svc: Services, caller: Caller, agent_id: str, tail: int) -> list[LogLine]:
     """The agent's last `tail` lines, oldest first."""
     row = await load_agent(svc, caller, agent_id)
-    rows = await svc.store.run(
-        queries.read_log_lines, agent_pk=row.pk, after=await tail_start(svc, row, tail), limit=tail
-    )
+    rows = await svc.store.run(queries.read_last_log_lines, agent_pk=row.pk, count=tail, max_bytes=MAX_PAGE_BYTES)
     return log_lines(rows)

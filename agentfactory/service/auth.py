@@ -15,6 +15,7 @@ from agentfactory.store import Store, queries
 from agentfactory.store.tables import ApiKeyRow
 
 BOOTSTRAP_ID = "key_admin"
+MIN_ADMIN_KEY_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Caller:
     max_concurrent_agents: int
     max_requests_per_minute: int
     max_ttl_seconds: int
+    max_streams: int
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> Caller:
@@ -41,6 +43,7 @@ class Caller:
             max_concurrent_agents=row.max_concurrent_agents,
             max_requests_per_minute=row.max_requests_per_minute,
             max_ttl_seconds=row.max_ttl_seconds,
+            max_streams=row.max_streams,
         )
 
 
@@ -55,8 +58,18 @@ def new_id(prefix: str, nbytes: int = 15) -> str:
     return prefix + base64.b32encode(secrets.token_bytes(nbytes)).decode().lower().rstrip("=")
 
 
+def check_admin_key(admin_key: str | None) -> None:
+    """Refuse a bootstrap admin key too short to stand as a secret (ValueError, said at start-up)."""
+    if admin_key and len(admin_key) < MIN_ADMIN_KEY_CHARS:
+        raise ValueError(
+            f"AGENTFACTORY_ADMIN_KEY is {len(admin_key)} characters long; it must have at least "
+            f"{MIN_ADMIN_KEY_CHARS} (make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
 def ensure_bootstrap_admin(*, store: Store, admin_key: str | None) -> None:
-    """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY."""
+    """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY. Its `prefix` is
+    empty: the operator chose this key, and none of its characters is shown by GET /keys."""
     store.call(queries.sync_bootstrap_admin, key_id=BOOTSTRAP_ID, key=admin_key, now=time.time())
 
 

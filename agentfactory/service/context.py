@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.observability.metrics import Metrics
-from agentfactory.runtime.hub import Hub
+from agentfactory.runtime.hub import EVENTS, Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.replicas import Replica, new_replica_id
+from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, LocalRateLimiter, RateLimiter, SharedRateLimiter
-from agentfactory.service.memo import GenerationMemo
+from agentfactory.service.leases import StreamLeases
+from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
+from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
 from agentfactory.store.bus import PgBus
-from agentfactory.store.tables import AgentRow
+from agentfactory.store.server_key import ServerKey
 
 KEYS_CHANGED = "keys"
 
@@ -38,10 +41,14 @@ class Services:
     pump: LogPump
     launcher: Launcher
     replica: Replica
+    server_key: ServerKey
+    webhook_dispatcher: WebhookDispatcher
+    webhook_deliverer: WebhookDeliverer
     bus: PgBus | None = None
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
-    followed_agents: GenerationMemo[AgentRow | None] = field(default_factory=GenerationMemo)
+    followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
+    streams: StreamLeases = field(default_factory=StreamLeases)
 
     @classmethod
     def build(
@@ -58,6 +65,7 @@ class Services:
             host=settings.replica_host,
         )
         pump = LogPump(store=store, hub=hub, metrics=metrics, owner=replica.id)
+        server_key = ServerKey()  # loaded by the lifespan, once the schema is migrated
         launcher = Launcher(
             settings=settings,
             catalog=catalog,
@@ -68,7 +76,12 @@ class Services:
             metrics=metrics,
             replica_id=replica.id,
             clock=replica.clock,
+            server_key=server_key,
+            agent_document=agent_json,
         )
+        deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
+        dispatcher = WebhookDispatcher(store=store, metrics=metrics, settings=settings, on_deliveries=deliverer.poke)
+        hub.on_events(dispatcher.poke)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -81,13 +94,18 @@ class Services:
             replica=replica,
             bus=None if store.is_sqlite else PgBus(settings.database_url),
             limiter=LocalRateLimiter() if store.is_sqlite else SharedRateLimiter(store),
+            server_key=server_key,
+            streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+            webhook_dispatcher=dispatcher,
+            webhook_deliverer=deliverer,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the serving event loop and start the log writer (and, on PostgreSQL, the
-        cross-replica bus)."""
+        """Bind to the serving event loop, start the log writer, open the webhook client (and, on
+        PostgreSQL, the cross-replica bus)."""
         self.hub.bind(loop)
         self.pump.start(loop)
+        self.webhook_deliverer.open()
         if self.bus is not None:
             self.hub.publish = self.bus.publish
             self.bus.start(self.replica.id, self._on_bus)
@@ -101,8 +119,11 @@ class Services:
         """Another replica's announcement (listener thread): agents changed, or keys did."""
         if "*" in items:
             self.hub.wake_threadsafe(None)
+            self.hub.wake_events_threadsafe()
             self.auth_cache.clear()
             return
+        if EVENTS in items:
+            self.hub.wake_events_threadsafe()
         if KEYS_CHANGED in items:
             self.auth_cache.clear()
         pks = [int(x) for x in items if x.isdigit()]

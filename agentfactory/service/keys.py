@@ -32,6 +32,7 @@ async def create_key(svc: Services, body: KeyCreate) -> KeyCreated:
         max_concurrent_agents=body.max_concurrent_agents,
         max_requests_per_minute=body.max_requests_per_minute,
         max_ttl_seconds=body.max_ttl_seconds,
+        max_streams=body.max_streams,
         created_at=time.time(),
     )
     return KeyCreated(**key_out(row).model_dump(), key=key)
@@ -42,9 +43,11 @@ async def list_keys(svc: Services) -> KeyList:
 
 
 async def revoke_key(svc: Services, key_id: str) -> KeyOut:
-    """Revoke at once: this replica forgets the key now, others within the auth cache's TTL."""
+    """Revoke at once: this replica forgets the key now and ends its streams and waits, others
+    refuse it within the auth cache's TTL."""
     row = await svc.store.run(queries.revoke_api_key, key_id=key_id, now=time.time())
     svc.keys_changed()
+    svc.streams.revoke(key_id)
     if row is None:
         raise NotFoundError(f"no key {key_id!r}")
     return key_out(row)

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 from agentfactory.errors import NotFoundError
 from agentfactory.service.context import Services
+from agentfactory.service.memo import FollowedAgent
 from agentfactory.store import queries
 from agentfactory.store.tables import TERMINAL, AgentRow
 
@@ -36,12 +37,12 @@ class Lines(Generic[B]):
 
 @dataclass(frozen=True)
 class StatusChanged:
-    agent: AgentRow
+    agent: FollowedAgent
 
 
 @dataclass(frozen=True)
 class Ended:
-    agent: AgentRow
+    agent: FollowedAgent
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
     once the agent is terminal and every line has been delivered."""
     hub, pk = svc.hub, row.pk
 
-    async def load() -> AgentRow | None:
-        return await svc.store.run(queries.get_agent_by_pk, pk=pk)
+    async def load() -> FollowedAgent | None:
+        return FollowedAgent.of(await svc.store.run(queries.get_agent_by_pk, pk=pk))
 
     cursor = start
     last_status: str | None = None
@@ -79,7 +80,7 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
         if agent.status in TERMINAL:
             wake.cancel()
             # The terminal row is written after the last line is committed: nothing is left.
-            if await svc.store.run(queries.read_log_lines, agent_pk=pk, after=cursor, limit=1):
+            if await svc.store.run(queries.read_log_lines, agent_pk=pk, after=cursor, limit=1, max_bytes=1):
                 continue
             yield Ended(agent)
             return

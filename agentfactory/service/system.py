@@ -11,11 +11,14 @@ CHECK_TIMEOUT_SECONDS = 5
 
 
 async def readiness(svc: Services) -> dict[str, str]:
-    """{"database": "ok" | "down: ...", "engine": ...}: whether each dependency answers now."""
+    """{"database": "ok" | "down: ...", "engine": ...}: whether each dependency answers now, and
+    the database also whether it can write (the log writer's last commit did not fail for want of
+    room or connection, and a SQLite file system has room to grow)."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(asyncio.to_thread(svc.store.ping), CHECK_TIMEOUT_SECONDS)
-        checks["database"] = "ok"
+        cannot_write = svc.pump.store_error or svc.store.space_problem()
+        checks["database"] = f"down: cannot write: {cannot_write}" if cannot_write else "ok"
     except Exception as exc:
         checks["database"] = f"down: {type(exc).__name__}"
     try:

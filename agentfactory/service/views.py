@@ -5,16 +5,19 @@ from __future__ import annotations
 from agentfactory.schemas import (
     AgentOut,
     AgentResult,
+    DeliveryAttempt,
+    DeliveryOut,
     KeyOut,
     Links,
     LogLine,
     Seal,
     Timings,
     TokenUsage,
+    WebhookOut,
     iso,
 )
-from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow
-from agentfactory.vocabulary import STREAM_NAMES
+from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow, DeliveryAttemptRow, DeliveryRow, WebhookRow
+from agentfactory.vocabulary import STREAM_NAMES, UNDELIVERED
 
 StoredLine = tuple[int, float, int, str]  # seq, ts, stream, text
 
@@ -61,6 +64,11 @@ def agent_out(row: AgentRow) -> AgentOut:
     )
 
 
+def agent_json(row: AgentRow) -> str:
+    """The agent's wire document as JSON: what the event log stores with each event."""
+    return agent_out(row).model_dump_json()
+
+
 def agent_result(row: AgentRow) -> AgentResult:
     sealed = row.status in TERMINAL
     launch = row.started_at - row.created_at if row.started_at else None
@@ -94,6 +102,8 @@ def agent_result(row: AgentRow) -> AgentResult:
             log_sha256=row.log_sha256 if sealed else None,
             dropped_lines=row.log_dropped_lines,
             dropped_bytes=row.log_dropped_bytes,
+            capture_complete=row.capture_error is None,
+            capture_error=row.capture_error,
         ),
     )
 
@@ -109,6 +119,50 @@ def key_out(row: ApiKeyRow) -> KeyOut:
         max_concurrent_agents=row.max_concurrent_agents,
         max_requests_per_minute=row.max_requests_per_minute,
         max_ttl_seconds=row.max_ttl_seconds,
+        max_streams=row.max_streams,
         created_at=iso(row.created_at) or "",
         revoked_at=iso(row.revoked_at),
+    )
+
+
+def webhook_out(row: WebhookRow, *, circuit_failures: int, now: float) -> WebhookOut:
+    """The webhook without its secret; `circuit` from its failures in a row and cool-down."""
+    if row.consecutive_failures < circuit_failures:
+        circuit = "closed"
+    elif row.circuit_open_until is not None and row.circuit_open_until > now:
+        circuit = "open"
+    else:
+        circuit = "half_open"
+    return WebhookOut(
+        id=row.id,
+        url=row.url,
+        events=list(row.events),
+        metadata=dict(row.meta),
+        all_keys=row.all_keys,
+        created_at=iso(row.created_at) or "",
+        circuit=circuit,
+        consecutive_failures=row.consecutive_failures,
+    )
+
+
+def delivery_out(
+    row: DeliveryRow, event_type: str | None, agent_id: str | None, attempts: list[DeliveryAttemptRow]
+) -> DeliveryOut:
+    return DeliveryOut(
+        id=row.id,
+        webhook_id=row.webhook_id,
+        event_id=row.event_id,
+        event_type=event_type,
+        agent_id=agent_id,
+        status=row.status,
+        attempt_count=row.attempts,
+        next_attempt_at=iso(row.next_attempt_at) if row.status in UNDELIVERED else None,
+        created_at=iso(row.created_at) or "",
+        finished_at=iso(row.finished_at),
+        attempts=[
+            DeliveryAttempt(
+                at=iso(a.at) or "", duration_seconds=round(a.duration, 4), status_code=a.http_status, error=a.error
+            )
+            for a in attempts
+        ],
     )

@@ -2,6 +2,6 @@
 
 from sqlalchemy.orm import Session
 
-from agentfactory.store.engine import Store
+from agentfactory.store.engine import Store, describe_store_error, store_cannot_write
 
-__all__ = ["Session", "Store"]
+__all__ = ["Session", "Store", "describe_store_error", "store_cannot_write"]

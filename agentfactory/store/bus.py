@@ -14,8 +14,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-import psycopg
 import structlog
 from sqlalchemy.engine import make_url
 
@@ -34,6 +34,9 @@ class PgBus:
     other origin's items (strings) to `on_message(items)`, from the listener thread."""
 
     def __init__(self, database_url: str):
+        import psycopg  # the `postgres` extra: only a PostgreSQL control plane builds a bus
+
+        self._psycopg = psycopg
         self._conninfo = conninfo(database_url)
         self._out: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -61,7 +64,7 @@ class PgBus:
     # -- threads ---------------------------------------------------------------------------------
 
     def _publish_loop(self, _on_message: Callable[[list[str]], None]) -> None:
-        conn: psycopg.Connection | None = None
+        conn: Any = None
         while not self._stopping.is_set():
             first = self._out.get()
             if first is None:
@@ -76,7 +79,7 @@ class PgBus:
                     pending.add(nxt[1])
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self._conninfo, autocommit=True)
+                    conn = self._psycopg.connect(self._conninfo, autocommit=True)
                 for payload in self._payloads(sorted(pending)):
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except Exception as exc:
@@ -103,7 +106,7 @@ class PgBus:
         backoff = 0.2
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                with self._psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     backoff = 0.2
                     on_message(["*"])  # (re)connected: anything may have changed meanwhile

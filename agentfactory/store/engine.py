@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from agentfactory.store.point import AgentPointReader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIN_FREE_BYTES = 1024 * 1024  # a SQLite database with less room than this is reported as unable to write
 T = TypeVar("T")
 
 
@@ -26,7 +29,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Deleted and overwritten content (an agent's secrets, cleared when it ends) is zeroed in the file.
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
+
+
+def store_cannot_write(exc: BaseException) -> bool:
+    """Whether a failed write says the store cannot write now (full disk, I/O error, lock timeout,
+    lost connection), which retrying cures, rather than that it refuses these rows."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError, OSError)
+    )
+
+
+def describe_store_error(exc: BaseException) -> str:
+    """The driver's own words (never SQLAlchemy's, which quote the statement's parameters)."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return f"{type(orig).__name__}: {str(orig)[:200]}"
 
 
 class Store:
@@ -44,7 +65,9 @@ class Store:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
             kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(url, **kwargs)
+        # A failed statement's parameters (an agent's prompt and secrets) stay out of the exception,
+        # and so out of the control plane's log.
+        self.engine: Engine = create_engine(url, hide_parameters=True, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -58,6 +81,13 @@ class Store:
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at (None: an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -77,6 +107,16 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
+
+    def space_problem(self) -> str | None:
+        """Why a SQLite database cannot grow (its filesystem is full), or None. A full disk does
+        not fail `ping`, nor a small write into pages the database already has."""
+        path = self.engine.url.database if self.is_sqlite else None
+        if not path or path == ":memory:":
+            return None
+        st = os.statvfs(Path(path).resolve().parent)
+        free = st.f_bavail * st.f_frsize
+        return f"its filesystem is full ({free} bytes free)" if free < MIN_FREE_BYTES else None
 
     def dispose(self) -> None:
         if self.point_reader is not None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import String, and_, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from agentfactory.store.tables import (
     ACTIVE,
@@ -18,10 +20,17 @@ from agentfactory.store.tables import (
     TERMINAL,
     AgentRow,
     ApiKeyRow,
+    CursorRow,
+    DeliveryAttemptRow,
+    DeliveryRow,
+    EventRow,
     LogChunkRow,
     RateBucketRow,
     ReplicaRow,
+    ServerKeyRow,
+    WebhookRow,
 )
+from agentfactory.vocabulary import UNDELIVERED, DeliveryStatus
 
 
 def get_agent(*, session: Session, agent_id: str, key_id: str | None = None) -> AgentRow | None:
@@ -48,9 +57,16 @@ def get_agent_by_gateway_token(*, session: Session, token: str) -> AgentRow | No
 
 
 def list_agents(
-    *, session: Session, key_id: str | None, status: str | None, limit: int, before_pk: int | None
+    *,
+    session: Session,
+    key_id: str | None,
+    status: str | None,
+    limit: int,
+    before_pk: int | None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> list[AgentRow]:
-    """Newest first; key_id None lists every key's agents (admin)."""
+    """Newest first; key_id None lists every key's agents (admin). `metadata` pairs all must match
+    (see `metadata_matches`)."""
     q = select(AgentRow).order_by(AgentRow.pk.desc()).limit(limit)
     if key_id is not None:
         q = q.where(AgentRow.key_id == key_id)
@@ -58,7 +74,25 @@ def list_agents(
         q = q.where(AgentRow.status == status)
     if before_pk is not None:
         q = q.where(AgentRow.pk < before_pk)
+    for key, value in metadata:
+        q = q.where(metadata_matches(session.get_bind().dialect.name, key, value))
     return list(session.scalars(q))
+
+
+def metadata_matches(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """The agent's metadata has `key` and its value, as text, is `value`: a string is itself, a
+    number its JSON text (`42`, `1.5`), a boolean `true`/`false`; a null matches nothing. The same
+    answer on SQLite (json_each: the key is compared as a string, never parsed as a JSON path) and
+    PostgreSQL (`->>`). No index serves it: it narrows the caller's own agents, newest first."""
+    if dialect == "postgresql":
+        return AgentRow.meta.op("->>")(key) == value
+    entry = func.json_each(AgentRow.meta).table_valued("key", "value", "type").alias("meta_entry")
+    as_text = case(
+        (entry.c.type == "true", "true"),
+        (entry.c.type == "false", "false"),
+        else_=cast(entry.c.value, String),
+    )
+    return exists(select(1).select_from(entry).where(entry.c.key == key, entry.c.type != "null", as_text == value))
 
 
 def list_agents_in(*, session: Session, statuses: Sequence[str], owner: str | None = None) -> list[AgentRow]:
@@ -167,6 +201,7 @@ def add_token_usage(*, session: Session, pk: int, prompt_tokens: int, completion
 
 
 CHUNKS_PER_READ = 64
+BOOTSTRAP_MAX_STREAMS = 10_000  # the bootstrap admin key's max_streams
 
 
 def store_log_chunks(
@@ -200,7 +235,7 @@ def store_log_chunks(
                 log_dropped_bytes=dropped_bytes,
             )
         )
-        if not moved.rowcount:
+        if owner is not None and not moved.rowcount:
             fenced.add(pk)
     kept = [r for r in rows if r[0] not in fenced] if fenced else rows
     if kept:
@@ -218,19 +253,18 @@ def store_log_chunks(
     return fenced
 
 
-def read_log_lines(
-    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None
-) -> list[tuple[int, float, int, str]]:
-    """Lines with seq > after, in order: (seq, ts, stream, text). Reads whole chunks, a few at a
-    time, until `limit` lines are found."""
-    out: list[tuple[int, float, int, str]] = []
-    cursor = after
-    while len(out) < limit:
+def iter_log_lines(
+    *, session: Session, agent_pk: int, after: int, stream: int | None = None
+) -> Iterator[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text), read a few whole chunks at a time
+    (more as the reader keeps going): a caller that stops early has read little."""
+    cursor, fetch = after, 4
+    while True:
         q = (
             select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
             .where(LogChunkRow.agent_pk == agent_pk, LogChunkRow.last_seq > cursor)
             .order_by(LogChunkRow.last_seq)
-            .limit(CHUNKS_PER_READ)
+            .limit(fetch)
         )
         if stream is not None:
             q = q.where(LogChunkRow.stream == stream)
@@ -239,13 +273,85 @@ def read_log_lines(
             lines = text.split("\n")
             skip = max(0, after + 1 - first)
             n = len(lines) - skip
-            out.extend(zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True))
+            yield from zip(range(first + skip, last + 1), repeat(ts, n), repeat(st, n), lines[skip:], strict=True)
             cursor = last
-            if len(out) >= limit:
+        if len(chunks) < fetch:
+            return
+        fetch = min(fetch * 2, CHUNKS_PER_READ)
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def read_log_lines(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """Lines with seq > after, in order: (seq, ts, stream, text); at most `limit` of them, and
+    with `max_bytes`, no more once their text (UTF-8) reaches it (but at least one line)."""
+    return read_log_page(
+        session=session, agent_pk=agent_pk, after=after, limit=limit, stream=stream, max_bytes=max_bytes
+    )[0]
+
+
+def read_log_page(
+    *, session: Session, agent_pk: int, after: int, limit: int, stream: int | None = None, max_bytes: int | None = None
+) -> tuple[list[tuple[int, float, int, str]], bool]:
+    """`read_log_lines`, and whether more lines follow the ones returned."""
+    out: list[tuple[int, float, int, str]] = []
+    total = 0
+    for line in iter_log_lines(session=session, agent_pk=agent_pk, after=after, stream=stream):
+        if len(out) >= limit:
+            return out, True
+        if max_bytes is not None:
+            size = _text_bytes(line[3])
+            if out and total + size > max_bytes:
+                return out, True
+            total += size
+        out.append(line)
+    return out, False
+
+
+def read_last_log_lines(
+    *, session: Session, agent_pk: int, count: int, stream: int | None = None, max_bytes: int | None = None
+) -> list[tuple[int, float, int, str]]:
+    """The last `count` lines (of one stream, if given), oldest first: whole chunks read from the
+    end backwards, a few at a time, so a tail costs the same on a 10-line and a 10M-line agent.
+    With `max_bytes`, only the newest lines whose text (UTF-8) fits in it (at least one)."""
+    newest_first: list[tuple[int, float, int, str]] = []
+    total = 0
+    before: int | None = None
+    fetch = 4
+    while len(newest_first) < count:
+        q = (
+            select(LogChunkRow.first_seq, LogChunkRow.last_seq, LogChunkRow.ts, LogChunkRow.stream, LogChunkRow.text)
+            .where(LogChunkRow.agent_pk == agent_pk)
+            .order_by(LogChunkRow.last_seq.desc())
+            .limit(fetch)
+        )
+        if stream is not None:
+            q = q.where(LogChunkRow.stream == stream)
+        if before is not None:
+            q = q.where(LogChunkRow.last_seq < before)
+        chunks = session.execute(q).all()
+        for first, last, ts, st, text in chunks:
+            lines = text.split("\n")
+            for seq, line in zip(range(last, first - 1, -1), reversed(lines), strict=True):
+                if len(newest_first) >= count:
+                    break
+                if max_bytes is not None:
+                    size = _text_bytes(line)
+                    if newest_first and total + size > max_bytes:
+                        return newest_first[::-1]
+                    total += size
+                newest_first.append((seq, ts, st, line))
+            before = first
+            if len(newest_first) >= count:
                 break
-        if len(chunks) < CHUNKS_PER_READ:
+        if len(chunks) < fetch:
             break
-    return out[:limit]
+        fetch = min(fetch * 2, CHUNKS_PER_READ)
+    return newest_first[::-1]
 
 
 def last_stderr_line(*, session: Session, agent_pk: int) -> str | None:
@@ -496,16 +602,465 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
                 id=key_id,
                 name="bootstrap admin",
                 key_hash=digest,
-                prefix=key[:9],
+                prefix="",  # the operator chose this key: none of its characters is shown
                 admin=True,
                 models=[],
                 tools=[],
                 max_concurrent_agents=1000,
                 max_requests_per_minute=100_000,
                 max_ttl_seconds=10**9,
+                max_streams=BOOTSTRAP_MAX_STREAMS,
                 created_at=now,
                 lock_version=0,
             )
         )
     else:
-        row.key_hash, row.prefix, row.revoked_at = digest, key[:9], None
+        row.key_hash, row.prefix, row.revoked_at = digest, "", None
+        row.max_streams = BOOTSTRAP_MAX_STREAMS
+
+
+# --- the model gateway ----------------------------------------------------------------------------
+
+GATEWAY_LIVE = ("starting", "running")
+
+
+def get_gateway_grant(*, session: Session, token_hash: str) -> tuple[int, str, str, str, int, int, int] | None:
+    """(pk, id, model, status, token_budget, tokens used, tokens reserved) of a gateway token's agent."""
+    q = select(
+        AgentRow.pk,
+        AgentRow.id,
+        AgentRow.model,
+        AgentRow.status,
+        AgentRow.token_budget,
+        AgentRow.tokens_prompt + AgentRow.tokens_completion,
+        AgentRow.tokens_reserved,
+    ).where(AgentRow.gateway_token_hash == token_hash)
+    row = session.execute(q).first()
+    return None if row is None else (row[0], row[1], row[2], row[3], int(row[4]), int(row[5] or 0), int(row[6] or 0))
+
+
+def get_token_account(*, session: Session, pk: int) -> tuple[str, int, int, int] | None:
+    """(status, token_budget, tokens used, tokens reserved) of an agent."""
+    used = AgentRow.tokens_prompt + AgentRow.tokens_completion
+    q = select(AgentRow.status, AgentRow.token_budget, used, AgentRow.tokens_reserved).where(AgentRow.pk == pk)
+    row = session.execute(q).first()
+    return None if row is None else (row[0], int(row[1]), int(row[2] or 0), int(row[3] or 0))
+
+
+def reserve_tokens(*, session: Session, pk: int, tokens: int) -> bool:
+    """Hold `tokens` of a live agent's budget for a model call, only if used + reserved stays within
+    the budget: one conditional UPDATE, so concurrent reservations can never overshoot it."""
+    q = (
+        update(AgentRow)
+        .where(
+            AgentRow.pk == pk,
+            AgentRow.status.in_(GATEWAY_LIVE),
+            AgentRow.tokens_prompt + AgentRow.tokens_completion + AgentRow.tokens_reserved + tokens
+            <= AgentRow.token_budget,
+        )
+        .values(tokens_reserved=AgentRow.tokens_reserved + tokens)
+    )
+    return bool(session.execute(q).rowcount)  # type: ignore[attr-defined]
+
+
+def settle_tokens(
+    *, session: Session, pk: int, reserved: int, prompt_tokens: int, completion_tokens: int, calls: int
+) -> None:
+    """Release a call's reservation and add what it really used (nothing, for a call that failed)."""
+    left = AgentRow.tokens_reserved - reserved
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.pk == pk)
+        .values(
+            tokens_reserved=case((left < 0, 0), else_=left),
+            tokens_prompt=AgentRow.tokens_prompt + prompt_tokens,
+            tokens_completion=AgentRow.tokens_completion + completion_tokens,
+            model_calls=AgentRow.model_calls + calls,
+        )
+    )
+
+
+def clear_token_reservations(*, session: Session) -> int:
+    """Drop every reservation: at the gateway's start no call of a previous run is in flight."""
+    q = update(AgentRow).where(AgentRow.tokens_reserved != 0).values(tokens_reserved=0)
+    return int(session.execute(q).rowcount)  # type: ignore[attr-defined]
+
+
+# --- the event log (SPEC §11) ------------------------------------------------------------------
+
+# Key of the PostgreSQL advisory lock that serialises appends to the event log: a sequence hands
+# out ids in one order and transactions may commit in another, and a reader that saw id 7 before 6
+# committed would skip 6 for good. Held to the end of the appending transaction.
+EVENT_LOG_LOCK = 0x61666576
+
+
+class CursorMoved(Exception):
+    """Another dispatcher (replica) moved the event cursor first; this transaction is void."""
+
+
+def append_event(*, session: Session, type: str, agent_id: str, key_id: str, agent: str, at: float) -> int:
+    """Add an event (`agent`: the agent's wire JSON) to the log in the caller's transaction; its id."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sql("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
+    row = EventRow(type=type, agent_id=agent_id, key_id=key_id, agent=agent, created_at=at)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def transition_agent(
+    *,
+    session: Session,
+    pk: int,
+    only_if_status: Iterable[str] | None,
+    event: str | None,
+    document: Callable[[AgentRow], str],
+    at: float,
+    **values: Any,
+) -> bool:
+    """`update_agent`'s compare-and-set; when it changed the row and `event` is set, the event
+    (with `document(row)`: the agent's wire JSON after the change) joins the log in the same
+    transaction. So every status change that has an event has exactly one, and no event tells of
+    a change that did not happen."""
+    changed = update_agent(session=session, pk=pk, only_if_status=only_if_status, **values)
+    if changed and event is not None:
+        row = session.get(AgentRow, pk, populate_existing=True)
+        assert row is not None
+        append_event(session=session, type=event, agent_id=row.id, key_id=row.key_id, agent=document(row), at=at)
+    return changed
+
+
+def list_events(
+    *,
+    session: Session,
+    after: int,
+    limit: int,
+    key_id: str | None = None,
+    agent_id: str | None = None,
+    types: Sequence[str] | None = None,
+) -> list[EventRow]:
+    """Events with id > after, oldest first; key_id None: every key's (admin)."""
+    q = select(EventRow).where(EventRow.id > after).order_by(EventRow.id).limit(limit)
+    if key_id is not None:
+        q = q.where(EventRow.key_id == key_id)
+    if agent_id is not None:
+        q = q.where(EventRow.agent_id == agent_id)
+    if types:
+        q = q.where(EventRow.type.in_(tuple(types)))
+    return list(session.scalars(q))
+
+
+def last_event_id(*, session: Session) -> int:
+    return int(session.scalar(select(func.max(EventRow.id))) or 0)
+
+
+def purge_events_before(*, session: Session, cutoff: float, limit: int = 1000) -> int:
+    """Delete events older than cutoff, with their webhook deliveries and attempts; how many."""
+    ids = list(session.scalars(select(EventRow.id).where(EventRow.created_at < cutoff).limit(limit)))
+    if ids:
+        deliveries = select(DeliveryRow.id).where(DeliveryRow.event_id.in_(ids))
+        session.execute(delete(DeliveryAttemptRow).where(DeliveryAttemptRow.delivery_id.in_(deliveries)))
+        session.execute(delete(DeliveryRow).where(DeliveryRow.event_id.in_(ids)))
+        session.execute(delete(EventRow).where(EventRow.id.in_(ids)))
+    return len(ids)
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+def insert_webhook(*, session: Session, **values: Any) -> WebhookRow:
+    """A new webhook; it receives the events appended after this transaction's view of the log."""
+    row = WebhookRow(after_event_id=last_event_id(session=session), consecutive_failures=0, **values)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_webhook(*, session: Session, webhook_id: str, key_id: str | None = None) -> WebhookRow | None:
+    """The webhook, or None; with key_id, only when that key owns it."""
+    q = select(WebhookRow).where(WebhookRow.id == webhook_id)
+    if key_id is not None:
+        q = q.where(WebhookRow.key_id == key_id)
+    return session.scalars(q).first()
+
+
+def list_webhooks(*, session: Session, key_id: str | None) -> list[WebhookRow]:
+    q = select(WebhookRow).order_by(WebhookRow.created_at)
+    if key_id is not None:
+        q = q.where(WebhookRow.key_id == key_id)
+    return list(session.scalars(q))
+
+
+def delete_webhook(*, session: Session, webhook_id: str, key_id: str | None = None) -> WebhookRow | None:
+    """Delete the webhook with its deliveries and their attempts; the row, or None if not found."""
+    row = get_webhook(session=session, webhook_id=webhook_id, key_id=key_id)
+    if row is not None:
+        deliveries = select(DeliveryRow.id).where(DeliveryRow.webhook_id == webhook_id)
+        session.execute(delete(DeliveryAttemptRow).where(DeliveryAttemptRow.delivery_id.in_(deliveries)))
+        session.execute(delete(DeliveryRow).where(DeliveryRow.webhook_id == webhook_id))
+        session.delete(row)
+    return row
+
+
+def _wants(hook: WebhookRow, event: EventRow, agent_metadata: Callable[[], dict[str, Any]]) -> bool:
+    if event.id <= hook.after_event_id or event.type not in hook.events:
+        return False
+    if not hook.all_keys and hook.key_id != event.key_id:
+        return False
+    if hook.meta:
+        meta = agent_metadata()
+        return all(k in meta and meta[k] == v for k, v in hook.meta.items())
+    return True
+
+
+def dispatch_events(*, session: Session, now: float, agent_metadata: Callable[[str], dict[str, Any]],
+                    cursor: str = "webhooks", limit: int = 500) -> tuple[int, int]:  # fmt: skip
+    """Fan the events after the stored cursor out to the webhooks that want them: one `pending`
+    delivery per (event, webhook), and the cursor moved past them, in one transaction. The cursor
+    moves by compare-and-set, so two replicas never fan one event out twice (the loser's
+    transaction fails and is rolled back). `agent_metadata(agent_json)` reads an event's agent
+    metadata for webhooks with a metadata filter. Returns (events read, deliveries made)."""
+    position = session.get(CursorRow, cursor)
+    if position is None:
+        position = CursorRow(name=cursor, value=0)
+        session.add(position)
+        session.flush()
+    start = position.value
+    events = list(session.scalars(select(EventRow).where(EventRow.id > start).order_by(EventRow.id).limit(limit)))
+    if not events:
+        return 0, 0
+    live_keys = select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None))
+    hooks = list(session.scalars(select(WebhookRow).where(WebhookRow.key_id.in_(live_keys))))
+    made = 0
+    for ev in events:
+        meta: dict[str, Any] | None = None
+
+        def metadata(ev: EventRow = ev) -> dict[str, Any]:
+            nonlocal meta
+            if meta is None:
+                meta = agent_metadata(ev.agent)
+            return meta
+
+        for hook in hooks:
+            if _wants(hook, ev, metadata):
+                session.add(
+                    DeliveryRow(
+                        webhook_id=hook.id,
+                        event_id=ev.id,
+                        status=DeliveryStatus.PENDING,
+                        attempts=0,
+                        retry_index=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+                made += 1
+    moved = session.execute(
+        update(CursorRow).where(CursorRow.name == cursor, CursorRow.value == start).values(value=events[-1].id)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        raise CursorMoved(cursor)
+    return len(events), made
+
+
+def claim_webhook_deliveries(
+    *, session: Session, now: float, lease_until: float, token: str, max_webhooks: int, batch: int,
+    circuit_failures: int,
+) -> list[tuple[WebhookRow, list[tuple[DeliveryRow, EventRow]]]]:  # fmt: skip
+    """Lease up to `max_webhooks` webhooks that have due deliveries, nobody else sends to and whose
+    circuit is not open, each with its due deliveries in event order (up to `batch`; a single probe
+    when its circuit is half-open). The lease (`token`, until `lease_until`) makes this worker the
+    only sender to each of them, across replicas too."""
+    free = or_(WebhookRow.lease_until.is_(None), WebhookRow.lease_until < now)
+    closed = or_(WebhookRow.circuit_open_until.is_(None), WebhookRow.circuit_open_until <= now)
+    candidates = session.execute(
+        select(DeliveryRow.webhook_id)
+        .join(WebhookRow, WebhookRow.id == DeliveryRow.webhook_id)
+        .where(DeliveryRow.status.in_(UNDELIVERED), DeliveryRow.next_attempt_at <= now, free, closed)
+        .group_by(DeliveryRow.webhook_id)
+        .order_by(func.min(DeliveryRow.next_attempt_at))
+        .limit(max_webhooks)
+    ).scalars()
+    claimed: list[tuple[WebhookRow, list[tuple[DeliveryRow, EventRow]]]] = []
+    for webhook_id in list(candidates):
+        got = session.execute(
+            update(WebhookRow)
+            .where(WebhookRow.id == webhook_id, free, closed)
+            .values(lease_until=lease_until, lease_token=token)
+        )
+        if not got.rowcount:  # type: ignore[attr-defined]
+            continue
+        hook = session.get(WebhookRow, webhook_id, populate_existing=True)
+        assert hook is not None
+        half_open = hook.consecutive_failures >= circuit_failures
+        rows = session.execute(
+            select(DeliveryRow, EventRow)
+            .join(EventRow, EventRow.id == DeliveryRow.event_id)
+            .where(
+                DeliveryRow.webhook_id == webhook_id,
+                DeliveryRow.status.in_(UNDELIVERED),
+                DeliveryRow.next_attempt_at <= now,
+            )
+            .order_by(DeliveryRow.event_id)
+            .limit(1 if half_open else batch)
+        ).all()
+        claimed.append((hook, [(d, e) for d, e in rows]))
+    return claimed
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt and what it decided for its delivery (see `record_delivery_attempts`)."""
+
+    delivery_id: int
+    at: float
+    duration: float
+    http_status: int | None
+    error: str | None
+    status: str
+    retry_index: int
+    next_attempt_at: float
+
+
+def record_delivery_attempts(
+    *,
+    session: Session,
+    webhook_id: str,
+    token: str,
+    attempts: Sequence[AttemptRecord],
+    consecutive_failures: int,
+    circuit_open_until: float | None,
+    lease_until: float | None,
+) -> bool:
+    """Record attempts to one webhook and their consequences (each delivery's status and next time,
+    the webhook's circuit), renewing the lease until `lease_until` (None: releasing it), in one
+    transaction; False when the lease was lost (another worker took the webhook over)."""
+    for a in attempts:
+        session.add(
+            DeliveryAttemptRow(
+                delivery_id=a.delivery_id, at=a.at, duration=a.duration, http_status=a.http_status,
+                error=a.error and a.error[:200],
+            )
+        )  # fmt: skip
+        done = a.status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.DEAD)
+        session.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.id == a.delivery_id, DeliveryRow.status.in_(UNDELIVERED))
+            .values(
+                status=a.status,
+                attempts=DeliveryRow.attempts + 1,
+                retry_index=a.retry_index,
+                next_attempt_at=a.next_attempt_at,
+                finished_at=a.at + a.duration if done else None,
+            )
+        )
+    held = session.execute(
+        update(WebhookRow)
+        .where(WebhookRow.id == webhook_id, WebhookRow.lease_token == token)
+        .values(
+            consecutive_failures=consecutive_failures,
+            circuit_open_until=circuit_open_until,
+            lease_until=lease_until,
+            lease_token=token if lease_until is not None else None,
+        )
+    )
+    return bool(held.rowcount)  # type: ignore[attr-defined]
+
+
+def release_webhook(*, session: Session, webhook_id: str, token: str) -> None:
+    session.execute(
+        update(WebhookRow)
+        .where(WebhookRow.id == webhook_id, WebhookRow.lease_token == token)
+        .values(lease_until=None, lease_token=None)
+    )
+
+
+def next_webhook_due(*, session: Session) -> float | None:
+    """When the next delivery could be sent: per webhook, its earliest due delivery, but not
+    before its circuit closes or another worker's lease runs out (wakes the deliverer)."""
+    rows = session.execute(
+        select(func.min(DeliveryRow.next_attempt_at), WebhookRow.circuit_open_until, WebhookRow.lease_until)
+        .join(WebhookRow, WebhookRow.id == DeliveryRow.webhook_id)
+        .where(DeliveryRow.status.in_(UNDELIVERED))
+        .group_by(DeliveryRow.webhook_id, WebhookRow.circuit_open_until, WebhookRow.lease_until)
+    ).all()
+    return min((max(due, circuit or 0.0, lease or 0.0) for due, circuit, lease in rows), default=None)
+
+
+def get_delivery(*, session: Session, webhook_id: str, delivery_id: int) -> DeliveryRow | None:
+    q = select(DeliveryRow).where(DeliveryRow.id == delivery_id, DeliveryRow.webhook_id == webhook_id)
+    return session.scalars(q).first()
+
+
+def list_deliveries(
+    *, session: Session, webhook_id: str, status: str | None, limit: int, before_id: int | None
+) -> list[tuple[DeliveryRow, str | None, str | None, list[DeliveryAttemptRow]]]:
+    """A webhook's deliveries, newest first: (delivery, event type, agent id, attempts oldest first)."""
+    q = (
+        select(DeliveryRow, EventRow.type, EventRow.agent_id)
+        .outerjoin(EventRow, EventRow.id == DeliveryRow.event_id)
+        .where(DeliveryRow.webhook_id == webhook_id)
+        .order_by(DeliveryRow.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        q = q.where(DeliveryRow.status == status)
+    if before_id is not None:
+        q = q.where(DeliveryRow.id < before_id)
+    rows = session.execute(q).all()
+    attempts: dict[int, list[DeliveryAttemptRow]] = {d.id: [] for d, _, _ in rows}
+    if attempts:
+        for a in session.scalars(
+            select(DeliveryAttemptRow)
+            .where(DeliveryAttemptRow.delivery_id.in_(list(attempts)))
+            .order_by(DeliveryAttemptRow.id)
+        ):
+            attempts[a.delivery_id].append(a)
+    return [(d, etype, agent_id, attempts[d.id]) for d, etype, agent_id in rows]
+
+
+def requeue_delivery(*, session: Session, webhook_id: str, delivery_id: int, now: float, retry_index: int) -> bool:
+    """Send a dead (or failed) delivery again now, past an open circuit (a manual retry is the
+    probe); False if it is not dead or failed."""
+    moved = session.execute(
+        update(DeliveryRow)
+        .where(
+            DeliveryRow.id == delivery_id,
+            DeliveryRow.webhook_id == webhook_id,
+            DeliveryRow.status.in_((DeliveryStatus.DEAD, DeliveryStatus.FAILED)),
+        )
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, retry_index=retry_index, finished_at=None)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return False
+    session.execute(
+        update(WebhookRow)
+        .where(WebhookRow.id == webhook_id, WebhookRow.circuit_open_until > now)
+        .values(circuit_open_until=now)
+    )
+    return True
+
+
+def webhook_health(*, session: Session, circuit_failures: int) -> tuple[int, int]:
+    """(dead deliveries stored, webhooks whose circuit is open or half-open)."""
+    dead = session.scalar(
+        select(func.count()).select_from(DeliveryRow).where(DeliveryRow.status == DeliveryStatus.DEAD)
+    )
+    tripped = session.scalar(
+        select(func.count()).select_from(WebhookRow).where(WebhookRow.consecutive_failures >= circuit_failures)
+    )
+    return int(dead or 0), int(tripped or 0)
+
+
+# --- the server's own keys --------------------------------------------------------------------
+
+
+def get_server_key(*, session: Session, name: str) -> str | None:
+    row = session.get(ServerKeyRow, name)
+    return None if row is None else row.secret
+
+
+def add_server_key(*, session: Session, name: str, secret: str, created_at: float) -> None:
+    """Insert a key; raises IntegrityError when another replica made it first."""
+    session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
+    session.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, Index, Integer, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agentfactory.vocabulary import ACTIVE, STDERR, STDOUT, TERMINAL
@@ -17,10 +17,17 @@ __all__ = [
     "AgentRow",
     "ApiKeyRow",
     "Base",
+    "CursorRow",
+    "DeliveryAttemptRow",
+    "DeliveryRow",
+    "EventRow",
     "LogChunkRow",
     "RateBucketRow",
     "ReplicaRow",
+    "WebhookRow",
 ]
+# 64-bit ids on PostgreSQL; SQLite's rowid alias must be spelled INTEGER.
+Id64 = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -56,11 +63,14 @@ class AgentRow(Base):
     tokens_prompt: Mapped[int] = mapped_column(Integer, default=0)
     tokens_completion: Mapped[int] = mapped_column(Integer, default=0)
     model_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # Tokens held by the agent's model calls in flight (SPEC §14): used + reserved never exceeds the budget.
+    tokens_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     log_sha256: Mapped[str | None] = mapped_column(String(64))
     log_dropped_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_dropped_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    capture_error: Mapped[str | None] = mapped_column(Text)  # why some output could not be stored
     stdout_consumed: Mapped[int] = mapped_column(Integer, default=0)
     stderr_consumed: Mapped[int] = mapped_column(Integer, default=0)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -133,6 +143,111 @@ class ApiKeyRow(Base):
     max_concurrent_agents: Mapped[int] = mapped_column(Integer)
     max_requests_per_minute: Mapped[int] = mapped_column(Integer)
     max_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    max_streams: Mapped[int] = mapped_column(Integer, default=10)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
     lock_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EventRow(Base):
+    """The event log (the outbox): one row per lifecycle event, written in the transaction of the
+    status change that causes it. `id` only grows (SQLite AUTOINCREMENT: never reused after a
+    purge), so it is the resume position of `GET /events` and the `webhook-id` of deliveries.
+    `agent` is the agent's wire document (JSON) as it was at the event."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    agent_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    agent: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_events_key_id", "key_id", "id"),
+        Index("ix_events_agent_id", "agent_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class WebhookRow(Base):
+    """A webhook endpoint of one key. `all_keys` (made by an admin key) receives every key's
+    events. It receives events with id > `after_event_id` (the log's end when it was created).
+    The circuit: `consecutive_failures` attempts failed in a row; at the threshold nothing is
+    sent until `circuit_open_until`, then one probe. `lease_until`/`lease_token`: the one
+    delivery worker (of any replica) currently sending to it."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    all_keys: Mapped[bool] = mapped_column(Boolean, default=False)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    secret: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[float] = mapped_column(Float)
+    after_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    circuit_open_until: Mapped[float | None] = mapped_column(Float)
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+
+
+class DeliveryRow(Base):
+    """One event to one webhook. `retry_index`: failed attempts counted against the retry
+    schedule (a manual retry of a dead delivery sets it to the schedule's end: one more try)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_index: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id", name="uq_deliveries_webhook_event"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_webhook", "webhook_id", "status", "id"),
+        Index("ix_deliveries_event", "event_id"),
+    )
+
+
+class DeliveryAttemptRow(Base):
+    """One HTTP attempt of a delivery: when, how long, the status code or the error."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    at: Mapped[float] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(200))
+
+
+class CursorRow(Base):
+    """Named positions in the event log (`webhooks`: the last event the dispatcher fanned out)."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ServerKeyRow(Base):
+    """The control plane's own secret keys (hex), made once at first start and shared by every
+    replica: what is derived from them (agents' gateway tokens, request fingerprints) is the same
+    wherever and whenever it is computed."""
+
+    __tablename__ = "server_keys"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)

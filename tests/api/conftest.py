@@ -14,7 +14,7 @@ from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 from tests.support.server import database_url
 
-ADMIN = "af_admin_test_key"
+ADMIN = "af_admin_test_key_" + "k" * 24
 
 
 @dataclass

@@ -184,7 +184,13 @@ class StandIn:
         status = request.query_params.get("status")
         limit = int(request.query_params.get("limit", 50))
         start = int(request.query_params.get("cursor", 0))
-        items = [a.doc() for a in reversed(self.agents.values()) if status in (None, a.status())]
+        selector = [(k.removeprefix("metadata."), v) for k, v in request.query_params.multi_items()
+                    if k.startswith("metadata.")]  # fmt: skip
+        items = [
+            a.doc() for a in reversed(self.agents.values())
+            if status in (None, a.status())
+            and all(str((a.body.get("metadata") or {}).get(k)) == v for k, v in selector)
+        ]  # fmt: skip
         page = items[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(items) else None
         return JSONResponse({"items": page, "next_cursor": next_cursor})
@@ -228,6 +234,8 @@ class StandIn:
         limit = min(int(request.query_params.get("limit", 1000)), self.page_size)
         only = request.query_params.get("stream")
         visible = agent.visible()
+        if "tail" in request.query_params:
+            cursor = max(0, visible - int(request.query_params["tail"]))
         lines = [agent.line(s) for s in range(cursor + 1, visible + 1)]
         lines = [ln for ln in lines if only in (None, ln["stream"])][:limit]
         last = lines[-1]["seq"] if lines else cursor

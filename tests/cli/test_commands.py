@@ -79,64 +79,65 @@ def test_logs_follow_with_tail(standin: StandIn) -> None:
 def test_rm_cancels_and_reports_unknown_ids(standin: StandIn) -> None:
     _make_agents(standin, 2)
     proc = run_cli(standin, "rm", "ag_0001", "ag_0002", "ag_9999")
-    assert proc.returncode == 1
+    assert proc.returncode == 66  # EX_NOINPUT: not found
     assert proc.stdout.splitlines() == ["ag_0001\tcancelled", "ag_0002\tsucceeded"]
     assert proc.stderr == "error: ag_9999: E_NOT_FOUND: no such agent (404)\n"
 
 
 def test_keys_create_prints_the_secret_once_and_sends_quotas(standin: StandIn) -> None:
     proc = run_cli(standin, "keys", "create", "ci-main", "--model", "echo", "--tool", "python",
-                   "--max-concurrent", "4", "--rpm", "60", "--max-ttl", "1h")  # fmt: skip
+                   "--max-concurrent", "4", "--rpm", "60", "--max-ttl", "1h", "--max-streams", "3")  # fmt: skip
     assert proc.returncode == 0
     assert proc.stdout == "af_secret\n" and "shown only this once" in proc.stderr
     assert standin.requests[-1]["json"] == {
         "name": "ci-main", "admin": False, "models": ["echo"], "tools": ["python"],
-        "max_concurrent_agents": 4, "max_requests_per_minute": 60, "max_ttl_seconds": 3600,
+        "max_concurrent_agents": 4, "max_requests_per_minute": 60, "max_ttl_seconds": 3600, "max_streams": 3,
     }  # fmt: skip
     assert run_cli(standin, "keys", "revoke", "key_0001").stdout == "key_0001\trevoked\n"
 
 
-def test_wrong_key_is_one_line_and_exit_2(standin: StandIn) -> None:
+def test_wrong_key_is_one_line_and_exit_77(standin: StandIn) -> None:
     proc = run_cli(standin, "status", "ag_0001", AGENTFACTORY_API_KEY="nope")
-    assert proc.returncode == 2
+    assert proc.returncode == 77
     assert proc.stderr == "error: E_AUTH: unknown API key (401)\n"
     assert proc.stdout == ""
 
 
 def test_missing_key_hints_at_the_variable(standin: StandIn) -> None:
-    proc = run_cli(standin, "ls", AGENTFACTORY_API_KEY="")
-    assert proc.returncode == 2
+    proc = run_cli(standin, "ls", AGENTFACTORY_API_KEY="", AGENTFACTORY_CONFIG="/nonexistent/config.toml")
+    assert proc.returncode == 77
     assert proc.stderr == (
-        "error: E_AUTH: unknown API key (401); no API key was given: set AGENTFACTORY_API_KEY or pass --api-key\n"
+        "error: E_AUTH: unknown API key (401); no API key was given: set AGENTFACTORY_API_KEY, pass --api-key, "
+        "or `agentfactory login`\n"
     )
 
 
-def test_validation_error_exit_2_with_details(standin: StandIn) -> None:
+def test_validation_error_exit_65_with_details(standin: StandIn) -> None:
     proc = run_cli(standin, "run", "-m", "echo", "--ttl", "2h", "hi")
-    assert proc.returncode == 2
+    assert proc.returncode == 65
     assert proc.stderr == "error: E_SCHEMA: body does not validate (422) — ttl_seconds: must be <= 3600\n"
     proc = run_cli(standin, "run", "-m", "nope", "--follow", "hi")
-    assert (proc.returncode, proc.stderr) == (2, "error: E_CATALOG: unknown model 'nope' (422)\n")
+    assert (proc.returncode, proc.stderr) == (65, "error: E_CATALOG: unknown model 'nope' (422)\n")
 
 
 def test_rate_limit_prints_retry_after(standin: StandIn) -> None:
     body = {"error": {"code": "E_QUOTA", "message": "10 agents running", "details": []}, "request_id": "r"}
     standin.fail_next.append(JSONResponse(body, status_code=429, headers={"Retry-After": "17"}))
     proc = run_cli(standin, "run", "-m", "echo", "hi")
-    assert proc.returncode == 1
+    assert proc.returncode == 75  # EX_TEMPFAIL: try again later
     assert proc.stderr == "error: E_QUOTA: 10 agents running (429); retry after 17s\n"
 
 
 def test_non_json_error_and_not_found(standin: StandIn) -> None:
     standin.fail_next.append(Response("<html>bad gateway</html>", status_code=502, media_type="text/html"))
     proc = run_cli(standin, "catalog")
-    assert (proc.returncode, proc.stderr) == (1, "error: HTTP 502: Bad Gateway (502)\n")
+    assert (proc.returncode, proc.stderr) == (69, "error: HTTP 502: Bad Gateway (502)\n")
     proc = run_cli(standin, "status", "ag_404")
-    assert (proc.returncode, proc.stderr) == (1, "error: E_NOT_FOUND: no such agent (404)\n")
+    assert (proc.returncode, proc.stderr) == (66, "error: E_NOT_FOUND: no such agent (404)\n")
 
 
-def test_unreachable_server_exit_3(standin: StandIn) -> None:
+def test_unreachable_server_exit_69(standin: StandIn) -> None:
     proc = run_cli(standin, "run", "-m", "echo", "--follow", "hi", AGENTFACTORY_URL="http://127.0.0.1:9")
-    assert proc.returncode == 3
+    assert proc.returncode == 69
     assert proc.stderr.startswith("error: cannot reach http://127.0.0.1:9 (") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr

@@ -124,5 +124,5 @@ def test_server_restart_while_following_loses_and_repeats_nothing(server: Server
 
 def test_wrong_key_is_one_line(server: ServerProcess) -> None:
     proc = _run(server, "status", "ag_x", "--json", AGENTFACTORY_API_KEY="af_wrong")
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 77 and proc.stdout == ""
     assert proc.stderr.startswith("error: E_AUTH: ") and proc.stderr.count("\n") == 1

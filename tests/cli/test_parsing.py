@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import typer
-from typer.testing import CliRunner
 
-from agentfactory.cli import app
 from agentfactory.cli.options import parse_duration, parse_pairs
 from agentfactory.cli.render import api_message as _api_message
 from agentfactory.client import ApiError, SSEDecoder, SSEEvent, agent_exit_code, iter_sse, split_lines
+from tests.cli.conftest import AGENTFACTORY
 
 
 @pytest.mark.parametrize(
@@ -93,6 +95,8 @@ def test_split_lines_does_not_break_on_unicode_line_separators() -> None:
         ({"status": "failed", "exit_code": None, "reason": "launch_failed"}, 1),
         ({"status": "failed", "exit_code": 0, "reason": "lost"}, 1),
         ({"status": "failed", "exit_code": 300}, 1),
+        ({"status": "failed", "exit_code": 69}, 1),  # 64-78 are the CLI's own failures
+        ({"status": "failed", "exit_code": 137, "reason": "oom_killed"}, 137),
         ({"status": "expired", "exit_code": 137}, 124),
         ({"status": "cancelled", "exit_code": 143}, 130),
     ],
@@ -115,8 +119,7 @@ def test_api_error_line_carries_code_status_details_and_retry_after() -> None:
     assert _api_message(err) == "E_INTERNAL: a bug (500) [request req_9]"
 
 
-def test_usage_errors_exit_2_before_any_request() -> None:
-    runner = CliRunner()
+def test_usage_errors_exit_64_before_any_request() -> None:
     cases = [
         ["--url", "http://127.0.0.1:9", "run", "--model", "echo", "--ttl", "ten", "hi"],
         ["--url", "http://127.0.0.1:9", "run", "hi"],
@@ -125,7 +128,12 @@ def test_usage_errors_exit_2_before_any_request() -> None:
         ["--url", "http://127.0.0.1:9", "run", "--model", "echo", "   "],
         ["--url", "http://127.0.0.1:9", "logs", "ag_1", "--stream", "both"],
         ["--url", "http://127.0.0.1:9", "ls", "--limit", "501"],
+        ["--url", "http://127.0.0.1:9", "ls", "-o", "table"],
+        ["--url", "http://127.0.0.1:9", "ls", "-l", "novalue"],
+        ["--url", "http://127.0.0.1:9", "no-such-command"],
     ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFACTORY_") and k != "AF_SURELY_UNSET"}
     for args in cases:
-        result = runner.invoke(app, args, env={"AF_SURELY_UNSET": None})
-        assert result.exit_code == 2, (args, result.output)
+        proc = subprocess.run([AGENTFACTORY, *args], capture_output=True, text=True, env=env, timeout=30, check=False)
+        assert proc.returncode == 64, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == ""

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
@@ -67,6 +66,8 @@ def launch(c: httpx.Client, lines: int, ttl: int = 300) -> str:
 
 
 def owners(cl: Cluster) -> dict[str, str | None]:
+    import psycopg
+
     dsn = cl.database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn) as conn:
         return dict(conn.execute("SELECT id, owner FROM agents").fetchall())

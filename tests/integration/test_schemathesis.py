@@ -132,6 +132,10 @@ def test_generated_requests_never_get_a_5xx_or_an_error_outside_the_envelope(
         operation = result.ok()
         if operation.path.startswith("/mcp"):
             continue
+        if operation.path == "/events":
+            continue  # a valid request is an endless stream (tests/api/test_events_webhooks.py covers it)
+        if (operation.method.upper(), operation.path) == ("POST", "/webhooks"):
+            continue  # a generated host name would be resolved: a DNS query leaves the machine (same file)
         exercise(operation)
 
     elapsed = time.monotonic() - started

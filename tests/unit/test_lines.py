@@ -66,7 +66,7 @@ def test_head_drop_and_skip_cut_at_line_boundaries() -> None:
 def test_bounded_keeps_head_and_tail_with_one_marker() -> None:
     sp, b = LineSplitter([]), Bounded(max_bytes=100)
     kept = b.admit(sp.feed(1, b"".join(f"{i:03d}\n".encode() for i in range(100))))
-    rest = b.finish()
+    rest = list(b.finish())
     all_texts = texts(kept) + texts(rest)
     assert all_texts[:12] == [f"{i:03d}" for i in range(12)]
     assert "dropped" in all_texts[12]
@@ -83,7 +83,7 @@ def test_bounded_over_many_reads_counts_every_dropped_line() -> None:
         all_data += data
         kept += b.admit(sp.feed(1, data))
     dropped_lines, dropped_bytes = b.dropped_lines, b.dropped_bytes
-    kept += b.finish()
+    kept += list(b.finish())
     lines = texts(kept)
     marker = next(i for i, t in enumerate(lines) if "dropped" in t)
     head = [int(t) for t in lines[:marker]]

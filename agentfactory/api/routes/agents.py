@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from agentfactory.api.deps import get_caller, get_services
 from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, ErrorBody, TtlUpdate
@@ -28,6 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 router = APIRouter(tags=["agents"], responses=ERRORS)
+METADATA_PREFIX = "metadata."
 MAX_CURSOR = 2**62  # cursors and seqs are 64-bit integers in the store
 CallerDep = Annotated[Caller, Depends(get_caller)]
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -48,15 +49,31 @@ async def create_agent(
     return agent
 
 
-@router.get("/agents", response_model=AgentList, summary="The caller's agents, newest first", operation_id="listAgents")
+@router.get(
+    "/agents",
+    response_model=AgentList,
+    summary="The caller's agents, newest first",
+    description=(
+        "Filter by metadata with `metadata.KEY=VALUE` query parameters (repeatable; all must match), "
+        "e.g. `GET /agents?metadata.ci_run=42&metadata.job=lint`. Values compare as text: `42` matches "
+        'the string "42" and the number 42, `true` the boolean true.'
+    ),
+    operation_id="listAgents",
+)
 async def list_agents(
+    request: Request,
     caller: CallerDep,
     svc: ServicesDep,
     status: AgentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[int | None, Query(ge=0, le=MAX_CURSOR, description="next_cursor of an earlier page")] = None,
 ) -> AgentList:
-    return await agents.list_agents(svc, caller, status=status, limit=limit, cursor=cursor)
+    metadata = [
+        (name.removeprefix(METADATA_PREFIX), value)
+        for name, value in request.query_params.multi_items()
+        if name.startswith(METADATA_PREFIX)
+    ]
+    return await agents.list_agents(svc, caller, status=status, limit=limit, cursor=cursor, metadata=metadata)
 
 
 @router.get("/agents/{agent_id}", response_model=AgentOut, summary="One agent", operation_id="getAgent")

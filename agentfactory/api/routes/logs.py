@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from agentfactory.api.routes.agents import ERRORS, MAX_CURSOR, CallerDep, ServicesDep
-from agentfactory.api.sse import BlockCache, sse
+from agentfactory.api.sse import BlockCache, LeasedEventSource, sse
+from agentfactory.errors import SchemaError
 from agentfactory.schemas import LogPage
 from agentfactory.service import agents, streams
-from agentfactory.service.views import agent_out
 from agentfactory.store import queries
 
 router = APIRouter(tags=["logs"], responses=ERRORS)
@@ -31,9 +31,21 @@ async def get_logs(
     caller: CallerDep,
     svc: ServicesDep,
     cursor: Annotated[int | None, Query(ge=0, le=MAX_CURSOR, description="a seq; lines after it")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=agents.MAX_LOG_PAGE)] = 1000,
     stream: Literal["stdout", "stderr"] | None = None,
+    tail: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=agents.MAX_LOG_PAGE,
+            description="only the last N lines (of `stream`, if given), in one page; not with `cursor`",
+        ),
+    ] = None,
 ) -> LogPage:
+    if tail is not None:
+        if cursor is not None:
+            raise SchemaError("give either cursor or tail, not both", details=[{"loc": ["query", "tail"]}])
+        return await agents.read_log_tail(svc, caller, agent_id, tail=tail, stream=stream)
     return await agents.read_logs(svc, caller, agent_id, after=cursor or 0, limit=limit, stream=stream)
 
 
@@ -59,8 +71,8 @@ async def stream_agent(
         start = await agents.tail_start(svc, row, tail)
     pk = row.pk
 
-    async def read(after: int, limit: int) -> list[tuple[int, float, int, str]]:
-        return await svc.store.run(queries.read_log_lines, agent_pk=pk, after=after, limit=limit)
+    async def read(after: int, limit: int, max_bytes: int) -> list[tuple[int, float, int, str]]:
+        return await svc.store.run(queries.read_log_lines, agent_pk=pk, after=after, limit=limit, max_bytes=max_bytes)
 
     async def read_block(cursor: int, generation: int) -> tuple[bytes, int]:
         return await cache.events_after(row.id, cursor, generation, read)
@@ -72,13 +84,14 @@ async def stream_agent(
                 if isinstance(event, streams.Lines):
                     yield event.block
                 elif isinstance(event, streams.StatusChanged):
-                    yield sse("status", agent_out(event.agent).model_dump_json()).encode()
+                    yield sse("status", event.agent.json).encode()
                 elif isinstance(event, streams.Ended):
-                    payload = agent_out(event.agent).model_dump_json()
-                    yield (sse("status", payload) + sse("end", payload)).encode()
+                    yield (sse("status", event.agent.json) + sse("end", event.agent.json)).encode()
                 else:
                     yield b": keep-alive\n\n"
         finally:
             svc.metrics.stream_clients.dec()
 
-    return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    lease = svc.streams.acquire(caller)  # 429 past the key's max_streams; revoking the key ends the stream
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return LeasedEventSource(lease, events(), ping=15, headers=headers)

@@ -25,7 +25,7 @@ async def health() -> Health:
 @router.get(
     "/ready",
     response_model=Health,
-    summary="200 when the database and the engine answer and this replica's lease holds",
+    summary="200 when the database answers and can write, the engine answers and this replica's lease holds",
     operation_id="ready",
     responses={503: {"description": "a dependency is down (or the lease lapsed); `checks` names it"}},
 )

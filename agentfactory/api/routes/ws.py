@@ -8,9 +8,11 @@ HTTP, so the route authenticates and rate-limits here).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 
 from agentfactory.api.deps import get_services_ws
@@ -19,11 +21,12 @@ from agentfactory.errors import AgentFactoryError, RateLimitError, error_body
 from agentfactory.service import agents, streams
 from agentfactory.service.auth import authenticate
 from agentfactory.service.context import Services
-from agentfactory.service.views import agent_out, log_lines
+from agentfactory.service.views import log_lines
 from agentfactory.store import queries
 
 router = APIRouter(tags=["logs"])
 WS_BLOCK_LINES = 500
+WS_BLOCK_BYTES = 256 * 1024  # of text: what one follower holds at a time
 # Close codes: 1008 policy violation (auth, rate, not found), 1011 server error; the reason carries
 # the error envelope's code and message.
 POLICY_VIOLATION, SERVER_ERROR = 1008, 1011
@@ -48,6 +51,7 @@ async def agent_ws(
         if wait is not None:
             raise RateLimitError("this key's request rate is exceeded", retry_after=wait)
         row = await agents.load_agent(svc, caller, agent_id)
+        lease = svc.streams.acquire(caller)  # past the key's max_streams: E_RATE_LIMIT
     except AgentFactoryError as exc:
         body = error_body(code=exc.code, message=exc.message, request_id="-")
         await websocket.send_text(json.dumps({"event": "error", "id": None, "data": body}))
@@ -58,24 +62,33 @@ async def agent_ws(
         start = await agents.tail_start(svc, row, tail)
 
     async def read_block(cursor: int, _generation: int) -> tuple[list[dict[str, Any]], int]:
-        rows = await svc.store.run(queries.read_log_lines, agent_pk=row.pk, after=cursor, limit=WS_BLOCK_LINES)
+        rows = await svc.store.run(
+            queries.read_log_lines, agent_pk=row.pk, after=cursor, limit=WS_BLOCK_LINES, max_bytes=WS_BLOCK_BYTES
+        )
         lines = [line.model_dump() for line in log_lines(rows)]
         return lines, (rows[-1][0] if rows else cursor)
 
     svc.metrics.stream_clients.inc()
     try:
-        async for event in streams.follow(svc, row, start, read_block):
-            if isinstance(event, streams.Lines):
-                for line in event.block:
-                    await websocket.send_text(json.dumps({"event": "log", "id": line["seq"], "data": line}))
-            elif isinstance(event, streams.StatusChanged | streams.Ended):
-                data = agent_out(event.agent).model_dump(mode="json")
-                await websocket.send_text(json.dumps({"event": "status", "id": None, "data": data}))
-                if isinstance(event, streams.Ended):
-                    await websocket.send_text(json.dumps({"event": "end", "id": None, "data": data}))
-                    await websocket.close(1000)
-                    return
+        with lease.cancel_on_revoke() as revoked:
+            async for event in streams.follow(svc, row, start, read_block):
+                if isinstance(event, streams.Lines):
+                    for line in event.block:
+                        await websocket.send_text(json.dumps({"event": "log", "id": line["seq"], "data": line}))
+                elif isinstance(event, streams.StatusChanged | streams.Ended):
+                    data = event.agent.json
+                    await websocket.send_text(f'{{"event": "status", "id": null, "data": {data}}}')
+                    if isinstance(event, streams.Ended):
+                        await websocket.send_text(f'{{"event": "end", "id": null, "data": {data}}}')
+                        await websocket.close(1000)
+                        return
+        if revoked.cancelled_caught:  # the key was revoked: say so, and close
+            body = error_body(code="E_AUTH", message="this API key was revoked", request_id="-")
+            with anyio.move_on_after(1), contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await websocket.send_text(json.dumps({"event": "error", "id": None, "data": body}))
+                await websocket.close(POLICY_VIOLATION, "E_AUTH: this API key was revoked")
     except WebSocketDisconnect:
         return
     finally:
+        lease.release()
         svc.metrics.stream_clients.dec()

@@ -1,0 +1,96 @@
+"""How many streams and waits each key holds on this replica, and ending them when it is revoked.
+
+A stream (SSE, WebSocket) or an MCP wait holds a lease for its life: at most the key's
+`max_streams` at once, past which a new one is refused (429 E_RATE_LIMIT, Retry-After). Each one
+holds no more than its own bounded buffers (SPEC §14); this bounds how many one key holds.
+Revoking a key cancels what its leases run, at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+
+from agentfactory.errors import AuthError, RateLimitError
+from agentfactory.service.auth import Caller
+
+STREAM_RETRY_AFTER_SECONDS = 5
+
+
+class StreamLease:
+    """One stream or wait a key holds on this replica, until `release()`. Revoking the key cancels
+    what runs under `cancel_on_revoke()`."""
+
+    def __init__(self, leases: StreamLeases, key_id: str):
+        self.key_id = key_id
+        self.revoked = False
+        self._leases = leases
+        self._cancels: list[Callable[[], None]] = []
+
+    @contextmanager
+    def cancel_on_revoke(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that revoking the key cancels; `scope.cancelled_caught` tells after."""
+        with anyio.CancelScope() as scope:
+            self._cancels.append(scope.cancel)
+            if self.revoked:
+                scope.cancel()
+            yield scope
+
+    def revoke(self) -> None:
+        self.revoked = True
+        for cancel in self._cancels:
+            cancel()
+
+    def release(self) -> None:
+        self._leases.release(self)
+
+
+class StreamLeases:
+    """The leases each key holds on this replica. Owned by the event loop."""
+
+    def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
+        self._held: dict[str, set[StreamLease]] = {}
+        self._on_refused = on_refused
+
+    def acquire(self, caller: Caller) -> StreamLease:
+        held = self._held.setdefault(caller.key_id, set())
+        if len(held) >= caller.max_streams:
+            if self._on_refused is not None:
+                self._on_refused()
+            raise RateLimitError(
+                f"this key already holds {len(held)} streams and waits (max_streams {caller.max_streams}); "
+                "close one or retry later",
+                retry_after=STREAM_RETRY_AFTER_SECONDS,
+            )
+        lease = StreamLease(self, caller.key_id)
+        held.add(lease)
+        return lease
+
+    def release(self, lease: StreamLease) -> None:
+        held = self._held.get(lease.key_id)
+        if held is not None:
+            held.discard(lease)
+            if not held:
+                del self._held[lease.key_id]
+
+    def held(self, key_id: str) -> int:
+        return len(self._held.get(key_id, ()))
+
+    def revoke(self, key_id: str) -> None:
+        """The key was revoked: end every stream and wait it holds, now."""
+        for lease in list(self._held.get(key_id, ())):
+            lease.revoke()
+
+    @contextmanager
+    def hold(self, caller: Caller) -> Iterator[StreamLease]:
+        """Hold a lease for the block (a wait); AuthError if the key is revoked meanwhile."""
+        lease = self.acquire(caller)
+        try:
+            with lease.cancel_on_revoke() as scope:
+                yield lease
+            if scope.cancelled_caught:
+                raise AuthError("this API key was revoked")
+        finally:
+            lease.release()
