@@ -206,16 +206,19 @@ def test_a_key_holds_at_most_max_streams_and_revoking_it_ends_them_at_once(shell
 
                 await asyncio.wait_for(refused_now(), 10)
 
-                async def drained(r: httpx.Response) -> None:
+                async def drained(r: httpx.Response) -> bytes:
+                    tail = b""
                     with contextlib.suppress(httpx.HTTPError):
-                        async for _ in r.aiter_raw():
-                            pass
+                        async for chunk in r.aiter_raw():
+                            tail = (tail + chunk)[-2000:]
+                    return tail
 
                 with httpx.Client(base_url=shell_srv.url, timeout=30) as admin:
                     revoked_at = time.monotonic()
                     admin_headers = {"Authorization": f"Bearer {shell_srv.admin_key}"}
                     assert admin.delete(f"/keys/{key_id}", headers=admin_headers).status_code == 200
-                await asyncio.wait_for(asyncio.gather(*(drained(r) for r in streams)), 5)
+                ends = await asyncio.wait_for(asyncio.gather(*(drained(r) for r in streams)), 5)
+                assert all(b"event: error" in end and b"E_AUTH" in end for end in ends), ends[0]
                 result = await asyncio.wait_for(long_wait, 5)
                 took = time.monotonic() - revoked_at
                 assert error_of(result)["code"] == "E_AUTH"
