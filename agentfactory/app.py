@@ -19,12 +19,14 @@ from agentfactory.backends import egress
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.mcp.server import build_mcp
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.reaper import Reaper
 from agentfactory.runtime.usage import UsageSampler
-from agentfactory.service.auth import ensure_bootstrap_admin
+from agentfactory.service.auth import check_admin_key, ensure_bootstrap_admin
 from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
@@ -66,7 +68,9 @@ def create_app(
     serve_gateway: bool = True,
 ) -> FastAPI:
     """The control plane as an ASGI app. `backend` and `catalog` may be given (tests); else built
-    from settings. A bad catalog raises CatalogInvalid here, before anything starts."""
+    from settings. A bad catalog raises CatalogInvalid, a short admin key ValueError, here, before
+    anything starts."""
+    check_admin_key(settings.admin_key)
     catalog = catalog or load_catalog(settings.catalog)
     egress.check_resolvers(settings.agent_dns)
     metrics = Metrics()
@@ -83,6 +87,7 @@ def create_app(
         environ=dict(os.environ),
         metrics=metrics,
         logger=structlog.get_logger("agentfactory.gateway"),
+        limits=GatewayLimits.from_settings(settings),
     )
     reaper = Reaper(
         launcher=svc.launcher,
@@ -101,6 +106,7 @@ def create_app(
         loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db"))
         await asyncio.to_thread(store.migrate)
         await asyncio.to_thread(ensure_bootstrap_admin, store=store, admin_key=settings.admin_key)
+        await asyncio.to_thread(svc.server_key.load, store)
         svc.start(loop)
         if serve_gateway:
             await gateway.start()
@@ -111,7 +117,7 @@ def create_app(
             try:
                 await reaper.recover()
             except Exception as exc:  # the engine may be down at start; the reaper catches up later
-                log.warning("recover_failed", error=repr(exc))
+                log.warning("recover_failed", error=describe_error(exc))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))

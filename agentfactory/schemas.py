@@ -44,8 +44,11 @@ def _check_env(value: dict[str, str], what: str) -> dict[str, str]:
 
 
 class AgentCreate(BaseModel):
+    # allow_inf_nan=False on every request body: Python's JSON reader takes NaN and Infinity, which
+    # are not JSON; stored, they break the response (and PostgreSQL's json refuses them mid-INSERT).
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -192,7 +195,9 @@ class LogPage(BaseModel):
 
 
 class TtlUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ttl_seconds": 600}]})
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"ttl_seconds": 600}]}
+    )
 
     ttl_seconds: int = Field(ge=1)
 
@@ -284,6 +289,7 @@ class AgentResult(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {

@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         "sqlite:///./agentfactory.db", description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://..."
     )
     catalog: Path = Field(Path("catalog.json"), description="path of the JSON catalog of models and tools")
-    admin_key: str | None = Field(None, description="bootstrap admin API key (accepted as an admin key)")
+    admin_key: str | None = Field(
+        None, description="bootstrap admin API key (accepted as an admin key; at least 24 characters)"
+    )
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8000, description="port the HTTP server binds")
     retention_days: float = Field(30, description="finished agents and their logs are purged after this")
@@ -50,6 +52,57 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
+    agent_nofile: int = Field(
+        1024, ge=64, description="open-file limit (soft and hard) of every agent container: sockets count too"
+    )
+    # The model gateway's bounds on what one agent may send (SPEC §14).
+    gateway_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest model-call body an agent may send; larger ones get 413 unread"
+    )
+    gateway_inline_json_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="model-call bodies (and answers) up to this size are parsed on the event loop; larger "
+        "ones in the gateway's JSON worker processes, so a big body never stalls the API",
+    )
+    gateway_json_workers: int = Field(2, ge=1, description="worker processes that parse and re-encode large bodies")
+    gateway_max_connections: int = Field(
+        512,
+        ge=8,
+        description="open connections to the gateway socket, all agents together; past it the oldest "
+        "connection that has not sent a request is closed, else the new one is refused",
+    )
+    gateway_max_connections_per_agent: int = Field(
+        16, ge=1, description="open connections one agent's token may hold; past it a request gets 429"
+    )
+    gateway_max_concurrent_calls_per_agent: int = Field(
+        4, ge=1, description="model calls of one agent in flight at once; past it a call gets 429"
+    )
+    gateway_calls_per_second_per_agent: float = Field(
+        10.0, gt=0, description="sustained gateway requests per second of one agent (token bucket rate)"
+    )
+    gateway_call_burst_per_agent: int = Field(
+        20, ge=1, description="gateway requests one agent may make in a burst above its per-second rate"
+    )
+    gateway_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a gateway connection that sends no complete request within this is closed"
+    )
+    gateway_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="a model-call body must arrive whole within this many seconds"
+    )
+    gateway_default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="completion tokens a model call may use when it names no max_tokens (always clamped to "
+        "what the agent's token budget has left)",
+    )
+    gateway_prompt_bytes_per_token: float = Field(
+        1.0,
+        ge=1.0,
+        description="bytes of request body reserved as one prompt token before a call: 1 is an upper bound for "
+        "byte-level BPE tokenizers, so concurrent calls can never overshoot a budget; larger values reserve "
+        "less and may overshoot by the difference",
+    )
     event_retention_days: float = Field(
         7, ge=1, description="lifecycle events (and their webhook deliveries) are kept this long (at least 1 day)"
     )

@@ -1,21 +1,25 @@
 """agentfactory agent runtime: the model <-> tools loop that runs inside every agent container.
 
-Stdlib only (the image has nothing but Debian's python3). Reads the agent from the environment:
+Stdlib only (the image has nothing but Debian's python3). At start, before anything else, it asks the
+model gateway for its spec (`GET /v1/agent/spec` with its token): the prompt may be far larger than
+one environment string may be (128 KiB on Linux). The environment holds only:
 
-  AGENTFACTORY_SPEC           JSON: agent_id, model, prompt, tools [{id, description, network}],
-                              max_steps, tool_timeout_seconds, tool_output_limit (bytes the model
-                              gets back from one tool call); optional: model_timeout_seconds (300,
-                              bound on one model call), gateway_retry_seconds (30, how long an
-                              unreachable gateway is retried), system_prompt
   AGENTFACTORY_GATEWAY_SOCKET the model gateway's Unix socket (default /run/agentfactory/gateway.sock)
   AGENTFACTORY_GATEWAY_TOKEN  this agent's gateway token
   AGENTFACTORY_SCRATCH        where tools run (default: the working directory, /scratch in the image)
+  AGENTFACTORY_SPEC           optional, for running the runtime by hand: the spec itself, not fetched
+
+The spec is JSON: agent_id, model, prompt, tools [{id, description, network}], max_steps,
+tool_timeout_seconds, tool_output_limit (bytes the model gets back from one tool call); optional:
+model_timeout_seconds (300, bound on one model call), gateway_retry_seconds (30, how long an
+unreachable gateway is retried), system_prompt.
 
 Stdout carries one JSON event per line (start, model_turn, tool_call, tool_result, final, usage) and,
 between them, the raw output lines of the tools, written as they are produced.
 
-Exit codes: 0 final answer; 1 runtime bug; 2 bad spec; 3 token budget spent; 4 step bound reached
-without a final answer; 5 model unreachable or upstream error; 143 terminated. On a non-zero exit
+Exit codes: 0 final answer; 1 runtime bug; 2 bad spec (or the gateway refused the token); 3 token
+budget spent; 4 step bound reached without a final answer; 5 model (or gateway) unreachable or
+upstream error; 143 terminated. On a non-zero exit
 the reason is one line on stderr.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -41,6 +46,10 @@ EXIT_OK, EXIT_BUG, EXIT_SPEC, EXIT_BUDGET, EXIT_STEPS, EXIT_MODEL = 0, 1, 2, 3, 
 # An upstream failure the gateway reports (502/503, upstream rate limit) is retried this often.
 UPSTREAM_RETRY_DELAYS = (0.5, 1.0, 2.0)
 RETRY_STATUSES = (502, 503)
+# The gateway's own "slow down" answers (its per-agent limits, a connection cap): retried too.
+RETRY_CODES = ("E_UPSTREAM_RATE_LIMIT", "E_RATE_LIMIT", "E_CAPACITY")
+SPEC_PATH = "/v1/agent/spec"
+SPEC_RETRY_SECONDS = 30.0
 MAX_LINE_BYTES = 64 * 1024
 MAX_FETCH_BYTES = 2 * 1024 * 1024
 # browser_server never connects to these: what the host's packet filter refuses anyway (the real
@@ -113,15 +122,21 @@ def raw_write(data: bytes) -> None:
 
 
 def load_spec(environ: dict[str, str]) -> dict:
+    """The agent's spec: from the gateway (or from AGENTFACTORY_SPEC when run by hand), checked."""
+    token = environ.get("AGENTFACTORY_GATEWAY_TOKEN", "")
+    if not token:
+        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_GATEWAY_TOKEN is not set")
+    socket_path = environ.get("AGENTFACTORY_GATEWAY_SOCKET") or DEFAULT_SOCKET
     raw = environ.get("AGENTFACTORY_SPEC")
+    source = "AGENTFACTORY_SPEC"
     if not raw:
-        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_SPEC is not set")
+        raw, source = fetch_spec(socket_path, token, SPEC_RETRY_SECONDS), "the gateway's spec"
     try:
         spec = json.loads(raw)
     except ValueError as exc:
-        raise Fatal(EXIT_SPEC, f"bad spec: AGENTFACTORY_SPEC is not valid JSON ({exc})") from None
+        raise Fatal(EXIT_SPEC, f"bad spec: {source} is not valid JSON ({exc})") from None
     if not isinstance(spec, dict):
-        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_SPEC must be a JSON object")
+        raise Fatal(EXIT_SPEC, f"bad spec: {source} must be a JSON object")
 
     def field(name: str, kind: type | tuple[type, ...], default: object = None, minimum: float | None = None):
         value = spec.get(name, default)
@@ -149,13 +164,58 @@ def load_spec(environ: dict[str, str]) -> dict:
         "model_timeout_seconds": field("model_timeout_seconds", (int, float), 300, 1),
         "gateway_retry_seconds": field("gateway_retry_seconds", (int, float), 30, 0),
         "system_prompt": field("system_prompt", str, SYSTEM_PROMPT),
-        "socket": environ.get("AGENTFACTORY_GATEWAY_SOCKET") or DEFAULT_SOCKET,
-        "token": environ.get("AGENTFACTORY_GATEWAY_TOKEN", ""),
+        "socket": socket_path,
+        "token": token,
         "scratch": environ.get("AGENTFACTORY_SCRATCH") or os.getcwd(),
     }
-    if not loaded["token"]:
-        raise Fatal(EXIT_SPEC, "bad spec: AGENTFACTORY_GATEWAY_TOKEN is not set")
     return loaded
+
+
+def fetch_spec(socket_path: str, token: str, retry_seconds: float) -> bytes:
+    """GET the spec over the gateway socket: plain HTTP/1.0 on a raw socket (http.client costs ~80 ms
+    to import and the `start` event waits for this). An unreachable or busy gateway is retried."""
+    deadline = time.monotonic() + retry_seconds
+    backoff = 0.25
+    request = (f"GET {SPEC_PATH} HTTP/1.0\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+    while True:
+        try:
+            status, headers, body = _raw_get(socket_path, request, timeout=30.0)
+        except OSError as exc:
+            status, headers, body = 0, {}, _describe(exc).encode()
+        if status == 200:
+            return body
+        code, message = _error_of(body) if status else ("unreachable", body.decode())
+        if status in (401, 403, 404):
+            raise Fatal(EXIT_SPEC, f"bad spec: the gateway refused to give it (HTTP {status} {code}): {message}")
+        wait = max(_seconds(headers.get("retry-after")) or 0, backoff) if status else backoff
+        backoff = min(backoff * 2, 4.0)
+        if time.monotonic() + wait > deadline:
+            detail = f"HTTP {status} {code}: {message}" if status else message
+            raise Fatal(EXIT_MODEL, f"could not get the spec from the gateway {socket_path}: {detail}")
+        time.sleep(wait)
+
+
+def _raw_get(path: str, request: bytes, timeout: float) -> tuple[int, dict[str, str], bytes]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not (parts[1].isascii() and parts[1].isdigit()):
+        raise ConnectionError(f"not an HTTP answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, body
 
 
 # --- the model, through the gateway -----------------------------------------------------------
@@ -220,7 +280,7 @@ class Gateway:
                 raise Fatal(EXIT_BUDGET, f"token budget spent: {message}")
             named = message if repr(self.model) in message else f"model {self.model!r}: {message}"
             failure = f"{named} (gateway: HTTP {status} {code})"
-            retriable = status in RETRY_STATUSES or code == "E_UPSTREAM_RATE_LIMIT"
+            retriable = status in RETRY_STATUSES or code in RETRY_CODES
             if not retriable or upstream_retries == len(UPSTREAM_RETRY_DELAYS):
                 raise Fatal(EXIT_MODEL, failure)
             time.sleep(min(max(_seconds(retry_after) or 0, UPSTREAM_RETRY_DELAYS[upstream_retries]), 10.0))
@@ -667,6 +727,8 @@ def run_agent(spec: dict, usage: Usage, runner: ToolRunner) -> str:
         model=spec["model"],
         tools=sorted(offered),
         max_steps=spec["max_steps"],
+        prompt_chars=len(spec["prompt"]),
+        prompt_sha256=hashlib.sha256(spec["prompt"].encode("utf-8", "surrogatepass")).hexdigest(),
     )
     gateway = Gateway(spec)
     messages: list[dict] = [

@@ -85,7 +85,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", error_type=type(exc).__name__, path=request.url.path, exc_info=exc)
+        # Named here: this handler runs outside the middleware that binds request_id to the log.
+        log.error("unhandled_error", request_id=request_id_of(request), error_type=type(exc).__name__,
+                  path=request.url.path, exc_info=exc)  # fmt: skip
         return envelope(
             status=500, code="E_INTERNAL", message="internal error; see the server log for this request_id",
             request_id=request_id_of(request),

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -125,7 +126,10 @@ class EdgeMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     ctx.metrics.quota_rejections.labels(reason="body_size").inc()
-                    raise TooLargeError(f"the request body is over {limit} bytes")
+                    # An HTTPException, not TooLargeError: FastAPI turns anything else raised while it
+                    # reads a body into "400 error parsing the body" (a chunked body has no length
+                    # to refuse it by up front).
+                    raise HTTPException(413, f"the request body is over {limit} bytes")
             return message
 
         return limited

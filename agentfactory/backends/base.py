@@ -40,6 +40,7 @@ class AgentSpec:
     pids: int
     scratch_mb: int
     max_log_bytes: int
+    nofile: int = 1024  # open-file limit, soft and hard: bounds the sockets an agent can open
     network: str | None = None  # None: no network at all; else the name of an isolated network
     dns: tuple[str, ...] = ()  # resolvers of an agent with a network (public ones: see egress.py); () engine's
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default

@@ -65,7 +65,11 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
             # Docker's own copy is what restart recovery replays; bounded so it never grows without end.
             "config": {"max-size": str(2 * spec.max_log_bytes + 10 * 1024 * 1024), "max-file": "1"},
         },
-        "ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}],
+        "ulimits": [
+            {"Name": "core", "Soft": 0, "Hard": 0},
+            # Each socket is a file: this bounds the connections an agent can open (to the gateway too).
+            {"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile},
+        ],
     }
     if spec.gateway_socket_dir is not None:
         host_config["binds"] = {str(spec.gateway_socket_dir): {"bind": GATEWAY_MOUNT, "mode": "ro"}}

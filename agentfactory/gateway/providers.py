@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from agentfactory.catalog import CatalogModel
+from agentfactory.gateway.bodies import content_text, estimate_tokens
 
 # Upstream error bodies are relayed to the agent (they explain a refused request) but bounded.
 MAX_RELAYED_ERROR_CHARS = 2000
@@ -42,58 +42,26 @@ class GatewayError(Exception):
         self.retry_after = retry_after
 
 
-def estimate_tokens(text: str) -> int:
-    """The usual ~4 characters per token, for answers that carry no `usage`."""
-    return math.ceil(len(text) / 4)
+def echo_answer(model_id: str, last_user: str, prompt_chars: int, max_tokens: int) -> tuple[dict[str, Any], Usage]:
+    """The `echo` model: the last user message back as the assistant's answer, no tool call.
 
-
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
-def prompt_text(body: Mapping[str, Any]) -> str:
-    messages = body.get("messages") or []
-    parts = [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
-    if body.get("tools"):
-        parts.append(json.dumps(body["tools"]))
-    return "\n".join(parts)
-
-
-def usage_of(answer: Mapping[str, Any], body: Mapping[str, Any]) -> Usage:
-    """Usage from the answer's `usage` field, else estimated from the lengths of prompt and answer."""
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(p, int) and isinstance(c, int) and p >= 0 and c >= 0:
-            return Usage(p, c)
-    completion = ""
-    for choice in answer.get("choices") or []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            completion += content_text(message.get("content"))
-            if message.get("tool_calls"):
-                completion += json.dumps(message["tool_calls"])
-    return Usage(estimate_tokens(prompt_text(body)), estimate_tokens(completion))
-
-
-def echo_answer(model_id: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
-    """The `echo` model: the last user message back as the assistant's answer, no tool call."""
-    last_user = ""
-    for message in body.get("messages") or []:
-        if isinstance(message, dict) and message.get("role") == "user":
-            last_user = content_text(message.get("content"))
-    usage = Usage(estimate_tokens(prompt_text(body)), estimate_tokens(last_user))
+    Like a real model it stops at `max_tokens` (~4 characters a token), so it never uses more than
+    the gateway reserved for it.
+    """
+    content = last_user[: max_tokens * 4]
+    usage = Usage(estimate_tokens(prompt_chars), estimate_tokens(len(content)))
     answer = {
         "id": f"chatcmpl-echo-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model_id,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": last_user}, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "length" if len(content) < len(last_user) else "stop",
+            }
+        ],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -106,10 +74,11 @@ def echo_answer(model_id: str, body: Mapping[str, Any]) -> tuple[dict[str, Any],
 def echo_stream(answer: Mapping[str, Any]) -> bytes:
     """The echo answer as the Server-Sent Events of a streamed chat completion."""
     base = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    content = answer["choices"][0]["message"]["content"]
+    choice = answer["choices"][0]
+    content = choice["message"]["content"]
     chunks = [
         base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": content}}]},
-        base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        base | {"choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]},
         base | {"choices": [], "usage": answer["usage"]},
     ]
     return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
@@ -147,10 +116,10 @@ class StreamUsage:
                     if delta.get("tool_calls"):
                         self._completion_chars += len(json.dumps(delta["tool_calls"]))
 
-    def usage(self, body: Mapping[str, Any]) -> Usage:
+    def usage(self, prompt_chars: int) -> Usage:
         if self.reported is not None:
             return self.reported
-        return Usage(estimate_tokens(prompt_text(body)), math.ceil(self._completion_chars / 4))
+        return Usage(estimate_tokens(prompt_chars), estimate_tokens(self._completion_chars))
 
 
 class OpenAIUpstream:
@@ -163,7 +132,7 @@ class OpenAIUpstream:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _request(self, model: CatalogModel, body: Mapping[str, Any]) -> httpx.Request:
+    def _request(self, model: CatalogModel, payload: bytes) -> httpx.Request:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if model.api_key_env:
             key = self._environ.get(model.api_key_env)
@@ -177,13 +146,11 @@ class OpenAIUpstream:
                 )
             headers["Authorization"] = f"Bearer {key}"
         url = f"{(model.base_url or '').rstrip('/')}/chat/completions"
-        return self._client.build_request(
-            "POST", url, content=json.dumps(body).encode(), headers=headers, timeout=model.timeout_seconds
-        )
+        return self._client.build_request("POST", url, content=payload, headers=headers, timeout=model.timeout_seconds)
 
-    async def complete(self, model: CatalogModel, body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
-        """One non-streamed completion: the upstream's JSON answer and its usage."""
-        request = self._request(model, body)
+    async def complete(self, model: CatalogModel, payload: bytes) -> bytes:
+        """One non-streamed completion: the upstream's answer as it sent it (the caller checks it)."""
+        request = self._request(model, payload)
         try:
             async with asyncio.timeout(model.timeout_seconds):
                 response = await self._client.send(request)
@@ -193,27 +160,16 @@ class OpenAIUpstream:
             raise _unreachable(model, exc) from None
         if response.status_code != 200:
             raise _refused(model, response.status_code, response.text, response.headers.get("retry-after"))
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-            raise GatewayError(
-                502,
-                "E_UPSTREAM",
-                f"model {model.id!r}: the upstream answered something that is not a chat completion",
-                outcome="upstream_error",
-            )
-        return answer, usage_of(answer, body)
+        return response.content
 
     @asynccontextmanager
-    async def stream(self, model: CatalogModel, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def stream(self, model: CatalogModel, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
         """A streamed completion: yields the upstream's raw SSE bytes once it answered 200.
 
         The caller bounds the whole stream with the model's timeout; errors before the first
         byte are `GatewayError`s.
         """
-        request = self._request(model, body)
+        request = self._request(model, payload)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:

@@ -104,6 +104,14 @@ class Metrics:
         self.gateway_requests = Counter(
             p + "gateway_requests_total", "Model gateway calls", ["model", "outcome"], registry=r
         )
+        self.gateway_connections = Gauge(
+            p + "gateway_connections", "Open connections to the model gateway's socket", registry=r
+        )
+        self.gateway_connections_refused = Counter(
+            p + "gateway_connections_refused_total",
+            "Gateway connections closed unserved: over the connection cap, or evicted to make room",
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             p + "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
         )

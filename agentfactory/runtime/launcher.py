@@ -26,13 +26,16 @@ import structlog
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume, Seal
+from agentfactory.runtime.masking import mask_text
 from agentfactory.runtime.outcome import classify_exit
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
+from agentfactory.store.server_key import ServerKey
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
 from agentfactory.vocabulary import AgentStatus, EventType, Reason
 
@@ -53,6 +56,7 @@ class Launcher:
         pump: LogPump,
         hub: Hub,
         metrics: Metrics,
+        server_key: ServerKey,
         agent_document: Callable[[AgentRow], str],
         clock: Callable[[], float] = time.time,
     ):
@@ -63,6 +67,7 @@ class Launcher:
         self.pump = pump
         self.hub = hub
         self.metrics = metrics
+        self.server_key = server_key
         self.agent_document = agent_document
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
@@ -136,7 +141,8 @@ class Launcher:
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
         except AgentFactoryError as exc:
-            await self.fail_launch(row.pk, row.id, exc.message)
+            # The engine's words may quote the container's environment.
+            await self.fail_launch(row.pk, row.id, mask_text(exc.message, [*row.secrets.values(), token]))
             return await self.load(row.pk) or row
         started = self.clock()
         moved = await self._transition(
@@ -198,7 +204,7 @@ class Launcher:
         try:
             await self.expire_if_due(pk)
         except Exception as exc:  # the reaper's next pass retries
-            log.warning("ttl_expiry_failed", agent_pk=pk, error=repr(exc))
+            log.warning("ttl_expiry_failed", agent_pk=pk, error=describe_error(exc))
 
     async def expire_if_due(self, pk: int) -> None:
         """Kill a running agent whose TTL has run out (re-read first: it may have been extended)."""
@@ -372,7 +378,9 @@ class Launcher:
             dropped_bytes=row.log_dropped_bytes,
         )
         self.metrics.agents_running.inc()
-        self._watch(row.pk, row.id, source, list(row.secrets.values()), resume)
+        # The gateway token is derived again: only its hash is stored.
+        masked = [*row.secrets.values(), self.server_key.gateway_token(row.id)]
+        self._watch(row.pk, row.id, source, masked, resume)
         self.arm_ttl(row.pk, row.expires_at)
         log.info("agent_resumed", agent_id=row.id, from_seq=last)
 

@@ -1,9 +1,9 @@
 """Turning a container's byte chunks into stored log chunks: splitting, masking, bounding. Pure.
 
 Output is handled a read at a time, never a line at a time: a `Chunk` is the complete lines of one
-read of one stream, and the store keeps one row per chunk. Splitting, UTF-8 repair, masking, the
-byte bound and the seal's digest all run over a chunk's bytes at C speed; Python only loops per
-line where a line is longer than MAX_LINE_BYTES.
+read of one stream, and the store keeps one row per chunk. Masking (before anything is split, see
+masking.py), splitting, UTF-8 repair, the byte bound and the seal's digest all run over a chunk's
+bytes at C speed; Python only loops per line where a line is longer than MAX_LINE_BYTES.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agentfactory.runtime.masking import Masker
+
 MAX_LINE_BYTES = 65_536
-MASK = "***"
 
 
 def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
@@ -79,27 +80,28 @@ class Chunk:
 
 
 class LineSplitter:
-    """Per-stream partial-line buffers. A very long line is cut into MAX_LINE_BYTES pieces; invalid
-    UTF-8 is replaced with U+FFFD. Secrets are masked on whole lines, so a secret split across two
-    writes of one line is still masked."""
+    """Per-stream maskers and partial-line buffers. Secrets are masked in the byte stream before it
+    is split, so neither a read boundary, nor the cut of a very long line into MAX_LINE_BYTES pieces,
+    nor a secret spanning lines lets one through (masking keeps the number of lines). Invalid UTF-8
+    is replaced with U+FFFD."""
 
     def __init__(self, secrets: list[str]):
         self._partial: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._maskers = {1: Masker(secrets), 2: Masker(secrets)}
 
     def _chunk(self, stream: int, raw: bytes, complete: bool) -> Chunk:
         """Chunk of raw lines joined by b"\\n" (no trailing newline)."""
         text = raw.decode("utf-8", "replace")
-        changed = "\ufffd" in text
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-                changed = True
-        data = text.encode("utf-8") + b"\n" if changed else raw + b"\n"
+        data = text.encode("utf-8") + b"\n" if "\ufffd" in text else raw + b"\n"
         n = data.count(b"\n")
         return Chunk(stream, data, n, raw.count(b"\n") + 1 if complete else 0)
 
     def feed(self, stream: int, data: bytes) -> list[Chunk]:
+        return self._split(stream, self._maskers[stream].feed(data))
+
+    def _split(self, stream: int, data: bytes) -> list[Chunk]:
+        if not data:
+            return []
         buf = self._partial[stream]
         out: list[Chunk] = []
         end = data.rfind(b"\n")
@@ -149,6 +151,7 @@ class LineSplitter:
         """The unterminated last line of each stream, if any (at end of output)."""
         out = []
         for stream, buf in self._partial.items():
+            out.extend(self._split(stream, self._maskers[stream].flush()))
             if buf:
                 out.append(self._chunk(stream, bytes(buf), True))
                 buf.clear()

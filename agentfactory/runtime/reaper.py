@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Sequence
 
 import structlog
 
+from agentfactory.observability.logging import describe_error
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import queries
@@ -96,7 +97,7 @@ class Reaper(Loop):
                     lch.metrics.orphans_reaped.inc()
                     log.info("orphan_removed", agent_id=m.agent_id, container_id=m.container_id[:12])
                 except Exception as exc:
-                    log.error("orphan_remove_failed", agent_id=m.agent_id, error=repr(exc))
+                    log.error("orphan_remove_failed", agent_id=m.agent_id, error=describe_error(exc))
 
     async def recover(self) -> None:
         """At start-up: resume running agents, expire overdue ones, fail interrupted launches,

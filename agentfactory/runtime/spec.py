@@ -1,11 +1,13 @@
 """What an agent's container is given: the runtime spec and its environment. Pure (no I/O).
 
 The launcher turns an agent row into an `AgentSpec` here; the backend turns that into engine calls.
+The runtime spec is not in the environment (Linux caps one string at 128 KiB, a prompt of
+max_prompt_chars is more): the runtime asks the model gateway for it at start, and the gateway
+builds it with `runtime_spec`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from agentfactory.backends.base import AgentSpec
@@ -34,15 +36,14 @@ def runtime_spec(row: AgentRow, catalog: Catalog) -> dict[str, Any]:
 
 
 def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Settings) -> AgentSpec:
-    """The backend's input for one agent: image, environment (env, secrets, the runtime spec, the
-    gateway's socket and token), limits from the catalog, and a network only for a network tool (with
-    public resolvers: the egress policy blocks the host's own)."""
+    """The backend's input for one agent: image, environment (env, secrets, the gateway's socket and
+    token), limits from the catalog, and a network only for a network tool (with public resolvers: the
+    egress policy blocks the host's own)."""
     limits = catalog.limits
     network = settings.agent_network if catalog.needs_network(row.tools) else None
     env = {
         **row.env,
         **row.secrets,
-        "AGENTFACTORY_SPEC": json.dumps(runtime_spec(row, catalog)),
         "AGENTFACTORY_GATEWAY_SOCKET": GATEWAY_SOCKET_IN_CONTAINER,
         "AGENTFACTORY_GATEWAY_TOKEN": token,
     }
@@ -56,6 +57,7 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         pids=limits.pids,
         scratch_mb=limits.scratch_mb,
         max_log_bytes=limits.max_log_bytes,
+        nofile=settings.agent_nofile,
         network=network,
         dns=tuple(settings.agent_dns) if network else (),
         runtime=catalog.runtime or settings.container_runtime,

@@ -7,7 +7,6 @@ and concurrency checks (the key's row is locked first, so two admissions of one 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 import structlog
@@ -19,6 +18,7 @@ from agentfactory.schemas import AgentCreate
 from agentfactory.service.auth import Caller, new_id
 from agentfactory.settings import Settings
 from agentfactory.store import Session, queries
+from agentfactory.store.server_key import ServerKey
 from agentfactory.store.tables import AgentRow
 from agentfactory.vocabulary import AgentStatus
 
@@ -26,8 +26,9 @@ log = structlog.get_logger("agentfactory.admission")
 IDEMPOTENCY_WINDOW_SECONDS = 86_400
 
 
-def request_hash(req: AgentCreate) -> str:
-    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+def request_hash(req: AgentCreate, key: ServerKey) -> str:
+    """Keyed: the request holds the secrets, and its fingerprint is kept beside the agent."""
+    return key.request_hash(req.model_dump())
 
 
 def check_request(*, catalog: Catalog, settings: Settings, caller: Caller, req: AgentCreate) -> int:
@@ -67,18 +68,20 @@ def admit(
     req: AgentCreate,
     ttl: int,
     idempotency_key: str | None,
-    token: str,
+    server_key: ServerKey,
 ) -> tuple[AgentRow, bool]:
     """Insert the pending row, atomically with the idempotency and concurrency checks. Returns
     (agent, replayed): a replay is the agent an earlier request with the same key and body made.
-    One transaction: run it with `Store.run`."""
-    rhash = request_hash(req)
+    One transaction: run it with `Store.run`. The agent's gateway token is derived from its id
+    (`ServerKey.gateway_token`); only its hash is stored."""
+    rhash = request_hash(req, server_key)
     queries.lock_api_key(session=session, key_id=caller.key_id)
     now = time.time()
     if idempotency_key:
         existing = queries.find_idempotent_agent(session=session, key_id=caller.key_id, idempotency_key=idempotency_key)
         if existing is not None and existing.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
-            if existing.request_hash != rhash:
+            # (no fingerprint: made before fingerprints were keyed, see migration 0004)
+            if existing.request_hash not in (rhash, None):
                 raise ConflictError("this Idempotency-Key was used with another request body")
             return existing, True
         if existing is not None:  # older than 24 h: the key may be reused
@@ -90,9 +93,11 @@ def admit(
             f"this key already runs {active} agents (max_concurrent_agents {caller.max_concurrent_agents})",
             retry_after=2,
         )
+    agent_id = new_id("ag_")
+    token = server_key.gateway_token(agent_id)
     row = queries.insert_agent(
         session=session,
-        id=new_id("ag_"),
+        id=agent_id,
         key_id=caller.key_id,
         status=AgentStatus.PENDING,
         model=req.model,

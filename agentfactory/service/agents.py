@@ -7,7 +7,6 @@ WebSocket are thin adapters over these functions.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 
 import structlog
@@ -36,7 +35,6 @@ async def create_agent(
     """Admit and launch an agent. Returns (agent, replayed). E_RUNTIME leaves nothing behind."""
     ttl = admission.check_request(catalog=svc.catalog, settings=svc.settings, caller=caller, req=req)
     await svc.launcher.network_ready(req.tools)  # E_CATALOG before anything is stored (SPEC §14)
-    token = secrets.token_urlsafe(32)
     row, replayed = await svc.store.run(
         admission.admit,
         catalog=svc.catalog,
@@ -45,13 +43,13 @@ async def create_agent(
         req=req,
         ttl=ttl,
         idempotency_key=idempotency_key,
-        token=token,
+        server_key=svc.server_key,
     )
     if replayed:
         return agent_out(row), True
     svc.metrics.agents_created.labels(model=row.model).inc()
     log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl)
-    return agent_out(await svc.launcher.launch(row, token)), False
+    return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
 
 
 async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:

@@ -14,6 +14,7 @@ from agentfactory.store import Store, queries
 from agentfactory.store.tables import ApiKeyRow
 
 BOOTSTRAP_ID = "key_admin"
+MIN_ADMIN_KEY_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,18 @@ def new_id(prefix: str, nbytes: int = 15) -> str:
     return prefix + base64.b32encode(secrets.token_bytes(nbytes)).decode().lower().rstrip("=")
 
 
+def check_admin_key(admin_key: str | None) -> None:
+    """Refuse a bootstrap admin key too short to stand as a secret (ValueError, said at start-up)."""
+    if admin_key and len(admin_key) < MIN_ADMIN_KEY_CHARS:
+        raise ValueError(
+            f"AGENTFACTORY_ADMIN_KEY is {len(admin_key)} characters long; it must have at least "
+            f"{MIN_ADMIN_KEY_CHARS} (make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
 def ensure_bootstrap_admin(*, store: Store, admin_key: str | None) -> None:
-    """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY."""
+    """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY. Its `prefix` is
+    empty: the operator chose this key, and none of its characters is shown by GET /keys."""
     store.call(queries.sync_bootstrap_admin, key_id=BOOTSTRAP_ID, key=admin_key, now=time.time())
 
 

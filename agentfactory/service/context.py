@@ -23,6 +23,7 @@ from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_ag
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.store.server_key import ServerKey
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Services:
     hub: Hub
     pump: LogPump
     launcher: Launcher
+    server_key: ServerKey
     webhook_dispatcher: WebhookDispatcher
     webhook_deliverer: WebhookDeliverer
     limiter: RateLimiter = field(default_factory=RateLimiter)
@@ -48,6 +50,7 @@ class Services:
     ) -> Services:
         hub = Hub()
         pump = LogPump(store=store, hub=hub, metrics=metrics)
+        server_key = ServerKey()  # loaded by the lifespan, once the schema is migrated
         launcher = Launcher(
             settings=settings,
             catalog=catalog,
@@ -56,6 +59,7 @@ class Services:
             pump=pump,
             hub=hub,
             metrics=metrics,
+            server_key=server_key,
             agent_document=agent_json,
         )
         deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
@@ -70,6 +74,7 @@ class Services:
             hub=hub,
             pump=pump,
             launcher=launcher,
+            server_key=server_key,
             streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,

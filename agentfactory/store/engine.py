@@ -29,6 +29,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Deleted and overwritten content (an agent's secrets, cleared when it ends) is zeroed in the file.
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 
@@ -63,7 +65,9 @@ class Store:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
             kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(url, **kwargs)
+        # A failed statement's parameters (an agent's prompt and secrets) stay out of the exception,
+        # and so out of the control plane's log.
+        self.engine: Engine = create_engine(url, hide_parameters=True, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

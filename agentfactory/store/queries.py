@@ -24,6 +24,7 @@ from agentfactory.store.tables import (
     DeliveryRow,
     EventRow,
     LogChunkRow,
+    ServerKeyRow,
     WebhookRow,
 )
 from agentfactory.vocabulary import UNDELIVERED, DeliveryStatus
@@ -419,7 +420,7 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
                 id=key_id,
                 name="bootstrap admin",
                 key_hash=digest,
-                prefix=key[:9],
+                prefix="",  # the operator chose this key: none of its characters is shown
                 admin=True,
                 models=[],
                 tools=[],
@@ -432,8 +433,75 @@ def sync_bootstrap_admin(*, session: Session, key_id: str, key: str | None, now:
             )
         )
     else:
-        row.key_hash, row.prefix, row.revoked_at = digest, key[:9], None
+        row.key_hash, row.prefix, row.revoked_at = digest, "", None
         row.max_streams = BOOTSTRAP_MAX_STREAMS
+
+
+# --- the model gateway ----------------------------------------------------------------------------
+
+GATEWAY_LIVE = ("starting", "running")
+
+
+def get_gateway_grant(*, session: Session, token_hash: str) -> tuple[int, str, str, str, int, int, int] | None:
+    """(pk, id, model, status, token_budget, tokens used, tokens reserved) of a gateway token's agent."""
+    q = select(
+        AgentRow.pk,
+        AgentRow.id,
+        AgentRow.model,
+        AgentRow.status,
+        AgentRow.token_budget,
+        AgentRow.tokens_prompt + AgentRow.tokens_completion,
+        AgentRow.tokens_reserved,
+    ).where(AgentRow.gateway_token_hash == token_hash)
+    row = session.execute(q).first()
+    return None if row is None else (row[0], row[1], row[2], row[3], int(row[4]), int(row[5] or 0), int(row[6] or 0))
+
+
+def get_token_account(*, session: Session, pk: int) -> tuple[str, int, int, int] | None:
+    """(status, token_budget, tokens used, tokens reserved) of an agent."""
+    used = AgentRow.tokens_prompt + AgentRow.tokens_completion
+    q = select(AgentRow.status, AgentRow.token_budget, used, AgentRow.tokens_reserved).where(AgentRow.pk == pk)
+    row = session.execute(q).first()
+    return None if row is None else (row[0], int(row[1]), int(row[2] or 0), int(row[3] or 0))
+
+
+def reserve_tokens(*, session: Session, pk: int, tokens: int) -> bool:
+    """Hold `tokens` of a live agent's budget for a model call, only if used + reserved stays within
+    the budget: one conditional UPDATE, so concurrent reservations can never overshoot it."""
+    q = (
+        update(AgentRow)
+        .where(
+            AgentRow.pk == pk,
+            AgentRow.status.in_(GATEWAY_LIVE),
+            AgentRow.tokens_prompt + AgentRow.tokens_completion + AgentRow.tokens_reserved + tokens
+            <= AgentRow.token_budget,
+        )
+        .values(tokens_reserved=AgentRow.tokens_reserved + tokens)
+    )
+    return bool(session.execute(q).rowcount)  # type: ignore[attr-defined]
+
+
+def settle_tokens(
+    *, session: Session, pk: int, reserved: int, prompt_tokens: int, completion_tokens: int, calls: int
+) -> None:
+    """Release a call's reservation and add what it really used (nothing, for a call that failed)."""
+    left = AgentRow.tokens_reserved - reserved
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.pk == pk)
+        .values(
+            tokens_reserved=case((left < 0, 0), else_=left),
+            tokens_prompt=AgentRow.tokens_prompt + prompt_tokens,
+            tokens_completion=AgentRow.tokens_completion + completion_tokens,
+            model_calls=AgentRow.model_calls + calls,
+        )
+    )
+
+
+def clear_token_reservations(*, session: Session) -> int:
+    """Drop every reservation: at the gateway's start no call of a previous run is in flight."""
+    q = update(AgentRow).where(AgentRow.tokens_reserved != 0).values(tokens_reserved=0)
+    return int(session.execute(q).rowcount)  # type: ignore[attr-defined]
 
 
 # --- the event log (SPEC §11) ------------------------------------------------------------------
@@ -800,3 +868,17 @@ def webhook_health(*, session: Session, circuit_failures: int) -> tuple[int, int
         select(func.count()).select_from(WebhookRow).where(WebhookRow.consecutive_failures >= circuit_failures)
     )
     return int(dead or 0), int(tripped or 0)
+
+
+# --- the server's own keys --------------------------------------------------------------------
+
+
+def get_server_key(*, session: Session, name: str) -> str | None:
+    row = session.get(ServerKeyRow, name)
+    return None if row is None else row.secret
+
+
+def add_server_key(*, session: Session, name: str, secret: str, created_at: float) -> None:
+    """Insert a key; raises IntegrityError when another replica made it first."""
+    session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
+    session.flush()

@@ -61,6 +61,8 @@ class AgentRow(Base):
     tokens_prompt: Mapped[int] = mapped_column(Integer, default=0)
     tokens_completion: Mapped[int] = mapped_column(Integer, default=0)
     model_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # Tokens held by the agent's model calls in flight (SPEC §14): used + reserved never exceeds the budget.
+    tokens_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     log_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -205,3 +207,15 @@ class CursorRow(Base):
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ServerKeyRow(Base):
+    """The control plane's own secret keys (hex), made once at first start and shared by every
+    replica: what is derived from them (agents' gateway tokens, request fingerprints) is the same
+    wherever and whenever it is computed."""
+
+    __tablename__ = "server_keys"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)

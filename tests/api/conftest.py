@@ -13,7 +13,7 @@ from agentfactory.app import create_app
 from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 
-ADMIN = "af_admin_test_key"
+ADMIN = "af_admin_test_key_" + "k" * 24
 
 
 @dataclass

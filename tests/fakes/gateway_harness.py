@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import uvloop
 
 from agentfactory.catalog import Catalog
 from agentfactory.gateway import ModelGateway
+from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.observability.metrics import Metrics
 from agentfactory.store.engine import Store
 from agentfactory.store.tables import AgentRow
@@ -60,7 +62,9 @@ def make_catalog(upstream_url: str, *, timeout_seconds: float = 5.0) -> Catalog:
 class GatewayHarness:
     """Starts the gateway in a background loop; `add_agent` returns (agent_id, gateway token)."""
 
-    def __init__(self, catalog: Catalog, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, catalog: Catalog, *, environ: Mapping[str, str] | None = None, limits: GatewayLimits | None = None
+    ) -> None:
         # AF_UNIX paths are limited to ~107 bytes: keep the directory short.
         self.dir = Path(tempfile.mkdtemp(prefix="afgw-", dir="/tmp"))
         self.socket_dir = self.dir / "sock"
@@ -68,7 +72,8 @@ class GatewayHarness:
         self.store = Store(f"sqlite:///{self.dir / 'store.db'}")
         self.store.migrate()
         self.metrics = Metrics()
-        self.loop = asyncio.new_event_loop()
+        # The server runs the gateway on uvloop (uvicorn's choice when it is installed): so do tests.
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
         self.gateway = ModelGateway(
             catalog=catalog,
@@ -77,6 +82,7 @@ class GatewayHarness:
             environ=dict(environ if environ is not None else {KEY_ENV: KEY_VALUE}),
             metrics=self.metrics,
             logger=structlog.get_logger("gateway-test"),
+            limits=limits,
         )
 
     def start(self) -> GatewayHarness:
@@ -98,7 +104,9 @@ class GatewayHarness:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def add_agent(self, model: str, *, status: str = "running", token_budget: int = 100_000) -> tuple[str, str]:
+    def add_agent(
+        self, model: str, *, status: str = "running", token_budget: int = 100_000, prompt: str = "(test)"
+    ) -> tuple[str, str]:
         token = secrets.token_urlsafe(24)
         agent_id = f"ag_{secrets.token_hex(8)}"
         now = time.time()
@@ -110,7 +118,7 @@ class GatewayHarness:
                     status=status,
                     model=model,
                     tools=["python", "shell"],
-                    prompt="(test)",
+                    prompt=prompt,
                     env={},
                     secrets={},
                     meta={},
@@ -137,6 +145,16 @@ class GatewayHarness:
             row = s.query(AgentRow).filter_by(id=agent_id).one()
             s.expunge(row)
             return row
+
+    def agent_reserved_total(self) -> int:
+        with self.store.session() as s:
+            return sum(row.tokens_reserved for row in s.query(AgentRow))
+
+    def gateway_connections(self) -> int:
+        async def count() -> int:
+            return self.gateway.open_connections
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(timeout=5)
 
     def set_status(self, agent_id: str, status: str) -> None:
         with self.store.session() as s:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import stat
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +17,6 @@ import pytest
 from tests.fakes.fake_openai import (
     FakeOpenAI,
     Reply,
-    chatty,
     closed_port_url,
     completion,
     failing,
@@ -122,7 +123,7 @@ def test_openai_call_carries_the_control_plane_key_and_the_upstream_model(
     [seen] = upstream.seen
     assert seen.path == "/v1/chat/completions"
     assert seen.authorization == f"Bearer {KEY_VALUE}"
-    assert seen.body == {"messages": MESSAGES, "model": "fake-upstream-v1", "temperature": 0}
+    assert seen.body == {"messages": MESSAGES, "model": "fake-upstream-v1", "temperature": 0, "max_tokens": 4096}
     row = harness.agent(agent_id)
     assert (row.tokens_prompt, row.tokens_completion, row.model_calls) == (7, 3, 1)
     assert harness.metric("agentfactory_gateway_tokens_total", model="fake", kind="prompt") == 7
@@ -237,18 +238,37 @@ def test_malformed_body_is_refused(harness: GatewayHarness, client: httpx.Client
 # --- budget ---------------------------------------------------------------------------------
 
 
+def uses_all_it_may(body: Any) -> dict[str, Any]:
+    """An upstream that writes until `max_tokens`, and counts a token per prompt byte: the worst case."""
+    return completion("x" * 10, usage=(len(json.dumps(body["messages"])), body["max_tokens"]))
+
+
 def test_budget_is_enforced_once_spent(harness: GatewayHarness, client: httpx.Client, upstream: FakeOpenAI) -> None:
-    upstream.responder = chatty(5000)
-    agent_id, token = harness.add_agent("fake", token_budget=10)
+    upstream.responder = uses_all_it_may
+    agent_id, token = harness.add_agent("fake", token_budget=1000)
     assert chat(client, token).status_code == 200
+    # The completion was clamped to what the budget had left once the prompt's bound was held.
+    [seen] = upstream.seen
+    row = harness.agent(agent_id)
+    assert seen.body["max_tokens"] < 1000 and row.tokens_completion == seen.body["max_tokens"]
+    assert row.tokens_prompt + row.tokens_completion <= 1000 and row.tokens_reserved == 0
     refused = chat(client, token)
     assert refused.status_code == 429
     code, message = error_of(refused)
-    assert code == "E_BUDGET" and "10000 of 10" in message
+    assert code == "E_BUDGET" and f"used {row.tokens_prompt + row.tokens_completion} of 1000" in message
     assert len(upstream.seen) == 1
-    row = harness.agent(agent_id)
-    assert (row.tokens_prompt, row.tokens_completion, row.model_calls) == (5000, 5000, 1)
     assert harness.metric("agentfactory_gateway_requests_total", model="fake", outcome="budget") == 1
+
+
+def test_a_prompt_that_cannot_fit_the_budget_is_refused_before_the_upstream(
+    harness: GatewayHarness, client: httpx.Client, upstream: FakeOpenAI
+) -> None:
+    agent_id, token = harness.add_agent("fake", token_budget=10)
+    refused = chat(client, token)
+    assert refused.status_code == 429
+    assert error_of(refused)[0] == "E_BUDGET"
+    assert upstream.seen == []
+    assert harness.agent(agent_id).tokens_reserved == 0
 
 
 # --- upstream failures: clear, fast, never a hang -------------------------------------------

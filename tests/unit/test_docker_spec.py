@@ -64,7 +64,10 @@ def test_no_network_agent_gets_the_full_hardening_profile() -> None:
                 "type": "json-file",
                 "config": {"max-size": str(2 * 1024 * 1024 + 10 * 1024 * 1024), "max-file": "1"},
             },
-            "ulimits": [{"Name": "core", "Soft": 0, "Hard": 0}],
+            "ulimits": [
+                {"Name": "core", "Soft": 0, "Hard": 0},
+                {"Name": "nofile", "Soft": 1024, "Hard": 1024},
+            ],
             "binds": {"/run/agentfactory/gateway": {"bind": "/run/agentfactory", "mode": "ro"}},
         },
     }

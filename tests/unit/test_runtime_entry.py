@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -223,10 +224,10 @@ def test_browser_server_refuses_the_host_and_never_connects(run: Any, upstream: 
 
 
 def test_budget_spent_exits_3(run: Any, upstream: FakeOpenAI) -> None:
-    upstream.responder = chatty(5000)
-    result = run(token_budget=10)
+    upstream.responder = chatty(5000)  # an upstream that reports more than it was allowed: counted as told
+    result = run(token_budget=3000)
     assert result.code == 3
-    assert result.stderr.startswith("token budget spent") and "10000 of 10" in result.stderr
+    assert result.stderr.startswith("token budget spent") and "10000 of 3000" in result.stderr
     assert result.of("usage")[0]["prompt_tokens"] == 5000
     assert len(upstream.seen) == 1
 
@@ -268,7 +269,6 @@ def test_no_gateway_socket_exits_5_within_bounded_time(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec_env", "words"),
     [
-        (None, "AGENTFACTORY_SPEC is not set"),
         ("{not json", "not valid JSON"),
         ('{"prompt": "x"}', "'model'"),
         ('{"model": "fake"}', "'prompt'"),
@@ -283,6 +283,38 @@ def test_bad_spec_exits_2(tmp_path: Path, spec_env: str | None, words: str) -> N
     proc = subprocess.run([sys.executable, str(ENTRY)], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.startswith("bad spec") and words in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_the_spec_comes_from_the_gateway_when_the_environment_has_none(
+    harness: GatewayHarness, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    prompt = "请把这句话原样说回来。" * 13_000  # 130,000 characters: ~390 KB, far over one env string
+    _, token = harness.add_agent("echo", prompt=prompt, token_budget=1_000_000)
+    env = {
+        "PATH": os.environ["PATH"],
+        "AGENTFACTORY_GATEWAY_TOKEN": token,
+        "AGENTFACTORY_GATEWAY_SOCKET": str(harness.socket_path),
+        "AGENTFACTORY_SCRATCH": str(tmp_path),
+    }
+    proc = subprocess.Popen([sys.executable, "-u", str(ENTRY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = collect(proc, 60)
+    assert result.code == 0, result.stderr
+    [start] = result.of("start")
+    assert start["prompt_chars"] == len(prompt)
+    assert start["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    assert start["tools"] == ["python", "shell"]
+
+
+def test_a_token_the_gateway_refuses_exits_2_at_once(harness: GatewayHarness, tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "AGENTFACTORY_GATEWAY_TOKEN": "not-a-token",
+        "AGENTFACTORY_GATEWAY_SOCKET": str(harness.socket_path),
+    }
+    proc = subprocess.run([sys.executable, str(ENTRY)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("bad spec: the gateway refused") and "E_AUTH" in proc.stderr
     assert proc.stdout == ""
 
 

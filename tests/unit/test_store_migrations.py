@@ -71,3 +71,13 @@ def test_pages_cut_chunks_at_any_seq(tmp_path: Path) -> None:
             (5, 2.0, 2, "l5"),
         ]
     store.dispose()
+
+
+def test_the_migrations_form_one_chain() -> None:
+    """Two branches each chaining a revision after the same parent leave two heads, and then no
+    server can start ("Multiple head revisions"): the merge must re-chain them."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert len(ScriptDirectory.from_config(cfg).get_heads()) == 1

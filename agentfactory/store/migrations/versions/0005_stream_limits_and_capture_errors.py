@@ -1,14 +1,14 @@
 """api_keys.max_streams (concurrent streams and waits per key) and agents.capture_error
 
 Revision ID: 0005
-Revises: 0006
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0006"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
