@@ -75,7 +75,7 @@ class Services:
             pump=pump,
             launcher=launcher,
             server_key=server_key,
-            streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+            streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
         )
