@@ -319,6 +319,6 @@ def test_the_cli_manages_webhooks_and_prints_events(flaky_server: ServerProcess)
         assert again.returncode == 65 and "E_CONFLICT" in again.stderr  # EX_DATAERR: the server refused it
         assert cli("webhooks", "rm", hook_id).stdout.split() == [hook_id, "deleted"]
         gone = cli("webhooks", "deliveries", hook_id)
-        assert gone.returncode == 1 and "E_NOT_FOUND" in gone.stderr
+        assert gone.returncode == 66 and "E_NOT_FOUND" in gone.stderr  # EX_NOINPUT
     finally:
         receiver.stop()
