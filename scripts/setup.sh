@@ -105,7 +105,11 @@ fi
 # --- test tools -------------------------------------------------------------------------------
 if [ "${AGENTFACTORY_WITH_TEST_TOOLS:-0}" = 1 ]; then
   # promtool (the Grafana dashboard's and the alert rules' checks), Node for the TypeScript client's check.
-  apt_install prometheus nodejs npm postgresql haproxy
+  apt_install prometheus postgresql haproxy
+  # This machine kind may ship Node with its own npm (NodeSource's nodejs, which conflicts with
+  # Debian's npm package): install Debian's only for what is missing.
+  command -v node >/dev/null 2>&1 || apt_install nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
   if [ ! -d clients/typescript/node_modules ] || [ clients/typescript/package-lock.json -nt clients/typescript/node_modules/.package-lock.json ]; then
     log "npm ci (clients/typescript: openapi-typescript, typescript)"
     npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error >/dev/null

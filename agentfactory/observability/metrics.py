@@ -78,6 +78,9 @@ class Metrics:
             p + "log_queue_bytes", "Captured bytes read from agents and waiting for the log writer", registry=r
         )
         self.stream_clients = Gauge(p + "stream_clients", "Open SSE stream clients", registry=r)
+        self.stream_leases = Gauge(
+            p + "stream_leases", "Streams and waits held against their keys' max_streams", registry=r
+        )
         self.http_requests = Counter(
             p + "http_requests_total", "HTTP requests", ["method", "route", "code"], registry=r
         )

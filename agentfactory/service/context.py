@@ -95,7 +95,7 @@ class Services:
             bus=None if store.is_sqlite else PgBus(settings.database_url),
             limiter=LocalRateLimiter() if store.is_sqlite else SharedRateLimiter(store),
             server_key=server_key,
-            streams=StreamLeases(on_refused=metrics.quota_rejections.labels(reason="streams").inc),
+            streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
         )

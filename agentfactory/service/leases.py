@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import anyio
 
 from agentfactory.errors import AuthError, RateLimitError
+from agentfactory.observability.metrics import Metrics
 from agentfactory.service.auth import Caller
 
 STREAM_RETRY_AFTER_SECONDS = 5
@@ -50,15 +51,15 @@ class StreamLease:
 class StreamLeases:
     """The leases each key holds on this replica. Owned by the event loop."""
 
-    def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._held: dict[str, set[StreamLease]] = {}
-        self._on_refused = on_refused
+        self._metrics = metrics
 
     def acquire(self, caller: Caller) -> StreamLease:
         held = self._held.setdefault(caller.key_id, set())
         if len(held) >= caller.max_streams:
-            if self._on_refused is not None:
-                self._on_refused()
+            if self._metrics is not None:
+                self._metrics.quota_rejections.labels(reason="streams").inc()
             raise RateLimitError(
                 f"this key already holds {len(held)} streams and waits (max_streams {caller.max_streams}); "
                 "close one or retry later",
@@ -66,14 +67,18 @@ class StreamLeases:
             )
         lease = StreamLease(self, caller.key_id)
         held.add(lease)
+        if self._metrics is not None:
+            self._metrics.stream_leases.inc()
         return lease
 
     def release(self, lease: StreamLease) -> None:
         held = self._held.get(lease.key_id)
-        if held is not None:
+        if held is not None and lease in held:
             held.discard(lease)
             if not held:
                 del self._held[lease.key_id]
+            if self._metrics is not None:
+                self._metrics.stream_leases.dec()
 
     def held(self, key_id: str) -> int:
         return len(self._held.get(key_id, ()))

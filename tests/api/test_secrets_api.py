@@ -16,6 +16,7 @@ from agentfactory.schemas import AgentCreate
 from agentfactory.settings import Settings
 from tests.api.conftest import ADMIN, Api
 from tests.api.test_agents_api import wait_status
+from tests.support.server import sqlite_only
 
 
 def database(api: Api) -> sqlite3.Connection:
@@ -31,6 +32,7 @@ def test_nan_or_infinity_in_metadata_is_422(api: Api, number: str) -> None:
     assert api.client.get("/agents", headers=api.admin).json()["items"] == []
 
 
+@sqlite_only
 def test_the_idempotency_fingerprint_is_keyed(api: Api) -> None:
     body = {"model": "echo", "prompt": "hi", "secrets": {"GH_TOKEN": "ghp_guessable"}}
     h = {**api.admin, "Idempotency-Key": "ci-7"}
@@ -45,6 +47,7 @@ def test_the_idempotency_fingerprint_is_keyed(api: Api) -> None:
     assert len(stored) == 64 and stored != bare.hexdigest(), "a bare hash lets anyone check a guessed secret"
 
 
+@sqlite_only
 def test_secrets_are_zeroed_in_the_database_file_once_they_are_gone(api: Api) -> None:
     """A finished agent's secrets are cleared, a row the engine never ran deleted: neither leaves
     the secret's bytes in the file's free space."""

@@ -50,3 +50,24 @@ def test_the_websocket_refuses_a_missing_or_unknown_key(api: Api, headers: dict[
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
         assert closed.value.code == 1008
+
+
+def test_a_websocket_holds_one_of_the_keys_streams_and_revoking_the_key_closes_it(api: Api) -> None:
+    key = api.key(max_streams=1)
+    key_id = key["X-Key-Id"]
+    agent = api.client.post("/agents", json={"model": "echo", "prompt": "hi", "env": {"FAKE_RUN_UNTIL_STOPPED": "1"}},
+                            headers=key).json()  # fmt: skip
+    with api.client.websocket_connect(f"/agents/{agent['id']}/ws", headers=key) as first:
+        assert json.loads(first.receive_text())["event"] == "status"  # it holds the key's one stream
+        with api.client.websocket_connect(f"/agents/{agent['id']}/ws", headers=key) as second:
+            refused = json.loads(second.receive_text())
+            assert refused["data"]["error"]["code"] == "E_RATE_LIMIT"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                second.receive_text()
+            assert closed.value.code == 1008
+        assert api.client.delete(f"/keys/{key_id}", headers=api.admin).status_code == 200
+        ended = json.loads(first.receive_text())
+        assert ended["event"] == "error" and ended["data"]["error"]["code"] == "E_AUTH"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            first.receive_text()
+        assert closed.value.code == 1008

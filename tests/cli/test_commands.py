@@ -47,7 +47,7 @@ def test_human_tables_show_ids_untruncated(standin: StandIn) -> None:
 def test_ls_pages(standin: StandIn) -> None:
     _make_agents(standin, 5)
     proc = run_cli(standin, "ls", "--limit", "2")
-    assert len(proc.stdout.splitlines()) == 3 and "ls --cursor 2" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 3 and "--cursor 2" in proc.stderr
     everything = json.loads(run_cli(standin, "ls", "--limit", "2", "--all", "--json").stdout)
     assert len(everything["items"]) == 5 and everything["next_cursor"] is None
 

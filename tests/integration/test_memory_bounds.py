@@ -183,39 +183,42 @@ def test_a_key_holds_at_most_max_streams_and_revoking_it_ends_them_at_once(shell
             assert b"E_RATE_LIMIT" in body and b"max_streams 10" in body
             await refused.aclose()
 
+            async def held(n: int) -> None:  # until the server holds n leases (its gauge says)
+                async def count() -> int:
+                    text = (await ac.get("/metrics")).text
+                    return int(float(next(ln.split()[1] for ln in text.splitlines()
+                                          if ln.startswith("agentfactory_stream_leases "))))  # fmt: skip
+
+                while await count() != n:
+                    await asyncio.sleep(0.05)
+
             async with mcp_session(shell_srv, key) as session:
                 wait = {"agent_id": agent_id, "timeout_seconds": 0, "tail": 0}
                 assert error_of(await session.call_tool("wait_agent", wait))["code"] == "E_RATE_LIMIT"
-                await streams.pop().aclose()  # one slot frees once the server sees the close
-
-                async def wait_admitted() -> None:
-                    while (await session.call_tool("wait_agent", wait)).is_error:
-                        await asyncio.sleep(0.05)
-
-                await asyncio.wait_for(wait_admitted(), 10)
+                await streams.pop().aclose()
+                await asyncio.wait_for(held(9), 10)  # the server saw the close
                 assert ok(await session.call_tool("wait_agent", wait))["done"] is False
                 long_wait = asyncio.create_task(
                     session.call_tool("wait_agent", {"agent_id": agent_id, "timeout_seconds": 300, "tail": 0})
                 )
+                await asyncio.wait_for(held(10), 10)  # the long wait holds the 10th
+                refused = await open_stream()
+                assert refused.status_code == 429
+                await refused.aclose()
 
-                async def refused_now() -> None:  # the long wait holds the 10th lease
-                    while (r := await open_stream()).status_code == 200:
-                        await r.aclose()
-                        await asyncio.sleep(0.05)
-                    await r.aclose()
-
-                await asyncio.wait_for(refused_now(), 10)
-
-                async def drained(r: httpx.Response) -> None:
+                async def drained(r: httpx.Response) -> bytes:
+                    tail = b""
                     with contextlib.suppress(httpx.HTTPError):
-                        async for _ in r.aiter_raw():
-                            pass
+                        async for chunk in r.aiter_raw():
+                            tail = (tail + chunk)[-2000:]
+                    return tail
 
                 with httpx.Client(base_url=shell_srv.url, timeout=30) as admin:
                     revoked_at = time.monotonic()
                     admin_headers = {"Authorization": f"Bearer {shell_srv.admin_key}"}
                     assert admin.delete(f"/keys/{key_id}", headers=admin_headers).status_code == 200
-                await asyncio.wait_for(asyncio.gather(*(drained(r) for r in streams)), 5)
+                ends = await asyncio.wait_for(asyncio.gather(*(drained(r) for r in streams)), 5)
+                assert all(b"event: error" in end and b"E_AUTH" in end for end in ends), ends[0]
                 result = await asyncio.wait_for(long_wait, 5)
                 took = time.monotonic() - revoked_at
                 assert error_of(result)["code"] == "E_AUTH"

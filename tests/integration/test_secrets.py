@@ -16,7 +16,7 @@ import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
-from tests.support.server import ROOT, ServerProcess, all_log_lines, free_port, wait_terminal, wait_until
+from tests.support.server import ROOT, ServerProcess, all_log_lines, free_port, sqlite_only, wait_terminal, wait_until
 from tests.support.sse import read_stream
 
 pytestmark = pytest.mark.docker
@@ -91,6 +91,7 @@ def test_the_gateway_token_is_masked_after_a_restart(make_server: type[ServerPro
                 assert set(tokens) == {"AGENTFACTORY_GATEWAY_TOKEN=***"}, tokens[:3]
 
 
+@sqlite_only
 def test_a_database_error_during_create_logs_neither_secret_nor_prompt(server: ServerProcess) -> None:
     secret, prompt = "sk-live-Wq9TrXv2Lm7Np4Kd", "summarise the quarterly numbers of ACME-7731"
     seen = len(server.log_lines())

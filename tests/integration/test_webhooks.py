@@ -316,9 +316,9 @@ def test_the_cli_manages_webhooks_and_prints_events(flaky_server: ServerProcess)
         assert [e["type"] for e in followed] == ["agent.started", "agent.finished"]
 
         again = cli("webhooks", "retry", hook_id, str(delivery["id"]))
-        assert again.returncode == 2 and "E_CONFLICT" in again.stderr
+        assert again.returncode == 65 and "E_CONFLICT" in again.stderr  # EX_DATAERR: the server refused it
         assert cli("webhooks", "rm", hook_id).stdout.split() == [hook_id, "deleted"]
         gone = cli("webhooks", "deliveries", hook_id)
-        assert gone.returncode == 1 and "E_NOT_FOUND" in gone.stderr
+        assert gone.returncode == 66 and "E_NOT_FOUND" in gone.stderr  # EX_NOINPUT
     finally:
         receiver.stop()

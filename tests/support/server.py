@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Set by tests/conftest.py when AGENTFACTORY_TEST_DATABASE=postgres selects PostgreSQL: every
 # ServerProcess then gets a fresh database on it instead of a SQLite file.
 POSTGRES: Any = None
+
+
+# For tests that open the SQLite file itself: skipped in the PostgreSQL pass.
+sqlite_only = pytest.mark.skipif(
+    os.environ.get("AGENTFACTORY_TEST_DATABASE") == "postgres", reason="reads the SQLite database file itself"
+)
 
 
 def database_url(sqlite_file: Path) -> str:
