@@ -1,5 +1,6 @@
 """Upgrading a database made by an older release keeps every captured line."""
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -8,6 +9,7 @@ from sqlalchemy import text
 
 from agentfactory.store import Store, queries
 from agentfactory.store.engine import MIGRATIONS
+from tests.support.postgres import LocalPostgres
 
 
 def test_lines_stored_one_per_row_survive_the_upgrade_to_chunks(tmp_path: Path) -> None:
@@ -81,3 +83,26 @@ def test_the_migrations_form_one_chain() -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     assert len(ScriptDirectory.from_config(cfg).get_heads()) == 1
+
+
+def test_replicas_migrating_one_fresh_postgresql_database_at_once_take_turns(postgres: LocalPostgres) -> None:
+    """Replicas started together (make up-ha, compose) all migrate: none may fail on the version table."""
+    url = postgres.new_database("migrate")
+    errors: list[str] = []
+
+    def migrate() -> None:
+        store = Store(url)
+        try:
+            store.migrate()
+        except Exception as exc:
+            errors.append(repr(exc)[:300])
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert Store(url).revision() is not None
