@@ -1,6 +1,7 @@
 """The Docker Engine restarts under a running control plane, or is down when it starts (issue 17,
 SPEC §13 "The engine misbehaves"). Each test stops and starts an engine of its own (PrivateEngine:
-own socket, data root, exec root), never the machine's shared one, and destroys it whatever happens.
+own socket, data root, exec root, bridge), never the machine's shared one, and destroys it whatever
+happens; its teardown checks that the machine's docker0 is still there.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def engine(docker_engine: None) -> Iterator[PrivateEngine]:
         yield eng
     finally:
         eng.destroy()
+    # The machine's shared engine, which other tests run on at the same time, keeps its bridge.
+    eng.assert_host_bridge_intact()
 
 
 @pytest.fixture
