@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -93,6 +94,24 @@ def link_exists(name: str) -> bool:
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], capture_output=True, text=True, check=True)
+
+
+def bridge_none_dockerds() -> list[str]:
+    """The command lines of running dockerds started with `--bridge none` (never this module's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if (
+                args
+                and args[0].endswith("dockerd")
+                and any(
+                    a == "--bridge=none" or (a in ("--bridge", "-b") and b == "none")
+                    for a, b in itertools.pairwise(args)
+                )
+            ):
+                found.append(" ".join(args)[:200])
+    return found
 
 
 class PrivateEngine:
@@ -183,8 +202,11 @@ class PrivateEngine:
 
     def assert_host_bridge_intact(self) -> None:
         """The machine's shared engine keeps its bridge (a private dockerd once deleted it)."""
-        if self.host_bridge_existed:
-            assert HOST_BRIDGE.exists(), "the host's docker0 is gone since this private dockerd started"
+        if self.host_bridge_existed and not HOST_BRIDGE.exists():
+            raise AssertionError(
+                f"the host's docker0 is gone since this private dockerd ({self.bridge}) started; "
+                f"dockerds started with --bridge none (which delete it): {bridge_none_dockerds() or 'none now'}"
+            )
 
     def destroy(self) -> None:
         """Remove every container and network, stop the engine, delete its bridges and files."""
