@@ -34,7 +34,8 @@ from structlog.typing import FilteringBoundLogger
 from agentfactory.catalog import Catalog, CatalogModel
 from agentfactory.gateway import relay
 from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, prepare_body
-from agentfactory.gateway.guard import MAX_TOKEN_CHARS, UNKNOWN_MODEL, ConnectionGuard
+from agentfactory.gateway.connection import MAX_TOKEN_CHARS
+from agentfactory.gateway.guard import UNKNOWN_MODEL, ConnectionGuard
 from agentfactory.gateway.ledger import LIVE_STATUSES, AgentGrant, Reservation, TokenLedger
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, Usage
