@@ -24,6 +24,7 @@ from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wa
 
 pytestmark = pytest.mark.docker
 REAPER_INTERVAL = 1.0  # tests/support/server.py's AGENTFACTORY_REAPER_INTERVAL_SECONDS
+AGENTS = 5  # the figure
 LINES = 250  # one each 0.1 s: 25 s or more, longer than the engine's outages below on a loaded machine
 
 
@@ -86,11 +87,11 @@ def test_live_restore_agents_resume_and_finish_with_every_line(engine: PrivateEn
     restart(engine, live_restore=True)
     srv.start()
     with srv.client() as c:
-        ids = [printer(c, LINES) for _ in range(3)]
+        ids = [printer(c, LINES) for _ in range(AGENTS)]
         wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 10 for a in ids), timeout=60, what="lines")
         engine.stop()
         engine.start(live_restore=True)
-        assert_still_running(engine, 3)
+        assert_still_running(engine, AGENTS)
         for a in ids:
             final = wait_terminal(c, a, timeout=90)
             assert (final["status"], final["exit_code"]) == ("succeeded", 0), final
@@ -103,7 +104,7 @@ def test_without_live_restore_agents_end_lost_naming_the_engine_within_a_pass(
     restart(engine, live_restore=False)
     srv.start()
     with srv.client() as c:
-        ids = [printer(c, 600) for _ in range(3)]
+        ids = [printer(c, 600) for _ in range(AGENTS)]
         wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 5 for a in ids), timeout=60, what="lines")
         engine.stop()  # it stops its containers (the runtime exits 143 on SIGTERM)
         back = engine.start(live_restore=False)
@@ -126,7 +127,7 @@ def test_a_control_plane_started_while_the_engine_is_down_adopts_what_runs(
     restart(engine, live_restore=True)
     srv.start()
     with srv.client() as c:
-        ids = [printer(c, LINES) for _ in range(3)]
+        ids = [printer(c, LINES) for _ in range(AGENTS)]
         wait_until(lambda: all(len(numbered(all_log_lines(c, a))) >= 5 for a in ids), timeout=60, what="lines")
     srv.stop()  # its containers run on
     engine.stop()
@@ -135,7 +136,7 @@ def test_a_control_plane_started_while_the_engine_is_down_adopts_what_runs(
         ready = c.get("/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["engine"].startswith("down")
         engine.start(live_restore=True)
-        assert_still_running(engine, 3)
+        assert_still_running(engine, AGENTS)
         wait_until(lambda: c.get("/ready").status_code == 200, timeout=30, what="ready")
         for a in ids:
             final = wait_terminal(c, a, timeout=90)
