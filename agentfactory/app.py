@@ -35,10 +35,18 @@ log = structlog.get_logger("agentfactory.app")
 
 
 def build_backend(settings: Settings) -> Backend:
-    if settings.backend != "docker":
-        # The contract allows a Swarm backend; it is not built yet, and silently using the local
-        # engine instead would put agents somewhere the operator did not ask for.
-        raise ValueError(f"AGENTFACTORY_BACKEND={settings.backend!r} is not available yet; use 'docker'")
+    if settings.backend == "swarm":
+        from agentfactory.backends.swarm import SwarmBackend
+
+        swarm = SwarmBackend(
+            instance=settings.instance_id,
+            network_name=settings.agent_network,
+            stop_grace_seconds=settings.stop_grace_seconds,
+            placement_timeout=settings.swarm_placement_seconds,
+        )
+        # Refuses (SwarmRefused, a ValueError) a swarm that would run agents with less than the sandbox.
+        swarm.verify(settings.runtime_image)
+        return swarm
     from agentfactory.backends.docker import DockerBackend
 
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)

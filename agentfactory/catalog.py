@@ -48,6 +48,9 @@ class CatalogModel(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: id)")
     tools: list[str] | None = Field(None, description="tools this model may be given (default: all)")
     timeout_seconds: float = Field(60, gt=0, description="bound on one upstream call")
+    constraints: list[str] = Field(
+        [], description="placement constraints of its agents on a swarm (Swarm syntax, e.g. node.labels.gpu==true)"
+    )
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> CatalogModel:
@@ -62,6 +65,9 @@ class CatalogTool(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     description: str = ""
     network: bool = False
+    constraints: list[str] = Field(
+        [], description="placement constraints of agents given this tool on a swarm (Swarm syntax)"
+    )
 
 
 class Catalog(BaseModel):
@@ -119,6 +125,14 @@ class Catalog(BaseModel):
                 f"ttl_seconds {ttl_seconds} is above the catalog's max_ttl_seconds {self.limits.max_ttl_seconds}",
                 details=[{"loc": ["body", "ttl_seconds"], "max": self.limits.max_ttl_seconds}],
             )
+
+    def constraints(self, model: str, tools: list[str]) -> tuple[str, ...]:
+        """The placement constraints of an agent: its model's and its tools', each once, in order."""
+        found = [*(m.constraints if (m := self.model(model)) else [])]
+        for tid in tools:
+            if (t := self.tool(tid)) is not None:
+                found.extend(t.constraints)
+        return tuple(dict.fromkeys(found))
 
     def needs_network(self, tools: list[str]) -> bool:
         return any((t := self.tool(tid)) is not None and t.network for tid in tools)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         "address, which their egress policy blocks); [] leaves the engine's default",
     )
     start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
+    swarm_placement_seconds: float = Field(
+        10,
+        gt=0,
+        description="swarm backend: how long a launch waits for Swarm to place the task before it fails "
+        "with Swarm's reason (constraints no node meets, resources no node has)",
+    )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")

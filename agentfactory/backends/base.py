@@ -46,6 +46,7 @@ class AgentSpec:
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
     gateway_socket_dir: Path | None = None
     instance: str = "local"
+    constraints: tuple[str, ...] = ()  # placement on a cluster (Swarm syntax); a single engine ignores them
 
 
 class ContainerState(enum.Enum):

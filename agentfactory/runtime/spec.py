@@ -63,4 +63,5 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         runtime=catalog.runtime or settings.container_runtime,
         gateway_socket_dir=settings.gateway_socket_dir,
         instance=settings.instance_id,
+        constraints=catalog.constraints(row.model, row.tools),
     )
