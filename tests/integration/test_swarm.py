@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -227,15 +226,21 @@ def test_an_agent_swarm_cannot_place_fails_with_swarms_reason(srv: ServerProcess
     assert not swarm.services(srv.instance)
 
 
-def test_a_swarm_without_no_new_privileges_is_refused(tmp_path: Path, docker_engine: None) -> None:
-    engine = PrivateSwarm(no_new_privileges=False).start()
+def test_up_swarm_inits_a_swarm_and_the_server_refuses_one_without_no_new_privileges(
+    tmp_path: Path, docker_engine: None
+) -> None:
+    """`make up-swarm`'s script on a fresh engine (no swarm yet, no-new-privileges off): it makes the
+    single-node swarm, and the server it starts refuses it, saying what to set."""
+    engine = PrivateSwarm(no_new_privileges=False, init_swarm=False).start()
     try:
-        server = ServerProcess(tmp_path, env=swarm_env(engine))
-        code = "from agentfactory.settings import Settings; from agentfactory.server import serve; serve(Settings())"
+        env = {**ServerProcess(tmp_path, env=swarm_env(engine)).env, "AGENTFACTORY_SKIP_SETUP": "1"}
+        env.pop("AGENTFACTORY_BACKEND")  # the script sets it
         done = subprocess.run(
-            [sys.executable, "-c", code], env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=120
+            ["bash", "scripts/up-swarm.sh"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180
         )
+        swarm_state = engine.cli("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
     finally:
         engine.destroy()
+    assert swarm_state == "active"
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refusing to start" in done.stderr and '"no-new-privileges": true' in done.stderr, done.stderr[-2000:]

@@ -25,12 +25,13 @@ RUNTIME_IMAGE = os.environ.get("AGENTFACTORY_RUNTIME_IMAGE", "agentfactory-runti
 
 
 class PrivateSwarm:
-    def __init__(self, *, no_new_privileges: bool = True):
+    def __init__(self, *, no_new_privileges: bool = True, init_swarm: bool = True):
         self.root = Path(tempfile.mkdtemp(prefix="afsw-", dir="/tmp"))  # unix socket paths are short
         self.netns = "afsw-" + uuid.uuid4().hex[:8]
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.no_new_privileges = no_new_privileges
+        self.init_swarm = init_swarm
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> str:
@@ -61,7 +62,8 @@ class PrivateSwarm:
             stdout=log, stderr=log,
         )  # fmt: skip
         wait_until(self.answers, timeout=60, interval=0.1, what="the private dockerd answers")
-        self.cli("swarm", "init", "--advertise-addr", "127.0.0.1")
+        if self.init_swarm:
+            self.cli("swarm", "init", "--advertise-addr", "127.0.0.1")
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
         subprocess.run(["docker", "-H", self.host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
         save.wait(60)
