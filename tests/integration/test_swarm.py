@@ -135,7 +135,8 @@ def test_the_sandbox_seen_from_inside_a_task_and_the_model_through_the_gateway(
 
 def test_ttl_expiry_within_two_seconds_and_cancel(srv: ServerProcess, swarm: PrivateSwarm) -> None:
     with srv.client() as c:
-        expiring = [start(c, "echo started; sleep 300", ttl_seconds=3) for _ in range(5)]
+        # 6 s: the runtime's start and its first model call before `started` take seconds on a loaded machine.
+        expiring = [start(c, "echo started; sleep 300", ttl_seconds=6) for _ in range(5)]
         stubborn = start(c, "trap '' TERM; echo ready; while true; do sleep 1; done")
         wait_until(lambda: "ready" in texts(c, stubborn), timeout=30, what="ready")
         t0 = time.monotonic()
@@ -147,7 +148,7 @@ def test_ttl_expiry_within_two_seconds_and_cancel(srv: ServerProcess, swarm: Pri
         for agent_id in expiring:
             final = wait_terminal(c, agent_id, timeout=30)
             assert (final["status"], final["reason"]) == ("expired", "ttl_expired"), final
-            lags.append(ts(final["finished_at"]) - (ts(final["started_at"]) + 3))
+            lags.append(ts(final["finished_at"]) - (ts(final["started_at"]) + 6))
             assert "started" in texts(c, agent_id)
     print(f"swarm TTL expiry lag over 5 agents: max {max(lags):.2f}s")
     assert max(lags) <= 2.0
@@ -188,7 +189,8 @@ def test_restart_resumes_capture_with_every_line_once(srv: ServerProcess) -> Non
     with srv.client() as c:
         printers = [start(c, PRINTER) for _ in range(3)]
         overdue = start(c, "sleep 300", ttl_seconds=3)
-        wait_until(lambda: len(texts(c, printers[0])) > 5, timeout=30, what="first lines")
+        # Each printer's first model call (before its tool runs) must be done before the gateway goes away.
+        wait_until(lambda: all(len(texts(c, p)) > 5 for p in printers), timeout=60, what="first lines")
     srv.kill()
     time.sleep(3.5)  # the outage: `overdue` passes its TTL, the printers print on
     srv.start()
@@ -213,7 +215,9 @@ def test_an_orphan_service_is_removed(srv: ServerProcess, swarm: PrivateSwarm) -
         "--label", "io.agentfactory.managed=true", "--label", f"io.agentfactory.agent_id={orphan}",
         "--label", f"io.agentfactory.instance={srv.instance}", "--entrypoint", "sleep", image, "300",
     )  # fmt: skip
-    wait_until(lambda: not swarm.services(srv.instance), timeout=20, what="the orphan service removed")
+    name = f"agentfactory-{orphan}"
+    gone = lambda: name not in swarm.cli("service", "ls", "--format", "{{.Name}}")  # noqa: E731
+    wait_until(gone, timeout=20, what="the orphan service removed")
 
 
 def test_an_agent_swarm_cannot_place_fails_with_swarms_reason(srv: ServerProcess, swarm: PrivateSwarm) -> None:
@@ -223,7 +227,7 @@ def test_an_agent_swarm_cannot_place_fails_with_swarms_reason(srv: ServerProcess
         agent = wait_terminal(c, r.json()["id"], timeout=30)
     assert (agent["status"], agent["reason"]) == ("failed", "launch_failed"), agent
     assert "no suitable node" in agent["error"], agent["error"]
-    assert not swarm.services(srv.instance)
+    assert f"agentfactory-{agent['id']}" not in swarm.cli("service", "ls", "--format", "{{.Name}}")
 
 
 def test_up_swarm_inits_a_swarm_and_the_server_refuses_one_without_no_new_privileges(
