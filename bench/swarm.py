@@ -11,11 +11,17 @@ prints four lines). First line = the first line pageable through GET /agents/{id
 time from the first POST to the last agent final (plain: to the last first line, then removal).
 
     .venv/bin/python bench/swarm.py [--agents 30] [--concurrency 10]
+
+`--flood` instead: 20 swarm agents each printing 10 numbered lines/s for 30 s (200 lines/s in all);
+checks that every line is stored once and that each agent's seal equals a full page read.
+
+    .venv/bin/python bench/swarm.py --flood [--agents 20] [--seconds 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -28,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.server import ServerProcess  # noqa: E402
+from tests.fakes.fake_openai import FakeOpenAI  # noqa: E402
+from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog  # noqa: E402
+from tests.support.server import ServerProcess, all_log_lines, wait_terminal  # noqa: E402
 from tests.support.swarm_engine import PrivateSwarm  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
@@ -73,12 +81,51 @@ def run(label: str, one: Callable[[], float], agents: int, concurrency: int) -> 
     return label, firsts, agents / wall
 
 
+def flood(engine: PrivateSwarm, agents: int, seconds: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="afbench-flood-"))
+    with FakeOpenAI(prompt_as_shell()) as fake:
+        catalog = write_catalog(work / "catalog.json", fake)
+        env = {"DOCKER_HOST": engine.host, "AGENTFACTORY_BACKEND": "swarm", UPSTREAM_KEY_ENV: UPSTREAM_KEY}
+        srv = ServerProcess(work, catalog=catalog, env=env).start()
+        try:
+            command = f"for i in $(seq 1 {seconds * 10}); do echo $i; sleep 0.1; done"
+            with srv.client(timeout=120) as c:
+                t0 = time.monotonic()
+                ids = [c.post("/agents", json={"model": "sh", "tools": ["shell"], "prompt": command}).json()["id"]
+                       for _ in range(agents)]  # fmt: skip
+                ok = 0
+                for agent_id in ids:
+                    agent = wait_terminal(c, agent_id, timeout=seconds * 4 + 120)
+                    lines = all_log_lines(c, agent_id)
+                    numbered = [int(x["text"]) for x in lines if x["text"].isdigit()]
+                    h = hashlib.sha256(b"".join(x["text"].encode() + b"\n" for x in lines)).hexdigest()
+                    once = numbered == list(range(1, seconds * 10 + 1))
+                    sealed = (agent["log_lines"], agent["log_sha256"]) == (len(lines), h)
+                    ok += once and sealed and agent["status"] == "succeeded"
+                    if not (once and sealed):
+                        print(f"{agent_id}: {agent['status']} lines once: {once}, seal matches: {sealed}")
+                wall = time.monotonic() - t0
+            total = agents * seconds * 10
+            print(f"flood: {agents} swarm agents x {seconds * 10} lines ({total / seconds:.0f} lines/s for {seconds}s)")
+            print(f"  {ok}/{agents} agents: every line stored once and seal == full page read; wall {wall:.1f}s")
+        finally:
+            srv.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--flood", action="store_true")
+    parser.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args()
     engine = PrivateSwarm().start()
+    if args.flood:
+        try:
+            flood(engine, args.agents if args.agents != 30 else 20, args.seconds)
+        finally:
+            engine.destroy()
+        return
     servers: list[ServerProcess] = []
     try:
         work = Path(tempfile.mkdtemp(prefix="afbench-"))

@@ -22,9 +22,10 @@ from agentfactory.backends.base import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGE
 from agentfactory.backends.docker_spec import AGENT_UID, FORBIDDEN_NETWORKS, GATEWAY_MOUNT, SCRATCH
 
 NANO = 1_000_000_000
-# A task's resource reservation is what Swarm's scheduler counts to spread agents over nodes: a part of
-# the limit, since agents mostly wait on their model (SPEC §10's capacity reasoning).
-RESERVATION_SHARE = 0.25
+# A task's reservation is what Swarm's scheduler counts to place and spread agents over nodes. As in
+# SPEC §10's capacity (a node's memory divided by memory_mb), memory is reserved whole and CPU not at
+# all: agents mostly wait on their model. (A CPU reservation of a quarter of `cpus` capped a 2-core node
+# at 8 agents: "no suitable node (insufficient resources on 1 node)".)
 
 
 def service_name(agent_id: str) -> str:
@@ -94,10 +95,7 @@ def build_service(spec: AgentSpec, *, stop_grace_seconds: float) -> dict[str, An
         "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
         "Resources": {
             "Limits": {"NanoCPUs": int(spec.cpus * NANO), "MemoryBytes": memory, "Pids": spec.pids},
-            "Reservations": {
-                "NanoCPUs": int(spec.cpus * NANO * RESERVATION_SHARE),
-                "MemoryBytes": int(memory * RESERVATION_SHARE),
-            },
+            "Reservations": {"MemoryBytes": memory},
         },
         "LogDriver": {
             "Name": "json-file",

@@ -32,7 +32,7 @@ def test_one_task_never_restarted_with_the_sandbox_profile() -> None:
     assert container["StopGracePeriod"] == 3_000_000_000
     assert {u["Name"]: u["Soft"] for u in container["Ulimits"]} == {"core": 0, "nofile": 1024}
     assert task["Resources"]["Limits"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 512 << 20, "Pids": 256}
-    assert 0 < task["Resources"]["Reservations"]["MemoryBytes"] < 512 << 20
+    assert task["Resources"]["Reservations"] == {"MemoryBytes": 512 << 20}  # SPEC §10: memory counts, CPU not
     assert task["Placement"] == {"Constraints": ["node.labels.sandbox==true"]}
     assert "Networks" not in task  # no network: the daemon-wide `bridge: none` leaves only lo
     mounts = {m["Target"]: m for m in container["Mounts"]}
