@@ -3,7 +3,8 @@
   swarm    agentfactory on the swarm backend (a private single-node swarm: tests/support/swarm_engine.py)
   docker   agentfactory on the docker backend (this machine's engine)
   plain    `docker service create` (the runtime image, `echo first`) + `docker service logs -f --raw`
-           until its first line, on the same private swarm: the floor Swarm itself sets
+           until its first line (raced by a polled non-following read: a follow opened after the task
+           completed never prints), on the same private swarm: the floor Swarm itself sets
 
 Each agent is an `echo` agent (its runtime asks the gateway for its spec, calls the echo model,
 prints four lines). First line = the first line pageable through GET /agents/{id}/logs (polled every
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import selectors
 import statistics
 import subprocess
 import sys
@@ -57,6 +59,8 @@ def ours(srv: ServerProcess) -> float:
 
 
 def plain(engine: PrivateSwarm, image: str) -> float:
+    """`docker service logs -f` races a non-following `docker service logs` polled every 0.1 s: a follow
+    opened after the task has completed prints nothing and never ends (seen here), a poll sees it."""
     name = f"afbench-{time.monotonic_ns()}"
     t0 = time.monotonic()
     engine.cli("service", "create", "-d", "-q", "--no-resolve-image", "--restart-condition", "none", "--name", name,
@@ -64,7 +68,11 @@ def plain(engine: PrivateSwarm, image: str) -> float:
     follow = ["docker", "-H", engine.host, "service", "logs", "-f", "--raw", name]
     logs = subprocess.Popen(follow, stdout=subprocess.PIPE)
     assert logs.stdout is not None
-    logs.stdout.readline()
+    with selectors.DefaultSelector() as sel:
+        sel.register(logs.stdout, selectors.EVENT_READ)
+        while not (sel.select(0.1) and logs.stdout.readline()):
+            if engine.cli("service", "logs", "--raw", name, check=False).strip():
+                break
     first = time.monotonic() - t0
     logs.kill()
     logs.wait()
