@@ -39,7 +39,8 @@ def log_lines(rows: list[StoredLine]) -> list[LogLine]:
     return [LogLine(seq=seq, ts=ts(t), stream=STREAM_NAMES[s], text=text) for seq, t, s, text in rows]
 
 
-def agent_out(row: AgentRow) -> AgentOut:
+def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_start_at: float | None = None) -> AgentOut:
+    """The agent document; a queued agent's position and estimated start come from the queue."""
     base = f"/agents/{row.id}"
     sealed = row.status in TERMINAL
     return AgentOut(
@@ -60,6 +61,8 @@ def agent_out(row: AgentRow) -> AgentOut:
         log_lines=row.log_lines if sealed else None,
         log_bytes=row.log_bytes if sealed else None,
         log_sha256=row.log_sha256 if sealed else None,
+        queue_position=queue_position,
+        estimated_start_at=iso(estimated_start_at),
         links=Links(self=base, logs=f"{base}/logs", stream=f"{base}/stream", result=f"{base}/result"),
     )
 

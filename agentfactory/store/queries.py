@@ -882,3 +882,125 @@ def add_server_key(*, session: Session, name: str, secret: str, created_at: floa
     """Insert a key; raises IntegrityError when another replica made it first."""
     session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
     session.flush()
+
+
+# -- the queue and the cluster's capacity (SPEC §10) ----------------------------------------------
+
+CAPACITY_CURSOR = "capacity"
+
+
+def lock_capacity(*, session: Session) -> None:
+    """Serialise everything that hands out the cluster's slots (admissions, the dispatcher of every
+    replica): a write to the capacity row takes its row lock (PG) or the database's (SQLite) before
+    the counts that follow are read."""
+    session.execute(update(CursorRow).where(CursorRow.name == CAPACITY_CURSOR).values(value=CursorRow.value + 1))
+
+
+def count_cluster_active(*, session: Session) -> int:
+    """Agents holding a slot: pending, starting and running, of every key."""
+    return int(session.scalar(select(func.count()).select_from(AgentRow).where(AgentRow.status.in_(ACTIVE))) or 0)
+
+
+def count_queued(*, session: Session, key_id: str | None = None) -> int:
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued")
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return int(session.scalar(q) or 0)
+
+
+def next_queue_round(*, session: Session, key_id: str) -> int:
+    """The round a new queued agent of this key joins: after the key's last queued agent, and never
+    before the queue's head round (a key that had nothing queued joins the round being served)."""
+    queued = AgentRow.status == "queued"
+    head = session.scalar(select(func.min(AgentRow.queue_round)).where(queued))
+    last = session.scalar(select(func.max(AgentRow.queue_round)).where(queued, AgentRow.key_id == key_id))
+    return max(int(head or 0), int(last) + 1 if last is not None else 0)
+
+
+def queue_order(*, session: Session) -> list[tuple[int, str]]:
+    """(pk, key_id) of every queued agent in the order slots go to them: round, then arrival."""
+    q = select(AgentRow.pk, AgentRow.key_id).where(AgentRow.status == "queued")
+    return [(pk, key) for pk, key in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
+
+
+def queue_position(*, session: Session, pk: int, queue_round: int) -> int:
+    """1 + the queued agents before this one (by round, then arrival)."""
+    before = or_(AgentRow.queue_round < queue_round, (AgentRow.queue_round == queue_round) & (AgentRow.pk < pk))
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued", before)
+    return 1 + int(session.scalar(q) or 0)
+
+
+def claim_queued_agents(*, session: Session, max_running: int, now: float, scan: int = 1000) -> list[AgentRow]:
+    """Give free slots to queued agents, in queue order, skipping those whose key runs its
+    `max_concurrent_agents` already: each moves `queued → pending` by compare-and-set, so no agent
+    is started twice and, under the capacity lock, no slot is given twice. The claimed rows."""
+    lock_capacity(session=session)
+    free = max_running - count_cluster_active(session=session)
+    if free <= 0:
+        return []
+    waiting = session.execute(
+        select(AgentRow.pk, AgentRow.key_id)
+        .where(AgentRow.status == "queued", or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now))
+        .order_by(AgentRow.queue_round, AgentRow.pk)
+        .limit(scan)
+    ).all()
+    if not waiting:
+        return []
+    keys = {key for _pk, key in waiting}
+    limits = dict(
+        session.execute(select(ApiKeyRow.id, ApiKeyRow.max_concurrent_agents).where(ApiKeyRow.id.in_(keys))).all()
+    )
+    running = dict(
+        session.execute(
+            select(AgentRow.key_id, func.count())
+            .where(AgentRow.status.in_(ACTIVE), AgentRow.key_id.in_(keys))
+            .group_by(AgentRow.key_id)
+        ).all()
+    )
+    claimed: list[int] = []
+    for pk, key in waiting:
+        if len(claimed) >= free:
+            break
+        if running.get(key, 0) >= limits.get(key, 0):
+            continue
+        if update_agent(session=session, pk=pk, only_if_status=("queued",), status="pending", dequeued_at=now):
+            claimed.append(pk)
+            running[key] = running.get(key, 0) + 1
+    if not claimed:
+        return []
+    return list(session.scalars(select(AgentRow).where(AgentRow.pk.in_(claimed)).order_by(AgentRow.pk)))
+
+
+def overdue_queued_agents(*, session: Session, now: float) -> list[int]:
+    """pks of queued agents past their queue deadline."""
+    q = select(AgentRow.pk).where(AgentRow.status == "queued", AgentRow.queue_deadline <= now)
+    return list(session.scalars(q.order_by(AgentRow.queue_deadline)))
+
+
+def next_queue_deadline(*, session: Session) -> float | None:
+    return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
+
+
+def recent_finish_times(*, session: Session, limit: int = 20) -> list[float]:
+    """`finished_at` of the last agents that ran and finished (newest first): the queue's pace."""
+    q = (
+        select(AgentRow.finished_at)
+        .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
+        .order_by(AgentRow.finished_at.desc())
+        .limit(limit)
+    )
+    return [float(t) for t in session.scalars(q) if t is not None]
+
+
+def count_agents_by_key(*, session: Session) -> dict[str, tuple[int, int]]:
+    """key_id → (agents holding a slot, agents queued)."""
+    q = (
+        select(AgentRow.key_id, AgentRow.status, func.count())
+        .where(AgentRow.status.in_((*ACTIVE, "queued")))
+        .group_by(AgentRow.key_id, AgentRow.status)
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for key, status, n in session.execute(q):
+        active, queued = out.get(key, (0, 0))
+        out[key] = (active, queued + n) if status == "queued" else (active + n, queued)
+    return out
