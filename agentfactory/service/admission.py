@@ -17,6 +17,7 @@ from agentfactory.errors import CapacityError, ConflictError, ForbiddenError, Qu
 from agentfactory.observability.metrics import Metrics
 from agentfactory.schemas import AgentCreate
 from agentfactory.service.auth import Caller, new_id
+from agentfactory.service.queue import queue_positions
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
 from agentfactory.store import Session, queries
@@ -155,7 +156,7 @@ def admit(
         queue_deadline=queue_deadline,
     )
     if queue_round is not None:  # the outbox: `agent.queued` commits with the row (SPEC §11)
-        position = queries.queue_position(session=session, pk=row.pk, queue_round=queue_round)
+        position = queue_positions(queries.queue_order(session=session)).get(row.pk)
         document = agent_out(row, queue_position=position).model_dump_json()
         queries.append_event(
             session=session, type=EventType.QUEUED, agent_id=row.id, key_id=row.key_id, agent=document, at=now

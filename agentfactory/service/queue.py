@@ -15,7 +15,9 @@ the backend, and the launch is the launcher's.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ log = structlog.get_logger("agentfactory.queue")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MIB, GIB = 1024 * 1024, 1024 * 1024 * 1024
 FALLBACK_MAX_RUNNING = 8  # the engine could not say how much memory it has
-PACE_SAMPLE = 30  # recent ends the pace is measured over
+PACE_SAMPLE = 20  # recent ends the pace is measured over: few, so it follows a change of pace quickly
 PACE_MAX_AGE = 600.0  # ends older than this say nothing about the pace now
 PACE_CACHE_SECONDS = 1.0
 
@@ -77,30 +79,62 @@ class Capacity:
         log.info("capacity", max_running=self.max_running, source=self.source)
 
 
+def queue_positions(order: list[tuple[int, str, int]]) -> dict[int, int]:
+    """pk → queue position (1 = next) of every agent in `order` (`queries.queue_order`).
+
+    The position is the agents ahead in the order, plus the places the round-robin holds ahead of it
+    for the other keys that have agents queued but have not filled those rounds yet (a key whose
+    last queued agent is in round 3 holds one place in each of rounds 4 .. r-1 ahead of an agent in
+    round r). So when such a key queues another agent, which goes ahead of this one, it takes a held
+    place and the position does not grow: it only falls as the queue moves (or as a key's queue
+    empties and its held places go). It grows only when a key with nothing queued joins. It is an
+    upper bound of the slots handed out before this agent's: exact when every key with agents queued
+    keeps queueing at least as fast, and it drops as soon as a key's queue runs dry."""
+    last: dict[str, int] = {}
+    for _pk, key, rnd in order:
+        last[key] = rnd  # rounds rise along the order
+    lasts = sorted(last.values())
+    prefix = [0]
+    for value in lasts:
+        prefix.append(prefix[-1] + value)
+    positions = {}
+    for index, (pk, _key, rnd) in enumerate(order):
+        # Σ over keys with last < rnd - 1 of (rnd - 1 - last): the places they hold ahead.
+        bound = rnd - 1
+        n = bisect.bisect_left(lasts, bound)
+        held = n * bound - prefix[n]
+        positions[pk] = index + 1 + held
+    return positions
+
+
 class Pace:
     """How fast the queue moves: agents finished per second over the last PACE_SAMPLE ends (every
-    key's, every replica's: read from the store, at most once a second)."""
+    key's, every replica's: read from the store, at most once a second), and how long a launch
+    takes once an agent has its slot."""
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.time):
         self.store = store
         self.clock = clock
         self._at = -1e9
         self._rate: float | None = None
+        self._launch = 0.0
 
     async def rate(self) -> float | None:
         now = time.monotonic()
         if now - self._at >= PACE_CACHE_SECONDS:
             self._at = now
-            ends = await self.store.run(queries.recent_finish_times, limit=PACE_SAMPLE)
-            ends = [t for t in ends if t > self.clock() - PACE_MAX_AGE]
-            span = ends[0] - ends[-1] if len(ends) >= 2 else 0.0
+            ends = await self.store.run(queries.recent_ends, limit=PACE_SAMPLE)
+            ends = [e for e in ends if e[0] > self.clock() - PACE_MAX_AGE]
+            span = ends[0][0] - ends[-1][0] if len(ends) >= 2 else 0.0
             self._rate = (len(ends) - 1) / span if span > 0 else None
+            self._launch = statistics.median(launch for _end, launch in ends) if ends else 0.0
         return self._rate
 
     async def estimate(self, position: int) -> float | None:
-        """When the agent at `position` should get its slot: the queue ahead of it at the recent pace."""
+        """When the agent at `position` should be running: the queue ahead of it at the recent pace
+        (the slots it waits for), then a launch."""
         rate = await self.rate()
-        return None if rate is None else self.clock() + position / rate
+        return None if rate is None else self.clock() + position / rate + self._launch
 
 
 class QueueDispatcher(Loop):
@@ -146,7 +180,7 @@ class QueueDispatcher(Loop):
         self.metrics.agents_queued.set(len(order))
         if moved or claimed:
             # Every queued agent's position moved: its followers are sent the new one.
-            for pk, _key in order:
+            for pk, _key, _round in order:
                 self.hub.bump(pk)
         deadline = await self.store.run(queries.next_queue_deadline)
         if deadline is not None:
@@ -216,20 +250,21 @@ class Queue:
 
 async def present(queue: Queue, store: Store, row: AgentRow) -> AgentOut:
     """The agent document; while queued, with its position and estimated start, read now."""
-    if row.status != AgentStatus.QUEUED or row.queue_round is None:
-        return agent_out(row)
-    position = await store.run(queries.queue_position, pk=row.pk, queue_round=row.queue_round)
-    return agent_out(row, queue_position=position, estimated_start_at=await queue.pace.estimate(position))
+    return (await present_many(queue, store, [row]))[0]
 
 
 async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list[AgentOut]:
-    """`present` for a page: the queue is read once when any of them is queued."""
+    """Agent documents; when any is queued, the queue is read once (one consistent snapshot)."""
     if not any(r.status == AgentStatus.QUEUED for r in rows):
         return [agent_out(r) for r in rows]
-    positions = {pk: i + 1 for i, (pk, _key) in enumerate(await store.run(queries.queue_order))}
+    positions = queue_positions(await store.run(queries.queue_order))
     out = []
     for r in rows:
         position = positions.get(r.pk) if r.status == AgentStatus.QUEUED else None
+        if r.status == AgentStatus.QUEUED and position is None:  # it left the queue after the row was read
+            fresh = await store.run(queries.get_agent_by_pk, pk=r.pk)
+            out.append(agent_out(fresh or r))
+            continue
         eta = await queue.pace.estimate(position) if position is not None else None
         out.append(agent_out(r, queue_position=position, estimated_start_at=eta))
     return out

@@ -917,17 +917,11 @@ def next_queue_round(*, session: Session, key_id: str) -> int:
     return max(int(head or 0), int(last) + 1 if last is not None else 0)
 
 
-def queue_order(*, session: Session) -> list[tuple[int, str]]:
-    """(pk, key_id) of every queued agent in the order slots go to them: round, then arrival."""
-    q = select(AgentRow.pk, AgentRow.key_id).where(AgentRow.status == "queued")
-    return [(pk, key) for pk, key in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
-
-
-def queue_position(*, session: Session, pk: int, queue_round: int) -> int:
-    """1 + the queued agents before this one (by round, then arrival)."""
-    before = or_(AgentRow.queue_round < queue_round, (AgentRow.queue_round == queue_round) & (AgentRow.pk < pk))
-    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued", before)
-    return 1 + int(session.scalar(q) or 0)
+def queue_order(*, session: Session) -> list[tuple[int, str, int]]:
+    """(pk, key_id, round) of every queued agent in the order slots go to them: round, then arrival.
+    One statement, so one consistent snapshot of the queue."""
+    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round).where(AgentRow.status == "queued")
+    return [(pk, key, rnd or 0) for pk, key, rnd in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
 
 
 def claim_queued_agents(*, session: Session, max_running: int, now: float, scan: int = 1000) -> list[AgentRow]:
@@ -981,15 +975,20 @@ def next_queue_deadline(*, session: Session) -> float | None:
     return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
 
 
-def recent_finish_times(*, session: Session, limit: int = 20) -> list[float]:
-    """`finished_at` of the last agents that ran and finished (newest first): the queue's pace."""
+def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float]]:
+    """(finished_at, launch seconds) of the last agents that ran and finished, newest first: the
+    queue's pace. The launch is from leaving the queue (or admission) to running."""
     q = (
-        select(AgentRow.finished_at)
+        select(AgentRow.finished_at, AgentRow.started_at, AgentRow.dequeued_at, AgentRow.created_at)
         .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
         .order_by(AgentRow.finished_at.desc())
         .limit(limit)
     )
-    return [float(t) for t in session.scalars(q) if t is not None]
+    out = []
+    for end, start, dequeued, created in session.execute(q):
+        if end is not None and start is not None:
+            out.append((float(end), max(0.0, float(start) - float(dequeued or created))))
+    return out
 
 
 def count_agents_by_key(*, session: Session) -> dict[str, tuple[int, int]]:

@@ -123,7 +123,14 @@ def test_slots_go_round_robin_between_keys_fifo_within_a_key(qapi: Api) -> None:
               [("a", a)] * 4 + [("b", b)] * 2 + [("c", c)]]  # fmt: skip
     order = sorted(posted, key=lambda p: get(qapi, p[1])["queue_position"])
     assert [name for name, _ in order] == ["a", "b", "c", "a", "b", "a", "a"]
-    assert [get(qapi, i)["queue_position"] for _, i in order] == list(range(1, 8))
+    # The positions hold the places of the keys that have not filled their rounds yet: c holds one
+    # in each of rounds 1 and 2, b one in round 2, so a's last agent (round 3) is 7th or later.
+    assert [get(qapi, i)["queue_position"] for _, i in order] == [1, 2, 3, 4, 5, 7, 10]
+    # When b queues again, its agent takes b's held place: nobody's position grows.
+    before = {i: get(qapi, i)["queue_position"] for _, i in order}
+    b3 = post(qapi, b, queue_timeout_seconds=60).json()
+    assert b3["queue_position"] == 8  # after a round-2 agent, and c's held place in round 1
+    assert all(get(qapi, i)["queue_position"] == before[i] for _, i in order if i != order[-1][1])
     # A key that arrives late joins the round being served, not the end of the queue.
     d = qapi.key(max_concurrent_agents=10)
     late = post(qapi, d, queue_timeout_seconds=60).json()
