@@ -6,8 +6,11 @@ DELETE of a queued agent; the stream's status events with the position.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -196,6 +199,15 @@ def test_queue_timeout_delete_and_the_streamed_position(
         cancelled = echo(c, "cancelled", queue_timeout_seconds=600).json()
         last = echo(c, "runs", queue_timeout_seconds=600).json()
         assert [a["queue_position"] for a in (timed, cancelled, last)] == [1, 2, 3]
+        # The CLI queues too, and says where it stands (once, on stderr, when there is no terminal).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFACTORY_")}
+        cli = subprocess.Popen(
+            [str(Path(sys.executable).parent / "agentfactory"), "run", "-m", "echo", "--queue", "10m", "-f", "cli"],
+            env=env | {"AGENTFACTORY_URL": srv.url, "AGENTFACTORY_API_KEY": srv.admin_key},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         positions: list[int | None] = []
 
         def follow() -> None:
@@ -222,6 +234,9 @@ def test_queue_timeout_delete_and_the_streamed_position(
             final = c.get(f"/agents/{a['id']}").json()
             assert final["started_at"] is None and final["log_lines"] == 0
         assert wait_terminal(c, holder["id"], timeout=30)["status"] == "succeeded"
+        _out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert re.search(r"ag_\w+ queued, position 4(, starts (in ~\d+ s|any moment))?$", err, re.M), err
     db = sqlite3.connect(srv.workdir / "agentfactory.db")
     started = {r[0] for r in db.execute("SELECT agent_id FROM events WHERE type = 'agent.started'")}
     assert timed["id"] not in started and cancelled["id"] not in started
