@@ -166,6 +166,7 @@ class QueueDispatcher(Loop):
         self.agent_document = agent_document
         self.clock = launcher.clock
         self._launches: set[asyncio.Task[None]] = set()
+        self._last_order: list[tuple[int, str, int]] = []
 
     async def run_once(self) -> None:
         now = self.clock()
@@ -178,10 +179,12 @@ class QueueDispatcher(Loop):
             task.add_done_callback(self._launches.discard)
         order = await self.store.run(queries.queue_order)
         self.metrics.agents_queued.set(len(order))
-        if moved or claimed:
-            # Every queued agent's position moved: its followers are sent the new one.
+        if moved or claimed or order != self._last_order:
+            # The queue moved (here, or on another replica, or an agent was cancelled or queued):
+            # every queued agent's followers are sent its new position.
             for pk, _key, _round in order:
                 self.hub.bump(pk)
+        self._last_order = order
         deadline = await self.store.run(queries.next_queue_deadline)
         if deadline is not None:
             self.wake_in = max(0.0, deadline - self.clock())
