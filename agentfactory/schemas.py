@@ -215,6 +215,9 @@ class TtlUpdate(BaseModel):
 
 class Timings(BaseModel):
     accepted_at: Timestamp
+    dequeued_at: Timestamp | None = Field(
+        None, description="a queued agent: when it left the queue for a slot (null: it never waited in the queue)"
+    )
     started_at: Timestamp | None
     first_output_at: Timestamp | None
     finished_at: Timestamp | None

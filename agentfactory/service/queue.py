@@ -108,31 +108,35 @@ def queue_positions(order: list[tuple[int, str, int]]) -> dict[int, int]:
 
 
 class Pace:
-    """How fast the queue moves: agents finished per second over the last PACE_SAMPLE ends (every
-    key's, every replica's: read from the store, at most once a second), and how long a launch
-    takes once an agent has its slot."""
+    """How fast the queue moves, from the last PACE_SAMPLE agents that ended (every key's, every
+    replica's: read from the store at most once a second): a slot frees every (mean time an agent
+    held its slot) / (slots) seconds, and an agent given a slot runs after the median launch.
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+    Measured per slot rather than as ends per second: agents launched together end together, and
+    two such cohorts in the sample would make the queue look twice as fast as it is."""
+
+    def __init__(self, store: Store, capacity: Capacity, clock: Callable[[], float] = time.time):
         self.store = store
+        self.capacity = capacity
         self.clock = clock
         self._at = -1e9
         self._rate: float | None = None
         self._launch = 0.0
 
     async def rate(self) -> float | None:
+        """Slots freed per second (None: nothing recent to measure)."""
         now = time.monotonic()
         if now - self._at >= PACE_CACHE_SECONDS:
             self._at = now
             ends = await self.store.run(queries.recent_ends, limit=PACE_SAMPLE)
             ends = [e for e in ends if e[0] > self.clock() - PACE_MAX_AGE]
-            span = ends[0][0] - ends[-1][0] if len(ends) >= 2 else 0.0
-            self._rate = (len(ends) - 1) / span if span > 0 else None
-            self._launch = statistics.median(launch for _end, launch in ends) if ends else 0.0
+            held = statistics.fmean(slot for _end, _launch, slot in ends) if ends else 0.0
+            self._rate = self.capacity.max_running / held if held > 0 else None
+            self._launch = statistics.median(launch for _end, launch, _slot in ends) if ends else 0.0
         return self._rate
 
     async def estimate(self, position: int) -> float | None:
-        """When the agent at `position` should be running: the queue ahead of it at the recent pace
-        (the slots it waits for), then a launch."""
+        """When the agent at `position` should be running: the slots it waits for, then a launch."""
         rate = await self.rate()
         return None if rate is None else self.clock() + position / rate + self._launch
 

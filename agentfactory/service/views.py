@@ -74,7 +74,7 @@ def agent_json(row: AgentRow) -> str:
 
 def agent_result(row: AgentRow) -> AgentResult:
     sealed = row.status in TERMINAL
-    launch = row.started_at - row.created_at if row.started_at else None
+    launch = row.started_at - (row.dequeued_at or row.created_at) if row.started_at else None
     run = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
     return AgentResult(
         id=row.id,
@@ -84,6 +84,7 @@ def agent_result(row: AgentRow) -> AgentResult:
         error=row.error,
         timings=Timings(
             accepted_at=iso(row.created_at) or "",
+            dequeued_at=iso(row.dequeued_at),
             started_at=iso(row.started_at),
             first_output_at=iso(row.first_output_at),
             finished_at=iso(row.finished_at),

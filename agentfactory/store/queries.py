@@ -975,9 +975,10 @@ def next_queue_deadline(*, session: Session) -> float | None:
     return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
 
 
-def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float]]:
-    """(finished_at, launch seconds) of the last agents that ran and finished, newest first: the
-    queue's pace. The launch is from leaving the queue (or admission) to running."""
+def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
+    """(finished_at, launch seconds, slot seconds) of the last agents that ran and finished, newest
+    first: the queue's pace. Both durations count from when the agent got its slot (left the queue,
+    or was admitted): the launch to running, the slot to its end."""
     q = (
         select(AgentRow.finished_at, AgentRow.started_at, AgentRow.dequeued_at, AgentRow.created_at)
         .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
@@ -987,7 +988,8 @@ def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float
     out = []
     for end, start, dequeued, created in session.execute(q):
         if end is not None and start is not None:
-            out.append((float(end), max(0.0, float(start) - float(dequeued or created))))
+            slot = float(dequeued or created)
+            out.append((float(end), max(0.0, float(start) - slot), max(0.0, float(end) - slot)))
     return out
 
 

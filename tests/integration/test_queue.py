@@ -122,17 +122,21 @@ def test_a_burst_of_500_agents_from_5_keys_all_run_fairly_within_the_capacity(
     print(f"\n{BURST} agents posted in {post_seconds:.1f}s, all done in {run_seconds:.1f}s "
           f"({BURST / run_seconds:.1f}/s); peak slots held {peak} of {capacity}; {len(samples)} samples")  # fmt: skip
     assert peak <= capacity
-    # No key waits more than one round behind another: in start order, the agents started per key
-    # never differ by more than a round (plus the jitter of the launches in flight at once).
-    key_of = dict((i, k) for k, i in posted)
-    started = sorted(finals, key=lambda i: ts(finals[i]["started_at"]))
+    # No key waits more than one round behind another: in the order slots were given (the result's
+    # `dequeued_at`), the agents served per key never differ by more than a round (2: one key's turn
+    # may pass while its next request is still on the wire).
+    key_of = {i: k for k, i in posted}
+    results = {i: clients[k].get(f"/agents/{i}/result").json() for k, i in posted}
+    slots = sorted(
+        finals, key=lambda i: ts(results[i]["timings"]["dequeued_at"] or results[i]["timings"]["accepted_at"])
+    )
     counts = [0] * n_keys
     spread = 0
-    for i in started[: BURST - capacity]:
+    for i in slots[: BURST - capacity]:
         counts[key_of[i]] += 1
         spread = max(spread, max(counts) - min(counts))
-    print(f"largest lead of one key over another in start order: {spread}")
-    assert spread <= 1 + capacity // n_keys
+    print(f"largest lead of one key over another in the order of slots: {spread}")
+    assert spread <= 2
     # Positions only fall.
     for agent_id, obs in seen.items():
         positions = [p for _t, p, _e in obs]
