@@ -70,7 +70,7 @@ class Services:
         capacity = Capacity()  # determined by the lifespan, from the settings or the engine
         queue = Queue(
             capacity=capacity,
-            pace=Pace(store, capacity, clock=launcher.clock),
+            pace=Pace(store, clock=launcher.clock),
             dispatcher=QueueDispatcher(
                 settings=settings,
                 store=store,

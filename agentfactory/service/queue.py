@@ -109,36 +109,32 @@ def queue_positions(order: list[tuple[int, str, int]]) -> dict[int, int]:
 
 class Pace:
     """How fast the queue moves, from the last PACE_SAMPLE agents that ended (every key's, every
-    replica's: read from the store at most once a second): a slot frees every (mean time an agent
-    held its slot) / (slots) seconds, and an agent given a slot runs after the median launch.
+    replica's: read from the store at most once a second): ends per second over the time from the
+    oldest of them to now, and the median launch of an agent given a slot.
 
-    Measured per slot rather than as ends per second: agents launched together end together, and
-    two such cohorts in the sample would make the queue look twice as fast as it is."""
+    Measured up to now rather than between the first and last end: agents launched together end
+    together, and two such cohorts in the sample would make the queue look twice as fast; the time
+    an agent holds its slot misleads too, when the pace changed (a burst of requests slows every
+    launch, and the agents that ended during it held their slots longer than the next ones will)."""
 
-    def __init__(self, store: Store, capacity: Capacity, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
         self.store = store
-        self.capacity = capacity
         self.clock = clock
         self._at = -1e9
-        self._rate: float | None = None
-        self._launch = 0.0
-
-    async def rate(self) -> float | None:
-        """Slots freed per second (None: nothing recent to measure)."""
-        now = time.monotonic()
-        if now - self._at >= PACE_CACHE_SECONDS:
-            self._at = now
-            ends = await self.store.run(queries.recent_ends, limit=PACE_SAMPLE)
-            ends = [e for e in ends if e[0] > self.clock() - PACE_MAX_AGE]
-            held = statistics.fmean(slot for _end, _launch, slot in ends) if ends else 0.0
-            self._rate = self.capacity.max_running / held if held > 0 else None
-            self._launch = statistics.median(launch for _end, launch, _slot in ends) if ends else 0.0
-        return self._rate
+        self._ends: list[tuple[float, float, float]] = []
 
     async def estimate(self, position: int) -> float | None:
-        """When the agent at `position` should be running: the slots it waits for, then a launch."""
-        rate = await self.rate()
-        return None if rate is None else self.clock() + position / rate + self._launch
+        """When the agent at `position` should be running: the ends it waits for, then a launch."""
+        if time.monotonic() - self._at >= PACE_CACHE_SECONDS:
+            self._at = time.monotonic()
+            self._ends = await self.store.run(queries.recent_ends, limit=PACE_SAMPLE)
+        now = self.clock()
+        ends = [e for e in self._ends if now - PACE_MAX_AGE < e[0] <= now]
+        if len(ends) < 2:
+            return None
+        rate = len(ends) / (now - ends[-1][0])
+        launch = statistics.median(launch for _end, launch, _slot in ends)
+        return now + position / rate + launch
 
 
 class QueueDispatcher(Loop):
