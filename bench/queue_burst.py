@@ -10,7 +10,7 @@
 Each side runs its burst in two halves, ABBA (ours, docker, docker, ours). Also reported: the peak of
 slots held (GET /capacity sampled every 100 ms), which must not pass C.
 
-    .venv/bin/python bench/queue.py [--agents 100] [--capacity 10]
+    .venv/bin/python bench/queue_burst.py [--agents 100] [--capacity 10]
 """
 
 from __future__ import annotations
