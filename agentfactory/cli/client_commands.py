@@ -169,9 +169,9 @@ def run(
         # A key of our own makes the POST safe to retry when the connection breaks mid-request.
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
-        if fmt is None and sys.stderr.isatty():  # decorative: only for a person at a terminal
-            sys.stderr.write(f"dashboard: {dashboard_url(client.base_url, agent)}\n")
         if not follow:
+            if fmt is None and sys.stderr.isatty():  # decorative: only for a person at a terminal
+                sys.stderr.write(f"dashboard: {dashboard_url(client.base_url, agent)}\n")
             print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
             return
         json_lines = fmt == "json"

@@ -23,11 +23,18 @@ AGENTFACTORY = str(Path(sys.executable).parent / "agentfactory")
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # one server for both files: it starts in ~10 s on an idle machine
 def ui_server(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("ui")
     with FakeOpenAI(prompt_as_shell()) as fake:
-        catalog = write_catalog(workdir / "catalog.json", fake)
+        # `down`: a model nobody answers, so its agent fails with a line on stderr.
+        down = {
+            "id": "down",
+            "provider": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key_env": UPSTREAM_KEY_ENV,
+        }
+        catalog = write_catalog(workdir / "catalog.json", fake, extra_models=[down])
         srv = ServerProcess(workdir, catalog=catalog, env={UPSTREAM_KEY_ENV: UPSTREAM_KEY}).start()
         try:
             yield srv
