@@ -31,13 +31,13 @@ class KeyUsage:
 
 
 @dataclass
-class Usage:
+class UsageChart:
     bucket_seconds: int
     buckets: list[float]  # bucket start times (epoch seconds), oldest first
     keys: list[KeyUsage] = field(default_factory=list)
 
 
-async def usage(svc: Services, *, days: int, now: float | None = None) -> Usage:
+async def usage(svc: Services, *, days: int, now: float | None = None) -> UsageChart:
     """Agents created, failures and model tokens per key and bucket (an hour over up to two days, else
     a day) over the last `days` days, every key of the period (admin). Quota rejections are not
     recorded per key on this server (only the Prometheus counter, by reason): the page says so."""
@@ -58,7 +58,7 @@ async def usage(svc: Services, *, days: int, now: float | None = None) -> Usage:
             KeyUsage(key_id, names.get(key_id, key_id), [0] * len(buckets), [0] * len(buckets), [0] * len(buckets)),
         )
         series.agents[i], series.failures[i], series.tokens[i] = agents, failures, tokens
-    return Usage(bucket_seconds=bucket, buckets=buckets, keys=sorted(per_key.values(), key=lambda k: k.name))
+    return UsageChart(bucket_seconds=bucket, buckets=buckets, keys=sorted(per_key.values(), key=lambda k: k.name))
 
 
 @dataclass
