@@ -99,11 +99,14 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def screenshot(driver: Any, name: str) -> None:
-    """The page at desktop and phone widths, into test-artifacts/screenshots (CI keeps the directory)."""
+def screenshot(driver: Any, name: str, scroll_to: str | None = None) -> None:
+    """The page at desktop and phone widths, into test-artifacts/screenshots (CI keeps the directory);
+    `scroll_to`: a selector brought into view first (the log, below the summary)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for label, (width, height) in (("desktop", (1280, 900)), ("phone", (390, 844))):
         driver.set_window_size(width, height)
+        if scroll_to:
+            driver.execute_script("document.querySelector(arguments[0]).scrollIntoView()", scroll_to)
         driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         driver.save_screenshot(str(SCREENSHOTS / f"{name}-{label}.png"))
     driver.set_window_size(1280, 900)

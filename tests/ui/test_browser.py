@@ -86,7 +86,7 @@ def test_a_cli_agent_appears_live_streams_in_order_and_cancels(browser: Any, ui_
     lines = shown_lines(browser)
     assert [seq for seq, _, _ in lines] == sorted(seq for seq, _, _ in lines)
     assert numbered() == [f"line {i}" for i in range(1, 41)]  # the agent's own lines, in order
-    screenshot(browser, "agent-running")
+    screenshot(browser, "agent-running", scroll_to="#h-log")
     by_css(browser, "#cancel").click()
     wait_until(lambda: by_css(browser, "#status").text == "cancelled", timeout=15, what="cancelled, without a reload")
     wait_until(lambda: by_css(browser, "#seal-sha256").text not in ("", "—"), timeout=10, what="the seal")
@@ -121,7 +121,7 @@ def test_a_finished_agents_page_shows_the_seal_and_artifacts(browser: Any, ui_se
     errs = [t for _, t, err in shown_lines(browser) if err]
     assert any("down" in t or "unreachable" in t for t in errs), errs  # stderr told apart (marked ERR)
     assert by_css(browser, "#exit-code").text not in ("", "—", "0")
-    screenshot(browser, "agent-failed")
+    screenshot(browser, "agent-failed", scroll_to="#h-log")
 
 
 def test_another_keys_agent_url_shows_not_found(browser: Any, ui_server: ServerProcess) -> None:
@@ -213,7 +213,7 @@ def test_a_200000_line_agent_stays_responsive(browser: Any, ui_server: ServerPro
     assert nodes < 300  # the DOM is a window, whatever the log's size
     assert kept <= 50_000
     assert 0 < heap < HEAP_BOUND_BYTES
-    screenshot(browser, "agent-200k-lines")
+    screenshot(browser, "agent-200k-lines", scroll_to="#h-log")
 
 
 def test_admin_pages_keys_usage_system(browser: Any, ui_server: ServerProcess) -> None:

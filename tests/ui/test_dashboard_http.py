@@ -15,7 +15,7 @@ import pytest
 from agentfactory.store import Store, queries
 from agentfactory.ui.pages import CSP
 from tests.support.server import ServerProcess, wait_terminal, wait_until
-from tests.ui.conftest import sign_in
+from tests.ui.conftest import run_cli, sign_in
 
 pytestmark = pytest.mark.docker
 TEMPLATES = Path(__file__).resolve().parents[2] / "agentfactory" / "ui" / "templates"
@@ -105,6 +105,8 @@ def test_links_name_the_dashboard_page(ui_server: ServerProcess) -> None:
     assert agent["links"]["dashboard"] == f"/ui/agents/{agent['id']}"
     with ui_server.client() as api:
         assert api.get(f"/agents/{agent['id']}").json()["links"]["dashboard"] == agent["links"]["dashboard"]
+    shown = run_cli(ui_server, "status", agent["id"])
+    assert f"{ui_server.url}/ui/agents/{agent['id']}" in shown  # the CLI prints the absolute link
 
 
 def test_sign_out_ends_the_sessions_streams_and_pages(ui_server: ServerProcess) -> None:
