@@ -48,6 +48,10 @@ def test_the_session_cookie_holds_no_key_and_is_strict(ui_server: ServerProcess)
     assert ui_server.admin_key not in cookie and "Secure" not in cookie  # plain HTTP on loopback
     page = anon.get("/ui/agents")
     assert page.status_code == 200 and ui_server.admin_key not in page.text
+    # Behind a TLS proxy on the host (uvicorn trusts 127.0.0.1's X-Forwarded-Proto): `Secure`.
+    proxied = httpx.post(ui_server.url + "/ui/login", data={"key": ui_server.admin_key},
+                         headers={"X-Forwarded-Proto": "https"})  # fmt: skip
+    assert proxied.status_code == 303 and "Secure" in proxied.headers["set-cookie"]
 
 
 def test_a_cross_site_sign_in_is_refused(ui_server: ServerProcess) -> None:

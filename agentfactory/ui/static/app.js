@@ -240,6 +240,7 @@
     const state = document.getElementById("log-state");
     const actions = document.getElementById("actions");
     document.getElementById("log-end").addEventListener("click", function () { view.toEnd(); logEl.focus(); });
+    window.addEventListener("resize", function () { view.schedule(); });
 
     function show(a) {
       setStatusBadge(document.getElementById("status"), a.status);
