@@ -241,3 +241,33 @@ def test_admin_pages_keys_usage_system(browser: Any, ui_server: ServerProcess) -
     browser.get(ui_server.url + "/ui/admin/system")
     assert by_css(browser, "#checks").text
     screenshot(browser, "system")
+
+
+UNLABELLED = """
+return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea, button'))
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+  .map(el => el.outerHTML.slice(0, 80));
+"""
+
+
+def test_every_control_is_labelled_and_the_keyboard_reaches_the_log(browser: Any, ui_server: ServerProcess) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    agent_id = run_cli(ui_server, "run", "--model", "sh", "--tool", "shell", "echo labelled").strip()
+    sign_in(browser, ui_server)
+    for path in ("/ui/agents", f"/ui/agents/{agent_id}", "/ui/admin/keys", "/ui/admin/usage", "/ui/admin/system"):
+        browser.get(ui_server.url + path)
+        assert browser.execute_script(UNLABELLED) == [], path
+    browser.delete_all_cookies()
+    browser.get(ui_server.url + "/ui/login")
+    assert browser.execute_script(UNLABELLED) == []
+    sign_in(browser, ui_server)
+    browser.get(ui_server.url + f"/ui/agents/{agent_id}")
+    body = by_css(browser, "body")
+    body.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"  # the first stop
+    for _ in range(40):  # Tab on, through the page, to the log (a focusable scroll region)
+        if browser.switch_to.active_element.get_attribute("id") == "log":
+            break
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "log"

@@ -48,6 +48,8 @@
 
   /* ---------------------------------------------------------------- agents list */
 
+  const MAX_LIST_ROWS = 200;
+
   function initList(table) {
     const filter = JSON.parse(table.dataset.filter || "{}");
     const live = table.dataset.live === "yes";
@@ -113,6 +115,7 @@
         if (queue) queue.textContent = a.queue_position == null ? "" : String(a.queue_position);
       } else if (live && matches(a)) {
         tbody.insertBefore(newRow(a), tbody.firstChild);
+        while (tbody.rows.length > MAX_LIST_ROWS) tbody.deleteRow(-1);  // a bounded page, however busy
         const empty = document.getElementById("empty");
         if (empty) empty.remove();
       }
