@@ -3,6 +3,7 @@ streams, the security headers, links.dashboard, and the list's speed with 10,000
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -196,3 +197,20 @@ def test_ten_thousand_agents_list_in_well_under_300_ms(ui_server: ServerProcess)
     assert failed.status_code == 200 and failed.text.count("s-failed") >= 50
     assert float(failed.headers["server-timing"].split("dur=")[1]) < 300
     print(f"10,000 agents: first page server {best_server:.1f} ms, wall {best_wall:.1f} ms")
+
+
+def test_the_websocket_accepts_the_session_cookie_from_the_dashboards_origin(ui_server: ServerProcess) -> None:
+    from websockets.sync.client import connect
+
+    agent = launch(ui_server, "echo over-ws")
+    client, _ = sign_in(ui_server)
+    cookie = f"af_session={client.cookies['af_session']}"
+    url = ui_server.url.replace("http://", "ws://") + f"/agents/{agent['id']}/ws"
+    with connect(url, additional_headers={"Cookie": cookie, "Origin": ui_server.url}) as ws:
+        events = []
+        while not events or events[-1]["event"] != "end":
+            events.append(json.loads(ws.recv(timeout=30)))
+    assert any(e["event"] == "log" and e["data"]["text"] == "over-ws" for e in events)
+    with connect(url, additional_headers={"Cookie": cookie, "Origin": "https://evil.example"}) as ws:
+        refused = json.loads(ws.recv(timeout=10))
+    assert refused["event"] == "error" and refused["data"]["error"]["code"] == "E_FORBIDDEN"
