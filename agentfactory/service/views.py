@@ -63,7 +63,13 @@ def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_sta
         log_sha256=row.log_sha256 if sealed else None,
         queue_position=queue_position,
         estimated_start_at=iso(estimated_start_at),
-        links=Links(self=base, logs=f"{base}/logs", stream=f"{base}/stream", result=f"{base}/result"),
+        links=Links(
+            self=base,
+            logs=f"{base}/logs",
+            stream=f"{base}/stream",
+            result=f"{base}/result",
+            dashboard=f"/ui/agents/{row.id}",
+        ),
     )
 
 

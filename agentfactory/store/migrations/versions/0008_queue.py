@@ -1,14 +1,14 @@
 """The queue (SPEC §10): agents.queue_round, queue_deadline, dequeued_at; the capacity lock's row
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0011 (main's head when this branch merged main)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
