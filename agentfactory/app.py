@@ -30,6 +30,7 @@ from agentfactory.service.auth import check_admin_key, ensure_bootstrap_admin
 from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.ui import mount_ui
 
 log = structlog.get_logger("agentfactory.app")
 
@@ -119,6 +120,8 @@ def create_app(
         if serve_gateway:
             await gateway.start()
         await prepare_agent_network(svc.backend, catalog, settings.agent_network)
+        await svc.queue.capacity.determine(settings, svc.backend, catalog)
+        metrics.max_running_agents.set(svc.queue.capacity.max_running)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
         if run_loops:
@@ -130,6 +133,8 @@ def create_app(
             loops.append(loop.create_task(sampler.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
+            # After recovery: agents that had left the queue but not started are back in it.
+            loops.append(loop.create_task(svc.queue.dispatcher.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
             async with mcp.session_manager.run():
@@ -139,6 +144,7 @@ def create_app(
             if loops:
                 await asyncio.wait(loops, timeout=10)
             await svc.webhook_deliverer.close()
+            await svc.queue.dispatcher.drain()
             await svc.launcher.shutdown()
             if serve_gateway:
                 await gateway.stop()
@@ -155,5 +161,6 @@ def create_app(
     app.state.services = svc
     app.state.reaper = reaper
     mount_http_api(app)
+    mount_ui(app)
     app.router.routes.append(mcp.route)
     return app

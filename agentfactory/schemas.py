@@ -73,6 +73,13 @@ class AgentCreate(BaseModel):
     secrets: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     token_budget: int | None = Field(None, ge=1)
+    queue_timeout_seconds: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="when the key's or the cluster's limit is full: 0 refuses with 429 (E_QUOTA / E_CAPACITY); "
+        "N > 0 queues the agent (status `queued`) for up to N seconds, then it ends expired/queue_timeout",
+    )
 
     @field_validator("tools")
     @classmethod
@@ -109,6 +116,7 @@ class Links(BaseModel):
     logs: str
     stream: str
     result: str
+    dashboard: str = Field(description="the agent's page in the dashboard (GET /ui, SPEC §12)")
 
 
 class AgentOut(BaseModel):
@@ -138,6 +146,7 @@ class AgentOut(BaseModel):
                         "logs": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/logs",
                         "stream": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/stream",
                         "result": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/result",
+                        "dashboard": "/ui/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd",
                     },
                 }
             ]
@@ -161,6 +170,10 @@ class AgentOut(BaseModel):
     log_lines: int | None = Field(None, description="seal: lines captured (terminal agents)")
     log_bytes: int | None = Field(None, description="seal: bytes captured, each line's UTF-8 text + 1")
     log_sha256: str | None = Field(None, description="seal: SHA-256 over each line's UTF-8 text + '\\n'")
+    queue_position: int | None = Field(None, description="while queued: 1 = the next to get a slot")
+    estimated_start_at: Timestamp | None = Field(
+        None, description="while queued: when it should start, from the queue's recent pace (null: no estimate yet)"
+    )
     links: Links
 
 
@@ -204,6 +217,9 @@ class TtlUpdate(BaseModel):
 
 class Timings(BaseModel):
     accepted_at: Timestamp
+    dequeued_at: Timestamp | None = Field(
+        None, description="a queued agent: when it left the queue for a slot (null: it never waited in the queue)"
+    )
     started_at: Timestamp | None
     first_output_at: Timestamp | None
     finished_at: Timestamp | None
@@ -535,6 +551,32 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail
     request_id: str
+
+
+class WarmPool(BaseModel):
+    idle: int
+    target: int
+
+
+class KeyCapacity(BaseModel):
+    key_id: str
+    running: int = Field(description="agents of this key holding a slot (pending, starting, running)")
+    queued: int
+    max_concurrent_agents: int | None
+
+
+class CapacityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"max_running": 10, "running": 10, "queued": 42, "warm": {"idle": 0, "target": 0}}]
+        }
+    )
+
+    max_running: int = Field(description="agents the cluster runs at once (AGENTFACTORY_MAX_RUNNING_AGENTS)")
+    running: int = Field(description="agents holding a slot: pending, starting and running")
+    queued: int
+    warm: WarmPool
+    keys: list[KeyCapacity] | None = Field(None, description="admin only: per-key figures")
 
 
 class Health(BaseModel):

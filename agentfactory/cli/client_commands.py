@@ -54,7 +54,7 @@ from agentfactory.vocabulary import TERMINAL
 
 AGENT_FIELDS = (
     *("id", "status", "reason", "exit_code", "error", "model", "tools", "created_at", "started_at"),
-    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256"),
+    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256", "dashboard"),
 )
 
 # --- following -------------------------------------------------------------------------------------
@@ -139,6 +139,16 @@ def run(
     meta: Annotated[list[str] | None, typer.Option(help="metadata key=value", metavar="KEY=VALUE")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="same key + body → same agent", metavar="KEY")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="max model tokens", metavar="TOKENS")] = None,
+    queue: Annotated[
+        int | None,
+        typer.Option(
+            "--queue",
+            parser=parse_duration,
+            metavar="DURATION",
+            help="when the key or the cluster is full, wait in the queue up to this long (e.g. 10m; at most 1h) "
+            "instead of failing with E_QUOTA / E_CAPACITY",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream output; exit with the verdict")] = False,
     detach_on_interrupt: Annotated[
         bool, typer.Option("--detach-on-interrupt", help="Ctrl-C leaves the agent running")
@@ -164,12 +174,15 @@ def run(
     body: dict[str, Any] = {"model": model, "prompt": text}
     body |= {"tools": split_list(tool), "ttl_seconds": ttl, "env": parse_pairs(env, "--env")}
     body |= {"secrets": secrets, "metadata": parse_pairs(meta, "--meta"), "token_budget": token_budget}
+    body |= {"queue_timeout_seconds": queue or None}
     body = {k: v for k, v in body.items() if v not in (None, [], {})}
     with api_client(ctx) as client:
         # A key of our own makes the POST safe to retry when the connection breaks mid-request.
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
         if not follow:
+            if fmt is None and sys.stderr.isatty():  # decorative: only for a person at a terminal
+                sys.stderr.write(f"dashboard: {dashboard_url(client.base_url, agent)}\n")
             print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
             return
         json_lines = fmt == "json"
@@ -243,7 +256,16 @@ def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = Fals
     fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         agent = client.get_agent(agent_id)
-    print_agents([agent], fmt) if fmt else print_fields(agent, AGENT_FIELDS)
+    if fmt:
+        print_agents([agent], fmt)
+    else:
+        print_fields({**agent, "dashboard": dashboard_url(client.base_url, agent)}, AGENT_FIELDS)
+
+
+def dashboard_url(base_url: str, agent: dict[str, Any]) -> str:
+    """The agent's page in the dashboard (SPEC §12), absolute: the server's `links.dashboard`."""
+    path = (agent.get("links") or {}).get("dashboard") or f"/ui/agents/{agent['id']}"
+    return base_url.rstrip("/") + path
 
 
 def list_agents(

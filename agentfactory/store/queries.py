@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import BigInteger, String, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -25,6 +25,7 @@ from agentfactory.store.tables import (
     EventRow,
     LogChunkRow,
     ServerKeyRow,
+    UiSessionRow,
     WebhookRow,
 )
 from agentfactory.vocabulary import UNDELIVERED, DeliveryStatus
@@ -61,6 +62,7 @@ def list_agents(
     limit: int,
     before_pk: int | None,
     metadata: Sequence[tuple[str, str]] = (),
+    model: str | None = None,
 ) -> list[AgentRow]:
     """Newest first; key_id None lists every key's agents (admin). `metadata` pairs all must match
     (see `metadata_matches`)."""
@@ -69,6 +71,8 @@ def list_agents(
         q = q.where(AgentRow.key_id == key_id)
     if status is not None:
         q = q.where(AgentRow.status == status)
+    if model is not None:
+        q = q.where(AgentRow.model == model)
     if before_pk is not None:
         q = q.where(AgentRow.pk < before_pk)
     for key, value in metadata:
@@ -882,3 +886,183 @@ def add_server_key(*, session: Session, name: str, secret: str, created_at: floa
     """Insert a key; raises IntegrityError when another replica made it first."""
     session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
     session.flush()
+
+
+# -- the queue and the cluster's capacity (SPEC §10) ----------------------------------------------
+
+CAPACITY_CURSOR = "capacity"
+
+
+def lock_capacity(*, session: Session) -> None:
+    """Serialise everything that hands out the cluster's slots (admissions, the dispatcher of every
+    replica): a write to the capacity row takes its row lock (PG) or the database's (SQLite) before
+    the counts that follow are read."""
+    session.execute(update(CursorRow).where(CursorRow.name == CAPACITY_CURSOR).values(value=CursorRow.value + 1))
+
+
+def count_cluster_active(*, session: Session) -> int:
+    """Agents holding a slot: pending, starting and running, of every key."""
+    return int(session.scalar(select(func.count()).select_from(AgentRow).where(AgentRow.status.in_(ACTIVE))) or 0)
+
+
+def count_queued(*, session: Session, key_id: str | None = None) -> int:
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued")
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return int(session.scalar(q) or 0)
+
+
+def next_queue_round(*, session: Session, key_id: str) -> int:
+    """The round a new queued agent of this key joins: after the key's last queued agent, and never
+    before the queue's head round (a key that had nothing queued joins the round being served)."""
+    queued = AgentRow.status == "queued"
+    head = session.scalar(select(func.min(AgentRow.queue_round)).where(queued))
+    last = session.scalar(select(func.max(AgentRow.queue_round)).where(queued, AgentRow.key_id == key_id))
+    return max(int(head or 0), int(last) + 1 if last is not None else 0)
+
+
+def queue_order(*, session: Session) -> list[tuple[int, str, int]]:
+    """(pk, key_id, round) of every queued agent in the order slots go to them: round, then arrival.
+    One statement, so one consistent snapshot of the queue."""
+    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round).where(AgentRow.status == "queued")
+    return [(pk, key, rnd or 0) for pk, key, rnd in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
+
+
+def claim_queued_agents(*, session: Session, max_running: int, now: float, scan: int = 1000) -> list[AgentRow]:
+    """Give free slots to queued agents, in queue order, skipping those whose key runs its
+    `max_concurrent_agents` already: each moves `queued → pending` by compare-and-set, so no agent
+    is started twice and, under the capacity lock, no slot is given twice. The claimed rows."""
+    lock_capacity(session=session)
+    free = max_running - count_cluster_active(session=session)
+    if free <= 0:
+        return []
+    waiting = session.execute(
+        select(AgentRow.pk, AgentRow.key_id)
+        .where(AgentRow.status == "queued", or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now))
+        .order_by(AgentRow.queue_round, AgentRow.pk)
+        .limit(scan)
+    ).all()
+    if not waiting:
+        return []
+    keys = {key for _pk, key in waiting}
+    limits = dict(
+        session.execute(select(ApiKeyRow.id, ApiKeyRow.max_concurrent_agents).where(ApiKeyRow.id.in_(keys))).all()
+    )
+    running = dict(
+        session.execute(
+            select(AgentRow.key_id, func.count())
+            .where(AgentRow.status.in_(ACTIVE), AgentRow.key_id.in_(keys))
+            .group_by(AgentRow.key_id)
+        ).all()
+    )
+    claimed: list[int] = []
+    for pk, key in waiting:
+        if len(claimed) >= free:
+            break
+        if running.get(key, 0) >= limits.get(key, 0):
+            continue
+        if update_agent(session=session, pk=pk, only_if_status=("queued",), status="pending", dequeued_at=now):
+            claimed.append(pk)
+            running[key] = running.get(key, 0) + 1
+    if not claimed:
+        return []
+    return list(session.scalars(select(AgentRow).where(AgentRow.pk.in_(claimed)).order_by(AgentRow.pk)))
+
+
+def overdue_queued_agents(*, session: Session, now: float) -> list[int]:
+    """pks of queued agents past their queue deadline."""
+    q = select(AgentRow.pk).where(AgentRow.status == "queued", AgentRow.queue_deadline <= now)
+    return list(session.scalars(q.order_by(AgentRow.queue_deadline)))
+
+
+def next_queue_deadline(*, session: Session) -> float | None:
+    return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
+
+
+def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
+    """(finished_at, launch seconds, slot seconds) of the last agents that ran and finished, newest
+    first: the queue's pace. Both durations count from when the agent got its slot (left the queue,
+    or was admitted): the launch to running, the slot to its end."""
+    q = (
+        select(AgentRow.finished_at, AgentRow.started_at, AgentRow.dequeued_at, AgentRow.created_at)
+        .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
+        .order_by(AgentRow.finished_at.desc())
+        .limit(limit)
+    )
+    out = []
+    for end, start, dequeued, created in session.execute(q):
+        if end is not None and start is not None:
+            slot = float(dequeued or created)
+            out.append((float(end), max(0.0, float(start) - slot), max(0.0, float(end) - slot)))
+    return out
+
+
+def count_agents_by_key(*, session: Session) -> dict[str, tuple[int, int]]:
+    """key_id → (agents holding a slot, agents queued)."""
+    q = (
+        select(AgentRow.key_id, AgentRow.status, func.count())
+        .where(AgentRow.status.in_((*ACTIVE, "queued")))
+        .group_by(AgentRow.key_id, AgentRow.status)
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for key, status, n in session.execute(q):
+        active, queued = out.get(key, (0, 0))
+        out[key] = (active, queued + n) if status == "queued" else (active + n, queued)
+    return out
+
+
+# --- the dashboard's sessions and usage -------------------------------------------------------------
+
+
+def insert_ui_session(
+    *, session: Session, token_hash: str, key_id: str, csrf: str, now: float, expires_at: float
+) -> None:
+    """A new sign-in; expired sessions are swept on the way (there are few, one per sign-in)."""
+    session.execute(delete(UiSessionRow).where(UiSessionRow.expires_at < now))
+    session.add(UiSessionRow(token_hash=token_hash, key_id=key_id, csrf=csrf, created_at=now, expires_at=expires_at))
+
+
+def get_ui_session(*, session: Session, token_hash: str, now: float) -> tuple[UiSessionRow, ApiKeyRow] | None:
+    """The live session and its key (revoked or not: the caller decides), or None."""
+    q = (
+        select(UiSessionRow, ApiKeyRow)
+        .join(ApiKeyRow, ApiKeyRow.id == UiSessionRow.key_id)
+        .where(UiSessionRow.token_hash == token_hash, UiSessionRow.expires_at > now)
+    )
+    found = session.execute(q).first()
+    return (found[0], found[1]) if found is not None else None
+
+
+def delete_ui_session(*, session: Session, token_hash: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.token_hash == token_hash))
+
+
+def delete_ui_sessions_of_key(*, session: Session, key_id: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.key_id == key_id))
+
+
+def usage_by_key(*, session: Session, since: float, bucket_seconds: int) -> list[tuple[str, int, int, int, int]]:
+    """(key id, bucket start, agents, failures, tokens) of agents created since `since`, per key and
+    time bucket (a whole multiple of `bucket_seconds` since the epoch): the dashboard's usage charts."""
+    bucket = (cast(AgentRow.created_at / bucket_seconds, BigInteger)) * bucket_seconds
+    q = (
+        select(
+            AgentRow.key_id,
+            bucket.label("bucket"),
+            func.count(),
+            func.sum(case((AgentRow.status == "failed", 1), else_=0)),
+            func.sum(AgentRow.tokens_prompt + AgentRow.tokens_completion),
+        )
+        .where(AgentRow.created_at >= since)
+        .group_by(AgentRow.key_id, "bucket")
+        .order_by(AgentRow.key_id, "bucket")
+    )
+    return [(k, int(b), int(n), int(f or 0), int(t or 0)) for k, b, n, f, t in session.execute(q)]
+
+
+def count_agents_by_status(*, session: Session, key_id: str | None) -> dict[str, int]:
+    """{status: count} over the active statuses (what the fleet is doing now); key_id None: every key's."""
+    q = select(AgentRow.status, func.count()).where(AgentRow.status.in_(ACTIVE)).group_by(AgentRow.status)
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return {status: int(n) for status, n in session.execute(q)}
