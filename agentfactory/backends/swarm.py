@@ -23,6 +23,7 @@ from agentfactory.backends.base import (
     AgentSpec,
     ContainerState,
     ContainerStatus,
+    EngineResources,
     Launched,
     ManagedContainer,
     OutputSource,
@@ -45,6 +46,7 @@ from agentfactory.backends.swarm_tasks import (
 )
 from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
 
+NANO_PER_CPU = 1_000_000_000
 START_SECONDS = 60.0  # a placed task that does not run after this fails its launch (a stuck image, a node gone)
 
 
@@ -324,6 +326,23 @@ class SwarmBackend(DockerBackend):
             return ResourceUsage(peak_memory_bytes=int(peak) if peak else None, cpu_seconds=cpu / 1e9 if cpu else None)
 
         return await self._run(usage)
+
+    async def resources(self) -> EngineResources | None:
+        """Every ready, active node of the swarm together (SPEC §10's default capacity counts them)."""
+
+        def resources(api: docker.APIClient) -> EngineResources | None:
+            cpus = memory = 0
+            for node in api.nodes():
+                if (node.get("Status") or {}).get("State") != "ready":
+                    continue
+                if (node.get("Spec") or {}).get("Availability", "active") != "active":
+                    continue
+                res = (node.get("Description") or {}).get("Resources") or {}
+                cpus += int(res.get("NanoCPUs", 0)) // NANO_PER_CPU
+                memory += int(res.get("MemoryBytes", 0))
+            return EngineResources(cpus=cpus, memory_bytes=memory) if cpus and memory else None
+
+        return await self._run(resources)
 
     async def prepare_network(self, network: str) -> None:
         raise NetworkPolicyError(

@@ -5,6 +5,7 @@ placement, and the start-up refusal of a swarm without no-new-privileges."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agentfactory.backends.swarm import SwarmBackend
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.test_hardening import ALLOWED_MOUNT_POINTS, EXPECTED, PROBE
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
@@ -248,3 +250,14 @@ def test_up_swarm_inits_a_swarm_and_the_server_refuses_one_without_no_new_privil
     assert swarm_state == "active"
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refusing to start" in done.stderr and '"no-new-privileges": true' in done.stderr, done.stderr[-2000:]
+
+
+def test_the_swarm_counts_every_ready_node_for_capacity(swarm: PrivateSwarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", swarm.host)
+    backend = SwarmBackend(instance="capacity")
+    try:
+        found = asyncio.run(backend.resources())
+    finally:
+        asyncio.run(backend.close())
+    info = json.loads(swarm.cli("info", "--format", "{{json .}}"))
+    assert found is not None and (found.cpus, found.memory_bytes) == (info["NCPU"], info["MemTotal"])
