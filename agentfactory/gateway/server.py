@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import stat
+import tarfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +42,12 @@ from agentfactory.gateway.guard import MAX_TOKEN_CHARS, UNKNOWN_MODEL, Connectio
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, StreamUsage, Usage, echo_answer, echo_stream
 from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.archives import Collected, read_artifacts
 from agentfactory.runtime.spec import runtime_spec
 from agentfactory.store import queries
+from agentfactory.store.blobs import CHUNK, BlobStore
 from agentfactory.store.engine import Store
-from agentfactory.store.tables import TERMINAL, AgentRow
+from agentfactory.store.tables import TERMINAL, AgentFilesRow, AgentRow
 
 LIVE_STATUSES = ("starting", "running")
 OUTCOMES = (
@@ -60,6 +64,11 @@ OUTCOMES = (
 )
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 SPEC_PATH = "/v1/agent/spec"
+WORKSPACE_PATH = "/v1/agent/workspace"
+ARTIFACTS_PATH = "/v1/agent/artifacts"
+# The artifact stream is spooled to disk before it is read: its bound, past max_artifact_bytes, is
+# the tar framing and the header-only entries of dropped files.
+ARTIFACT_SPOOL_SLACK = 64 * 1024 * 1024
 # Store work of the gateway runs on threads of its own: a flood of calls cannot take the API's.
 DB_THREADS = 4
 RESERVE_ATTEMPTS = 8
@@ -100,7 +109,10 @@ class ModelGateway:
         metrics: Metrics,
         logger: FilteringBoundLogger,
         limits: GatewayLimits | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        self._blobs = blobs
+        self._collecting: set[int] = set()
         self._catalog = catalog
         self._store = store
         self.socket_path = Path(socket_path)
@@ -137,6 +149,8 @@ class ModelGateway:
         app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[_json_errors])
         app.router.add_get("/health", self._health)
         app.router.add_get(SPEC_PATH, self._spec)
+        app.router.add_get(WORKSPACE_PATH, self._workspace)
+        app.router.add_put(ARTIFACTS_PATH, self._artifacts)
         for route in CHAT_PATHS:
             app.router.add_post(route, self._chat)
         self._upstream = OpenAIUpstream(self._environ)
@@ -216,8 +230,106 @@ class ModelGateway:
             return _error_response(err)
         if fields is None:
             return _error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
-        spec = runtime_spec(fields, self._catalog)
+        spec = runtime_spec(fields[0], self._catalog, fields[1])
         return web.Response(body=json.dumps(spec, ensure_ascii=False).encode(), content_type="application/json")
+
+    # -- files in and out (SPEC §9) ---------------------------------------------------------------
+
+    async def _files_of(self, request: web.Request) -> tuple[AgentGrant, AgentFilesRow]:
+        digest, state, _slotted = self._admit(request, call=False)
+        agent = await self._authenticate(digest, state)
+        files = await self._db(self._agent_files, agent.pk)
+        if files is None or self._blobs is None:
+            raise GatewayError(
+                404, "E_NOT_FOUND", "this agent has no workspace and no artifacts", outcome="bad_request"
+            )
+        return agent, files
+
+    def _agent_files(self, pk: int) -> AgentFilesRow | None:
+        with self._store.session() as s:
+            return queries.get_agent_files(session=s, agent_pk=pk)
+
+    async def _workspace(self, request: web.Request) -> web.StreamResponse:
+        """The agent's workspace archive, streamed from the blob store (its runtime unpacks it)."""
+        try:
+            agent, files = await self._files_of(request)
+            if files.workspace is None:
+                raise GatewayError(404, "E_NOT_FOUND", "this agent has no workspace", outcome="bad_request")
+            assert self._blobs is not None
+            blob = await asyncio.to_thread(self._blobs.open, f"uploads/{files.workspace}")
+        except GatewayError as err:
+            return _error_response(err)
+        except FileNotFoundError:
+            return _error_response(GatewayError(404, "E_NOT_FOUND", "the workspace is gone", outcome="bad_request"))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        try:
+            size = os.fstat(blob.fileno()).st_size
+            response.content_length = size
+            await response.prepare(request)
+            while data := await asyncio.to_thread(blob.read, CHUNK):
+                await response.write(data)
+        finally:
+            blob.close()
+        await response.write_eof()
+        self._log.info("gateway_workspace_sent", agent_id=agent.id, bytes=size)
+        return response
+
+    async def _artifacts(self, request: web.Request) -> web.StreamResponse:
+        """The agent's artifacts as a tar stream (its runtime sends them when the agent ends): spooled
+        to disk within a bound, then read into the blob store (past max_artifact_bytes: dropped)."""
+        try:
+            agent, files = await self._files_of(request)
+            if files.collected or agent.pk in self._collecting:
+                raise GatewayError(409, "E_CONFLICT", "the artifacts were already handed back", outcome="bad_request")
+        except GatewayError as err:
+            return _error_response(err)
+        blobs = self._blobs
+        assert blobs is not None
+        bound = self._catalog.limits.max_artifact_bytes
+        self._collecting.add(agent.pk)
+        spool = await asyncio.to_thread(blobs.writer, f"spool/{agent.id}")
+        try:
+            seen = 0
+            async for data in request.content.iter_chunked(CHUNK):
+                seen += len(data)
+                if seen > bound + ARTIFACT_SPOOL_SLACK:
+                    raise GatewayError(
+                        413, "E_TOO_LARGE", "the artifact stream is over its bound", outcome="bad_request"
+                    )
+                await asyncio.to_thread(spool.write, data)
+
+            def read() -> Collected:
+                with spool.reader() as f:
+                    return read_artifacts(f, blobs=blobs, key_of=lambda n: f"artifacts/{agent.pk}/{n}", max_bytes=bound)
+
+            try:
+                collected = await asyncio.to_thread(read)
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise GatewayError(400, "E_SCHEMA", f"not a tar stream: {exc}", outcome="bad_request") from None
+            kept = [(p, n, sha) for p, n, sha, _key in collected.kept]
+            stored = await self._db(self._store_artifacts, agent.pk, kept, collected.dropped)
+            if not stored:
+                await asyncio.to_thread(blobs.delete, f"artifacts/{agent.pk}")
+                raise GatewayError(409, "E_CONFLICT", "the artifacts were already handed back", outcome="bad_request")
+        except GatewayError as err:
+            return _error_response(err)
+        finally:
+            self._collecting.discard(agent.pk)
+            await asyncio.to_thread(spool.abort)
+        self._metrics.artifact_bytes.inc(collected.kept_bytes)
+        self._metrics.artifacts_dropped.inc(len(collected.dropped))
+        self._log.info(
+            "artifacts_collected",
+            agent_id=agent.id,
+            files=len(kept),
+            bytes=collected.kept_bytes,
+            dropped=len(collected.dropped),
+        )
+        return web.json_response({"kept": len(kept), "dropped": len(collected.dropped)})
+
+    def _store_artifacts(self, pk: int, kept: list[tuple[str, int, str]], dropped: list[tuple[str, int]]) -> bool:
+        with self._store.session() as s:
+            return queries.store_artifacts(session=s, agent_pk=pk, kept=kept, dropped=dropped)
 
     # -- model calls -------------------------------------------------------------------------------
 
@@ -468,9 +580,10 @@ class ModelGateway:
             row = queries.get_gateway_grant(session=s, token_hash=digest)
         return None if row is None else AgentGrant(*row)
 
-    def _spec_fields(self, pk: int) -> AgentRow | None:
+    def _spec_fields(self, pk: int) -> tuple[AgentRow, AgentFilesRow | None] | None:
         with self._store.session() as s:
-            return queries.get_agent_by_pk(session=s, pk=pk)
+            row = queries.get_agent_by_pk(session=s, pk=pk)
+            return None if row is None else (row, queries.get_agent_files(session=s, agent_pk=pk))
 
     def _try_reserve(self, agent: AgentGrant, prompt: int, want: int) -> tuple[str, int]:
         """("ok", completion tokens granted) | ("spent", tokens left) | ("busy", 0) | ("gone", 0).

@@ -123,4 +123,15 @@ def admit(
         idempotency_key=idempotency_key,
         request_hash=rhash,
     )
+    if req.workspace is not None or req.artifacts:
+        if (
+            req.workspace is not None
+            and queries.use_upload(session=session, upload_id=req.workspace, key_id=caller.key_id, now=now) is None
+        ):
+            # Another key's upload, an expired or unknown one: the same answer (the transaction is undone).
+            raise SchemaError(
+                f"workspace {req.workspace!r} is not an upload of this key (unknown, expired or another key's)",
+                details=[{"loc": ["body", "workspace"]}],
+            )
+        queries.insert_agent_files(session=session, agent_pk=row.pk, workspace=req.workspace, artifacts=req.artifacts)
     return row, False

@@ -23,6 +23,7 @@ from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_ag
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.store.blobs import BlobStore, LocalBlobs
 from agentfactory.store.server_key import ServerKey
 
 
@@ -39,6 +40,7 @@ class Services:
     server_key: ServerKey
     webhook_dispatcher: WebhookDispatcher
     webhook_deliverer: WebhookDeliverer
+    blobs: BlobStore
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
@@ -78,6 +80,7 @@ class Services:
             streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
+            blobs=LocalBlobs(settings.blob_dir()),
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
