@@ -94,7 +94,8 @@ def _open_stream(f: BinaryIO, inflated_limit: int) -> tarfile.TarFile:
     head = f.read(2)
     f.seek(0)
     source: Any = io.BufferedReader(_Inflating(f, inflated_limit), CHUNK) if head == b"\x1f\x8b" else f
-    return tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK)
+    # tarfile's default buffer: its stream reader copies the buffer's rest on every header read.
+    return tarfile.open(fileobj=source, mode="r|")
 
 
 def check_archive(f: BinaryIO, *, max_unpacked_bytes: int, max_entries: int) -> ArchiveSummary:
@@ -115,6 +116,8 @@ def check_archive(f: BinaryIO, *, max_unpacked_bytes: int, max_entries: int) -> 
     try:
         for member in archive:
             entries += 1
+            if entries % 1024 == 0:
+                archive.members.clear()  # type: ignore[attr-defined]  # a stream's members are not looked back at: bounded memory
             name = member.name
             if entries > max_entries:
                 raise ArchiveRefused(f"more than {max_entries} entries", name)
@@ -136,8 +139,8 @@ def check_archive(f: BinaryIO, *, max_unpacked_bytes: int, max_entries: int) -> 
                     raise ArchiveRefused(f"symbolic link to {target!r} leads out of the archive", name)
                 symlinks.add(path)
             elif member.islnk():
-                target = _clean(member.linkname)
-                if target is None or target not in regular:
+                linked = _clean(member.linkname)
+                if linked is None or linked not in regular:
                     raise ArchiveRefused(
                         f"hard link to {member.linkname!r}, which is not an earlier file of the archive", name
                     )

@@ -32,7 +32,7 @@ def declared_only(name: str, size: int) -> bytes:
 
 
 def gzip_bomb(members: int = 3, each: int = 100 * MIB) -> bytes:
-    """tar.gz of `members` files of zeros: a few hundred KiB that inflate to members × each."""
+    """tar.gz of `members` files of zeros: a few hundred KiB that inflate to members x each."""
     gz = zlib.compressobj(9, zlib.DEFLATED, 31)
     out = []
     zeros = b"\0" * MIB
