@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from agentfactory.api.deps import get_caller, get_services
-from agentfactory.schemas import ArtifactManifest, ErrorBody, UploadOut
+from agentfactory.api.routes.agents import ERRORS
+from agentfactory.schemas import ArtifactManifest, UploadOut
 from agentfactory.service import files
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": desc}
-    for code, desc in {
-        401: "E_AUTH: no, unknown or revoked key",
-        404: "E_NOT_FOUND: no such agent or artifact for this key",
-        413: "E_TOO_LARGE: the upload is over AGENTFACTORY_MAX_UPLOAD_MB",
-        422: "E_SCHEMA: the archive is refused (the entry is named)",
-    }.items()
-}
 router = APIRouter(tags=["files"], responses=ERRORS)
 CallerDep = Annotated[Caller, Depends(get_caller)]
 ServicesDep = Annotated[Services, Depends(get_services)]
