@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,25 @@ def test_another_keys_upload_and_artifacts(srv: ServerProcess) -> None:
         for path in ("/artifacts", "/artifacts/out.txt", "/artifacts.tar.gz"):
             r = bob.get(f"/agents/{agent['id']}{path}")
             assert r.status_code == 404 and r.json()["error"]["code"] == "E_NOT_FOUND", (path, r.text)
+
+
+def test_cli_workspace_artifact_download(srv: ServerProcess, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "main.py").write_text("print('hi')\n")
+    (repo / "build.log").write_text("ignored\n")
+    (repo / ".gitignore").write_text("*.log\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFACTORY_")}
+    env |= {"AGENTFACTORY_URL": srv.url, "AGENTFACTORY_API_KEY": new_key(srv)}
+    out = tmp_path / "out"
+    command = "ls -a > review/listing.txt 2>/dev/null || (mkdir review && ls -a . src > review/listing.txt)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentfactory", "run", "-m", "sh", "-t", "shell", "--workspace", str(repo),
+         "--artifact", "review/*.txt", "--download", str(out), command],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listing = (out / "review" / "listing.txt").read_text()
+    assert "main.py" in listing and ".gitignore" in listing
+    assert "build.log" not in listing and ".git\n" not in listing
