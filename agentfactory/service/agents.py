@@ -129,7 +129,11 @@ async def extend_ttl(svc: Services, caller: Caller, agent_id: str, ttl_seconds: 
 
 
 async def get_result(svc: Services, caller: Caller, agent_id: str) -> AgentResult:
-    row = await load_agent(svc, caller, agent_id)
+    return await result_of(svc, await load_agent(svc, caller, agent_id))
+
+
+async def result_of(svc: Services, row: AgentRow) -> AgentResult:
+    """The CI document of an agent the caller may see, with its artifacts' manifest when it asked for any."""
     result = agent_result(row)
     files = await svc.store.run(queries.get_agent_files, agent_pk=row.pk)
     if files is not None and files.artifacts:
