@@ -5,24 +5,23 @@ bookkeeping (`follow`)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
-from agentfactory.client import (
-    MAX_LOG_PAGE,
-    TERMINAL_STATUSES,
+from agentfactory.client_errors import ApiError, ServerUnreachable, error_from_response, transport_cause
+from agentfactory.endpoints import (
     Call,
     Endpoints,
     RetryPolicy,
-    default_headers,
+    WaitPacer,
+    answer,
+    log_page_limit,
     missing_key_hint,
     stream_headers,
 )
-from agentfactory.client_errors import ApiError, ServerUnreachable, WaitTimeout, error_from_response, transport_cause
 from agentfactory.follow import Backfill, End, FollowCursor, Line, Reconnect, Status
 from agentfactory.sse_client import SSEEvent, SSEParser
 
@@ -39,15 +38,8 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
         retries: int | RetryPolicy = 2,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.has_api_key = bool(api_key)
-        self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=default_headers(api_key),
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-        )
+        options = self._configure(base_url, api_key, retries)
+        self._http = httpx.AsyncClient(**options, timeout=httpx.Timeout(timeout), transport=transport)
 
     async def __aenter__(self) -> AsyncApiClient:
         return self
@@ -64,15 +56,11 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
             try:
                 response = await self._http.request(call.method, call.path, **call.httpx_kwargs())
             except httpx.TransportError as exc:
-                delay = self.retry.after_error(attempt, exc, call)
-                if delay is None:
-                    raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+                delay = self._settle(call, attempt, error=exc)
             else:
                 if response.status_code < 400:
-                    return response.json() if response.content else None
-                delay = self.retry.after_response(attempt, response, call)
-                if delay is None:
-                    raise missing_key_hint(error_from_response(response), self.has_api_key)
+                    return answer(response)
+                delay = self._settle(call, attempt, response=response)
             await asyncio.sleep(delay)
             attempt += 1
 
@@ -85,8 +73,7 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
         """Every captured line after `after` (and before `until`), page by page, to the current end."""
         cursor = after
         while True:
-            limit = MAX_LOG_PAGE if until is None else max(1, min(MAX_LOG_PAGE, until - (cursor or 0) - 1))
-            page = await self.get_logs(agent_id, cursor=cursor, limit=limit, stream=stream)
+            page = await self.get_logs(agent_id, cursor=cursor, limit=log_page_limit(until, cursor), stream=stream)
             for line in page.get("lines") or []:
                 if until is not None and line["seq"] >= until:
                     return
@@ -97,17 +84,10 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
 
     async def wait_agent(self, agent_id: str, *, timeout: float | None = None, poll_max: float = 1.0) -> dict[str, Any]:
         """Polls `GET /agents/{id}` until the agent is terminal; `WaitTimeout` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.1
-        while True:
-            agent: dict[str, Any] = await self.get_agent(agent_id)
-            if agent.get("status") in TERMINAL_STATUSES:
-                return agent
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(agent_id, timeout or 0.0, agent)
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, poll_max)
+        pacer = WaitPacer(agent_id, timeout, poll_max)
+        while not pacer.done(agent := await self.get_agent(agent_id)):
+            await asyncio.sleep(pacer.pause())
+        return agent
 
     @asynccontextmanager
     async def stream_agent(

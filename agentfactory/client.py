@@ -1,9 +1,7 @@
 """The agentfactory HTTP client (synchronous), used by the command line and by the SDK.
 
-- `Endpoints`: one method per route of SPEC §3, written once for both clients: each builds a `Call`
-  and hands it to `_call`, which the sync client answers with the decoded body and the async client
-  (`async_client`) with an awaitable of it.
-- `ApiClient`: those methods over an httpx.Client; every non-2xx answer becomes `ApiError`, every
+- `ApiClient`: the API's routes (`endpoints.Endpoints`, written once for both clients) over an
+  httpx.Client; every non-2xx answer becomes `ApiError`, every
   transport failure `ServerUnreachable` (`client_errors`). Idempotent calls are retried (`RetryPolicy`).
 - `AgentFollower`: follows one agent's stream to its `end` event, delivering each log line exactly once
   and in order across dropped connections (reconnect with `Last-Event-ID`, backoff, gap back-fill); the
@@ -16,29 +14,34 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from agentfactory import __version__
-from agentfactory.client_errors import (
-    ApiError,
-    ClientError,
-    ServerUnreachable,
-    WaitTimeout,
+from agentfactory.client_errors import ApiError, ClientError, ServerUnreachable, WaitTimeout, transport_cause
+from agentfactory.endpoints import (
+    MAX_LOG_PAGE,
+    TERMINAL_STATUSES,
+    Call,
+    Endpoints,
+    RetryPolicy,
+    WaitPacer,
+    answer,
     error_from_response,
-    transport_cause,
+    log_page_limit,
+    missing_key_hint,
+    stream_headers,
 )
-from agentfactory.follow import Backfill, End, FollowCursor, Line, Reconnect, Status, retry_after_seconds
+from agentfactory.follow import Backfill, End, FollowCursor, Line, Reconnect, Status
 from agentfactory.sse_client import SSEDecoder, SSEEvent, iter_sse, split_lines
-from agentfactory.vocabulary import TERMINAL
 
 __all__ = [
+    "MAX_LOG_PAGE",
+    "TERMINAL_STATUSES",
     "AgentFollower",
     "ApiClient",
     "ApiError",
@@ -55,151 +58,6 @@ __all__ = [
     "split_lines",
 ]
 
-TERMINAL_STATUSES = frozenset(TERMINAL)
-MAX_LOG_PAGE = 5000
-USER_AGENT = f"agentfactory-python/{__version__}"
-R = TypeVar("R")
-Params = list[tuple[str, str | int]]
-
-
-@dataclass(frozen=True)
-class Call:
-    """One HTTP request of the API. `idempotent` None: GET and DELETE are, the rest are not."""
-
-    method: str
-    path: str
-    params: Params = field(default_factory=list)
-    json: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    idempotent: bool | None = None
-
-    @property
-    def retryable(self) -> bool:
-        return self.idempotent if self.idempotent is not None else self.method in ("GET", "DELETE")
-
-    def httpx_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"params": self.params, "headers": self.headers}
-        if self.json is not None:
-            kwargs["json"] = self.json
-        return kwargs
-
-
-def _params(**values: Any) -> Params:
-    return [(k, v) for k, v in values.items() if v is not None]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When a request is tried again.
-
-    A connection that could not be opened is retried (nothing was sent); one that broke after sending
-    only when the request is idempotent (GET, DELETE, or an Idempotency-Key). An idempotent request
-    answered with one of `statuses` (e.g. 429, 502, 503, 504) is retried too, after `Retry-After` when
-    the server sent one. At most `retries` more attempts, `backoff` * 2^attempt apart.
-    """
-
-    retries: int = 2
-    statuses: frozenset[int] = frozenset()
-    backoff: float = 0.3
-
-    def after_error(self, attempt: int, exc: httpx.TransportError, call: Call) -> float | None:
-        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-        if attempt >= self.retries or (sent and not call.retryable):
-            return None
-        return self.backoff * 2**attempt
-
-    def after_response(self, attempt: int, response: httpx.Response, call: Call) -> float | None:
-        if attempt >= self.retries or not call.retryable or response.status_code not in self.statuses:
-            return None
-        if response.headers.get("retry-after"):
-            return retry_after_seconds(response.headers["retry-after"])
-        return self.backoff * 2**attempt
-
-
-class Endpoints(Generic[R]):
-    """The API's routes (SPEC §3), one method each; `_call` sends. A new route is one method here."""
-
-    def _call(self, call: Call) -> R:
-        raise NotImplementedError
-
-    def create_agent(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> R:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call(Call("POST", "/agents", json=dict(body), headers=headers, idempotent=bool(idempotency_key)))
-
-    def list_agents(
-        self,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> R:
-        """`metadata`: pairs that must all match (`GET /agents?metadata.KEY=VALUE`)."""
-        params = _params(status=status, limit=limit, cursor=cursor)
-        params += [(f"metadata.{k}", _text(v)) for k, v in (metadata or {}).items()]
-        return self._call(Call("GET", "/agents", params=params))
-
-    def get_agent(self, agent_id: str) -> R:
-        return self._call(Call("GET", f"/agents/{agent_id}"))
-
-    def delete_agent(self, agent_id: str) -> R:
-        return self._call(Call("DELETE", f"/agents/{agent_id}"))
-
-    def set_ttl(self, agent_id: str, ttl_seconds: int) -> R:
-        body = {"ttl_seconds": ttl_seconds}
-        return self._call(Call("POST", f"/agents/{agent_id}/ttl", json=body, idempotent=True))
-
-    def get_result(self, agent_id: str) -> R:
-        return self._call(Call("GET", f"/agents/{agent_id}/result"))
-
-    def list_artifacts(self, agent_id: str) -> R:
-        """`{"items": [{"path", "bytes", "sha256"}], "dropped": [{"path", "bytes"}], "complete"}` (SPEC §9)."""
-        return self._call(Call("GET", f"/agents/{agent_id}/artifacts"))
-
-    def get_logs(
-        self,
-        agent_id: str,
-        *,
-        cursor: int | None = None,
-        limit: int | None = None,
-        stream: str | None = None,
-        tail: int | None = None,
-    ) -> R:
-        params = _params(cursor=cursor, limit=limit, stream=stream, tail=tail)
-        return self._call(Call("GET", f"/agents/{agent_id}/logs", params=params))
-
-    def get_catalog(self) -> R:
-        return self._call(Call("GET", "/catalog"))
-
-    def create_key(self, body: Mapping[str, Any]) -> R:
-        return self._call(Call("POST", "/keys", json=dict(body)))
-
-    def list_keys(self) -> R:
-        return self._call(Call("GET", "/keys"))
-
-    def revoke_key(self, key_id: str) -> R:
-        return self._call(Call("DELETE", f"/keys/{key_id}"))
-
-
-def _text(value: Any) -> str:
-    """A metadata value as the selector compares it: JSON's spelling for booleans and null."""
-    if value is True or value is False:
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
-
-
-def default_headers(api_key: str | None) -> dict[str, str]:
-    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
-
-
-def missing_key_hint(error: ApiError, has_api_key: bool) -> ApiError:
-    if error.status == 401 and not has_api_key:
-        error.hint = "no API key was given: set AGENTFACTORY_API_KEY, pass --api-key, or `agentfactory login`"
-    return error
-
 
 class ApiClient(Endpoints[Any]):
     """Synchronous client of the agentfactory API. Use as a context manager (it owns an httpx.Client)."""
@@ -213,15 +71,8 @@ class ApiClient(Endpoints[Any]):
         retries: int | RetryPolicy = 2,
         transport: httpx.BaseTransport | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.has_api_key = bool(api_key)
-        self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=default_headers(api_key),
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-        )
+        options = self._configure(base_url, api_key, retries)
+        self._http = httpx.Client(**options, timeout=httpx.Timeout(timeout), transport=transport)
 
     def __enter__(self) -> ApiClient:
         return self
@@ -239,15 +90,11 @@ class ApiClient(Endpoints[Any]):
             try:
                 response = self._http.request(call.method, call.path, **call.httpx_kwargs())
             except httpx.TransportError as exc:
-                delay = self.retry.after_error(attempt, exc, call)
-                if delay is None:
-                    raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+                delay = self._settle(call, attempt, error=exc)
             else:
                 if response.status_code < 400:
-                    return response.json() if response.content else None
-                delay = self.retry.after_response(attempt, response, call)
-                if delay is None:
-                    raise missing_key_hint(error_from_response(response), self.has_api_key)
+                    return answer(response)
+                delay = self._settle(call, attempt, response=response)
             time.sleep(delay)
             attempt += 1
 
@@ -294,8 +141,7 @@ class ApiClient(Endpoints[Any]):
         lines, or the `complete` one (the agent finished and nothing follows)."""
         cursor = after
         while True:
-            limit = MAX_LOG_PAGE if until is None else max(1, min(MAX_LOG_PAGE, until - (cursor or 0) - 1))
-            page = self.get_logs(agent_id, cursor=cursor, limit=limit, stream=stream)
+            page = self.get_logs(agent_id, cursor=cursor, limit=log_page_limit(until, cursor), stream=stream)
             yield page
             if not page.get("lines") or page.get("complete") or page.get("next_cursor") is None:
                 return
@@ -314,35 +160,10 @@ class ApiClient(Endpoints[Any]):
     def wait_agent(self, agent_id: str, *, timeout: float | None = None, poll_max: float = 1.0) -> dict[str, Any]:
         """Polls `GET /agents/{id}` (every 0.1 s, backing off to `poll_max`) until the agent is terminal;
         `WaitTimeout` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.1
-        while True:
-            agent: dict[str, Any] = self.get_agent(agent_id)
-            if agent.get("status") in TERMINAL_STATUSES:
-                return agent
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(agent_id, timeout or 0.0, agent)
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, poll_max)
-
-    def create_webhook(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/webhooks", json=body)
-
-    def list_webhooks(self) -> Any:
-        return self.request("GET", "/webhooks")
-
-    def delete_webhook(self, webhook_id: str) -> Any:
-        return self.request("DELETE", f"/webhooks/{webhook_id}")
-
-    def list_deliveries(
-        self, webhook_id: str, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> Any:
-        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
-        return self.request("GET", f"/webhooks/{webhook_id}/deliveries", params=params)
-
-    def retry_delivery(self, webhook_id: str, delivery_id: int) -> Any:
-        return self.request("POST", f"/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", idempotent=True)
+        pacer = WaitPacer(agent_id, timeout, poll_max)
+        while not pacer.done(agent := self.get_agent(agent_id)):
+            time.sleep(pacer.pause())
+        return agent
 
     def iter_events(
         self,
@@ -374,7 +195,7 @@ class ApiClient(Endpoints[Any]):
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        raise error_from_response(response)
+                        raise missing_key_hint(error_from_response(response), self.has_api_key)
                     down_since, attempt = None, 0
                     for event in iter_sse(response.iter_bytes()):
                         doc: dict[str, Any] = json.loads(event.data)
@@ -420,13 +241,6 @@ class ApiClient(Endpoints[Any]):
                 yield iter_sse(response.iter_bytes())
         except httpx.TransportError as exc:
             raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
-
-
-def stream_headers(last_event_id: int | None) -> dict[str, str]:
-    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
-    return headers
 
 
 # --- following an agent ------------------------------------------------------------------------------

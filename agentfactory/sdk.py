@@ -18,17 +18,28 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from agentfactory import contexts
 from agentfactory.async_client import AsyncAgentFollower, AsyncApiClient
-from agentfactory.client import MAX_LOG_PAGE, AgentFollower, ApiClient, RetryPolicy
+from agentfactory.client import AgentFollower, ApiClient, RetryPolicy
 from agentfactory.client_errors import ApiError, ClientError, ServerUnreachable, WaitTimeout
-from agentfactory.follow import End, Line, Status
-from agentfactory.schemas import AgentCreate, AgentOut, AgentResult, KeyCreate, KeyCreated, KeyOut, LogLine
+from agentfactory.schemas import AgentResult, KeyCreate, KeyCreated, KeyOut, LogLine
+from agentfactory.sdk_events import (
+    DEFAULT_TIMEOUT,
+    RETRY,
+    Agent,
+    AgentOptions,
+    EndEvent,
+    FollowEvent,
+    LogEvent,
+    StatusEvent,
+    check_tail,
+    create_request,
+    follow_event,
+    page_size,
+)
 
 __all__ = [
     "Agent",
@@ -47,72 +58,6 @@ __all__ = [
     "StatusEvent",
     "WaitTimeout",
 ]
-
-Agent = AgentOut
-"""An agent as `GET /agents/{id}` shows it (`schemas.AgentOut`)."""
-
-RETRY = RetryPolicy(retries=3, statuses=frozenset({429, 502, 503, 504}), backoff=0.5)
-DEFAULT_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    """One captured line of the agent's output."""
-
-    line: LogLine
-    kind: Literal["log"] = "log"
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    """The agent changed status (pending → starting → running → terminal)."""
-
-    agent: Agent
-    kind: Literal["status"] = "status"
-
-
-@dataclass(frozen=True)
-class EndEvent:
-    """The agent is terminal and every line was delivered: always the last event of `follow()`."""
-
-    agent: Agent
-    kind: Literal["end"] = "end"
-
-
-FollowEvent = LogEvent | StatusEvent | EndEvent
-
-
-def _event(step: Line | Status | End) -> FollowEvent:
-    if isinstance(step, Line):
-        return LogEvent(LogLine.model_validate(step.line))
-    if isinstance(step, Status):
-        return StatusEvent(Agent.model_validate(step.agent))
-    return EndEvent(Agent.model_validate(step.agent))
-
-
-def _create_body(
-    *,
-    model: str,
-    prompt: str,
-    tools: builtins.list[str] | None,
-    ttl_seconds: int | None,
-    env: Mapping[str, str] | None,
-    secrets: Mapping[str, str] | None,
-    metadata: Mapping[str, str | int | float | bool | None] | None,
-    token_budget: int | None,
-) -> dict[str, Any]:
-    """The request body, checked here first (`pydantic.ValidationError` before anything is sent)."""
-    body = AgentCreate(
-        model=model,
-        prompt=prompt,
-        tools=list(tools or []),
-        ttl_seconds=ttl_seconds,
-        env=dict(env or {}),
-        secrets=dict(secrets or {}),
-        metadata=dict(metadata or {}),
-        token_budget=token_budget,
-    )
-    return body.model_dump(exclude_none=True)
 
 
 def _where(url: str | None, api_key: str | None, context: str | None) -> contexts.Context:
@@ -156,24 +101,14 @@ class AgentFactory:
         *,
         model: str,
         prompt: str,
-        tools: builtins.list[str] | None = None,
-        ttl_seconds: int | None = None,
-        env: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str | int | float | bool | None] | None = None,
-        token_budget: int | None = None,
-        idempotency_key: str | None = None,
+        **options: Unpack[AgentOptions],
     ) -> Agent:
         """Launches an agent and returns it (usually `starting` or `running`).
 
         Safe to retry: the request carries `idempotency_key` (a fresh one when not given), so a
         repeated request returns the same agent instead of launching a second one.
         """
-        body = _create_body(
-            model=model, prompt=prompt, tools=tools, ttl_seconds=ttl_seconds, env=env, secrets=secrets,
-            metadata=metadata, token_budget=token_budget,
-        )  # fmt: skip
-        key = idempotency_key or f"sdk-{uuid.uuid4()}"
+        body, key = create_request(model, prompt, options)
         return Agent.model_validate(self._api.create_agent(body, idempotency_key=key))
 
     def get(self, agent_id: str) -> Agent:
@@ -194,8 +129,7 @@ class AgentFactory:
         """
         agents: builtins.list[Agent] = []
         cursor: str | None = None
-        while limit is None or len(agents) < limit:
-            size = 500 if limit is None else min(500, limit - len(agents))
+        while (size := page_size(limit, len(agents))) is not None:
             page = self._api.list_agents(status=status, limit=size, cursor=cursor, metadata=metadata)
             agents += [Agent.model_validate(a) for a in page["items"]]
             cursor = page.get("next_cursor")
@@ -230,8 +164,7 @@ class AgentFactory:
         """The captured lines so far: all of them (page by page), those after seq `after`, or the
         last `tail` (up to 5000, in one request)."""
         if tail is not None:
-            if tail > MAX_LOG_PAGE or after is not None:
-                raise ValueError(f"tail is at most {MAX_LOG_PAGE} and excludes after")
+            check_tail(tail, after)
             page = self._api.get_logs(agent_id, tail=tail, stream=stream)
             return [LogLine.model_validate(line) for line in page["lines"]]
         return [LogLine.model_validate(line) for line in self._api.iter_logs(agent_id, after=after, stream=stream)]
@@ -246,30 +179,21 @@ class AgentFactory:
         """
         follower = AgentFollower(self._api, agent_id, after=after, tail=tail)
         for step in follower.events():
-            yield _event(step)
+            yield follow_event(step)
 
     def run(
         self,
         *,
         model: str,
         prompt: str,
-        tools: builtins.list[str] | None = None,
-        ttl_seconds: int | None = None,
-        env: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str | int | float | bool | None] | None = None,
-        token_budget: int | None = None,
-        idempotency_key: str | None = None,
         on_line: Callable[[LogLine], None] | None = None,
+        **options: Unpack[AgentOptions],
     ) -> AgentResult:
         """Launches an agent, streams its output to `on_line` until it ends, returns its result.
 
         Ctrl-C (KeyboardInterrupt) cancels the agent before the exception goes on.
         """
-        agent = self.create(
-            model=model, prompt=prompt, tools=tools, ttl_seconds=ttl_seconds, env=env, secrets=secrets,
-            metadata=metadata, token_budget=token_budget, idempotency_key=idempotency_key,
-        )  # fmt: skip
+        agent = self.create(model=model, prompt=prompt, **options)
         try:
             for event in self.follow(agent.id):
                 if isinstance(event, LogEvent) and on_line is not None:
@@ -337,20 +261,10 @@ class AsyncAgentFactory:
         *,
         model: str,
         prompt: str,
-        tools: builtins.list[str] | None = None,
-        ttl_seconds: int | None = None,
-        env: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str | int | float | bool | None] | None = None,
-        token_budget: int | None = None,
-        idempotency_key: str | None = None,
+        **options: Unpack[AgentOptions],
     ) -> Agent:
         """See `AgentFactory.create`."""
-        body = _create_body(
-            model=model, prompt=prompt, tools=tools, ttl_seconds=ttl_seconds, env=env, secrets=secrets,
-            metadata=metadata, token_budget=token_budget,
-        )  # fmt: skip
-        key = idempotency_key or f"sdk-{uuid.uuid4()}"
+        body, key = create_request(model, prompt, options)
         return Agent.model_validate(await self._api.create_agent(body, idempotency_key=key))
 
     async def get(self, agent_id: str) -> Agent:
@@ -366,8 +280,7 @@ class AsyncAgentFactory:
         """See `AgentFactory.list`."""
         agents: builtins.list[Agent] = []
         cursor: str | None = None
-        while limit is None or len(agents) < limit:
-            size = 500 if limit is None else min(500, limit - len(agents))
+        while (size := page_size(limit, len(agents))) is not None:
             page = await self._api.list_agents(status=status, limit=size, cursor=cursor, metadata=metadata)
             agents += [Agent.model_validate(a) for a in page["items"]]
             cursor = page.get("next_cursor")
@@ -397,8 +310,7 @@ class AsyncAgentFactory:
     ) -> builtins.list[LogLine]:
         """See `AgentFactory.logs`."""
         if tail is not None:
-            if tail > MAX_LOG_PAGE or after is not None:
-                raise ValueError(f"tail is at most {MAX_LOG_PAGE} and excludes after")
+            check_tail(tail, after)
             page = await self._api.get_logs(agent_id, tail=tail, stream=stream)
             return [LogLine.model_validate(line) for line in page["lines"]]
         lines = self._api.iter_logs(agent_id, after=after, stream=stream)
@@ -410,27 +322,18 @@ class AsyncAgentFactory:
         """See `AgentFactory.follow`: `async for event in af.follow(agent_id): ...`."""
         follower = AsyncAgentFollower(self._api, agent_id, after=after, tail=tail)
         async for step in follower.events():
-            yield _event(step)
+            yield follow_event(step)
 
     async def run(
         self,
         *,
         model: str,
         prompt: str,
-        tools: builtins.list[str] | None = None,
-        ttl_seconds: int | None = None,
-        env: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str | int | float | bool | None] | None = None,
-        token_budget: int | None = None,
-        idempotency_key: str | None = None,
         on_line: Callable[[LogLine], None] | None = None,
+        **options: Unpack[AgentOptions],
     ) -> AgentResult:
         """See `AgentFactory.run`; cancelling the awaiting task cancels the agent."""
-        agent = await self.create(
-            model=model, prompt=prompt, tools=tools, ttl_seconds=ttl_seconds, env=env, secrets=secrets,
-            metadata=metadata, token_budget=token_budget, idempotency_key=idempotency_key,
-        )  # fmt: skip
+        agent = await self.create(model=model, prompt=prompt, **options)
         try:
             async for event in self.follow(agent.id):
                 if isinstance(event, LogEvent) and on_line is not None:

@@ -58,7 +58,7 @@ class SSEDecoder:
         return SSEEvent(event=event, data="\n".join(data), id=self.last_event_id, retry=retry)
 
 
-class LineSplitter:
+class SSELineSplitter:
     """SSE line splitting, fed chunk by chunk (by a sync or an async byte stream alike)."""
 
     def __init__(self) -> None:
@@ -85,7 +85,7 @@ class LineSplitter:
 
 def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
     """SSE line splitting on a byte stream; an unterminated last line is dropped (it ends no event)."""
-    splitter = LineSplitter()
+    splitter = SSELineSplitter()
     for chunk in chunks:
         yield from splitter.feed(chunk)
     yield from splitter.close()
@@ -95,7 +95,7 @@ class SSEParser:
     """Bytes in, events out: the line splitter and the decoder, with the stream's leading BOM removed."""
 
     def __init__(self) -> None:
-        self._splitter = LineSplitter()
+        self._splitter = SSELineSplitter()
         self._decoder = SSEDecoder()
         self._first = True
 

@@ -42,7 +42,7 @@ def workspace_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-class _Queue:
+class _TarSink:
     """A file-like sink for tarfile: each write goes to a bounded queue a generator drains."""
 
     def __init__(self, q: queue.Queue[bytes | BaseException | None]):
@@ -60,7 +60,7 @@ def tar_stream(root: Path, names: list[str], *, progress: bool = False) -> Itera
 
     def produce() -> None:
         try:
-            sink: Any = _Queue(q)
+            sink: Any = _TarSink(q)
             with tarfile.open(fileobj=sink, mode="w|gz", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
                 for name in names:
                     tar.add(root / name, arcname=name, recursive=False)

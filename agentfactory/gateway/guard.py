@@ -22,26 +22,22 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import json
 import math
 import os
 import socket
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from http import HTTPStatus
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 from structlog.typing import FilteringBoundLogger
 
+from agentfactory.gateway.connection import FULL, ConnState, Refusal, TrackedConnection, parse_head
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.observability.metrics import Metrics
 
 ACCEPTS_PER_TICK = 8
-MAX_HEAD_BYTES = 16 * 1024
-# Gateway tokens are 43 characters; anything much longer is not one (and is not hashed).
-MAX_TOKEN_CHARS = 256
 CALL_PATHS = (b"/v1/chat/completions", b"/chat/completions")
 # New agents' first requests come at most this fast; made-up tokens past it are refused unlooked-up.
 UNKNOWN_TOKENS_PER_SECOND = 50.0
@@ -55,120 +51,6 @@ LISTEN_BACKLOG = 1024
 # When the process runs out of file descriptors, accepting pauses this long (as asyncio does).
 ACCEPT_RETRY_SECONDS = 1.0
 SWEEP_SECONDS = 1.0
-
-
-def _canned(status: str, code: str, message: str, retry_after: str | None = "1") -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    retry = f"Retry-After: {retry_after}\r\n" if retry_after else ""
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"{retry}Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-FULL = _canned("503 Service Unavailable", "E_CAPACITY", "the model gateway has too many open connections; retry")
-
-
-class _Conn:
-    __slots__ = ("digest", "opened", "protocol", "screened", "slot", "transport")
-
-    def __init__(self, protocol: _Tracked, opened: float) -> None:
-        self.protocol = protocol
-        self.opened = opened
-        self.transport: asyncio.Transport | None = None
-        self.digest: str | None = None
-        self.screened = False  # its first request passed the screen; the handler need not check again
-        self.slot = False  # ... and holds one of its token's calls in flight, for the handler to take
-
-
-@dataclass(frozen=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
-    retry_after: str | None = None
-
-    def canned(self) -> bytes:
-        return _canned(f"{self.status} {HTTPStatus(self.status).phrase}", self.code, self.message, self.retry_after)
-
-
-class _Tracked(asyncio.Protocol):
-    """One connection: tells the guard when it opens and closes, feeds what it reads to the HTTP
-    parser only when the guard grants a read this turn (else holds it, reading paused), and builds
-    aiohttp's protocol only once its first request head passed the guard's screen."""
-
-    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
-        self._guard = guard
-        self._factory = factory
-        self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.Transport | None = None
-        self._held: list[bytes] = []
-        self._head = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._guard._opened(self, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._held or not self._guard._may_read(self):
-            self._held.append(data)
-            if len(self._held) == 1 and self._transport is not None:
-                self._transport.pause_reading()
-            return
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._inner is None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0 and len(self._head) <= MAX_HEAD_BYTES:
-                return  # the head is not complete yet
-            if end >= 0:
-                refusal = self._guard._screen(self, self._head[:end])
-                if refusal is not None:
-                    self._head = b""
-                    transport.write(refusal)
-                    transport.close()
-                    return
-            data, self._head = self._head, b""
-            self._inner = self._factory()
-            self._inner.connection_made(transport)
-        self._inner.data_received(data)
-
-    def release(self) -> None:
-        """Feed what was held (the guard granted this turn) and read on, unless aiohttp paused reading."""
-        held, self._held = self._held, []
-        for data in held:
-            self._feed(data)
-        transport = self._transport
-        # aiohttp pauses reading itself while a request body waits unread (its flow control).
-        paused_by_parser = getattr(self._inner, "_reading_paused", False)
-        if transport is not None and not transport.is_closing() and not paused_by_parser:
-            transport.resume_reading()
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._held = []
-        self._guard._closed(self)
-        inner, self._inner, self._transport = self._inner, None, None
-        if inner is not None:
-            inner.connection_lost(exc)
-        # No cycle left through this protocol: a flood's connections are freed by reference counting
-        # as they close, not by the cyclic GC's long collections.
 
 
 class ConnectionGuard:
@@ -188,15 +70,15 @@ class ConnectionGuard:
         self._log = logger
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._open: dict[_Tracked, _Conn] = {}
-        self._anonymous: OrderedDict[_Tracked, _Conn] = OrderedDict()
+        self._open: dict[TrackedConnection, ConnState] = {}
+        self._anonymous: OrderedDict[TrackedConnection, ConnState] = OrderedDict()
         self._tokens: dict[str, TokenState] = {}
         self._quiet = TokenState(limits.call_burst_per_agent, 0.0)  # logs refusals that name no token
-        # Lookups of tokens the gateway has not seen yet, all together (see `_screen`).
+        # Lookups of tokens the gateway has not seen yet, all together (see `screen`).
         self._lookup_limits = replace(limits, calls_per_second_per_agent=UNKNOWN_TOKENS_PER_SECOND,
                                       call_burst_per_agent=UNKNOWN_TOKENS_BURST)  # fmt: skip
         self._lookups = TokenState(UNKNOWN_TOKENS_BURST, 0.0)
-        self._waiting: deque[_Tracked] = deque()
+        self._waiting: deque[TrackedConnection] = deque()
         self._reads_left = READS_PER_TICK
         self._tick_due = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -257,13 +139,13 @@ class ConnectionGuard:
                 self._refuse(sock)
                 continue
             sock.setblocking(False)
-            protocol = _Tracked(self, self._factory)
-            conn = _Conn(protocol, self._loop.time())
+            protocol = TrackedConnection(self, self._factory)
+            conn = ConnState(protocol, self._loop.time())
             self._open[protocol] = conn
             self._anonymous[protocol] = conn
             self._loop.create_task(self._connect(sock, protocol))
 
-    async def _connect(self, sock: socket.socket, protocol: _Tracked) -> None:
+    async def _connect(self, sock: socket.socket, protocol: TrackedConnection) -> None:
         assert self._loop is not None
         try:
             await self._loop.connect_accepted_socket(lambda: protocol, sock)
@@ -301,7 +183,7 @@ class ConnectionGuard:
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
-    def _opened(self, protocol: _Tracked, base: asyncio.BaseTransport) -> None:
+    def opened(self, protocol: TrackedConnection, base: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's: a cast, not an isinstance check.
         transport = cast(asyncio.Transport, base)
         conn = self._open.get(protocol)
@@ -310,10 +192,10 @@ class ConnectionGuard:
             return
         conn.transport = transport
 
-    def _closed(self, protocol: _Tracked) -> None:
+    def closed(self, protocol: TrackedConnection) -> None:
         self._forget(protocol)
 
-    def _may_read(self, protocol: _Tracked) -> bool:
+    def may_read(self, protocol: TrackedConnection) -> bool:
         """Grant a read now, or queue the connection for a later turn (False)."""
         self._schedule_tick()
         if self._reads_left > 0 and not self._waiting:
@@ -339,7 +221,7 @@ class ConnectionGuard:
         if self._waiting:
             self._schedule_tick()
 
-    def _forget(self, protocol: _Tracked) -> None:
+    def _forget(self, protocol: TrackedConnection) -> None:
         conn = self._open.pop(protocol, None)
         self._anonymous.pop(protocol, None)
         if conn is not None and conn.digest is not None:
@@ -357,7 +239,7 @@ class ConnectionGuard:
             state = self._tokens[digest] = TokenState(self.limits.call_burst_per_agent, self._loop.time())
         return state
 
-    def _attribute(self, conn: _Conn, digest: str) -> TokenState:
+    def _attribute(self, conn: ConnState, digest: str) -> TokenState:
         """Count the connection against the token its request names."""
         state = self.state(digest)
         if conn.digest != digest:
@@ -368,7 +250,7 @@ class ConnectionGuard:
             state.connections += 1
         return state
 
-    def check(self, conn: _Conn | None, digest: str, *, call: bool) -> Refusal | None:
+    def check(self, conn: ConnState | None, digest: str, *, call: bool) -> Refusal | None:
         """The per-token limits for one request; `call`: a model call (counts against calls in flight)."""
         limits = self.limits
         state = self._attribute(conn, digest) if conn is not None else self.state(digest)
@@ -403,19 +285,19 @@ class ConnectionGuard:
 
         A connection's first request was checked by the screen; later ones are checked here."""
         protocol = transport.get_protocol() if transport is not None else None
-        conn = self._open.get(protocol) if isinstance(protocol, _Tracked) else None
+        conn = self._open.get(protocol) if isinstance(protocol, TrackedConnection) else None
         if conn is not None and conn.screened and conn.digest == digest:
             conn.screened = False
             slot, conn.slot = conn.slot, False
             return self.state(digest), slot, None
         return self.state(digest), False, self.check(conn, digest, call=call)
 
-    def _screen(self, protocol: _Tracked, head: bytes) -> bytes | None:
+    def screen(self, protocol: TrackedConnection, head: bytes) -> bytes | None:
         """A connection's first request head: a canned refusal, or None to hand it to aiohttp."""
         conn = self._open.get(protocol)
         if conn is None:
             return None
-        method, path, length, token = _parse_head(head)
+        method, path, length, token = parse_head(head)
         if length is not None and length > self.limits.max_body_bytes:
             too_large = Refusal(
                 413,
@@ -485,28 +367,6 @@ class ConnectionGuard:
             del self._tokens[digest]
         self._metrics.gateway_connections.set(len(self._open))
         self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
-
-
-def _parse_head(head: bytes) -> tuple[bytes, bytes, int | None, bytes | None]:
-    """(method, path, Content-Length, bearer token) of a request head; what cannot be read is None."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    method = parts[0] if parts else b""
-    path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-    length: int | None = None
-    token: bytes | None = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            value = value.strip()
-            length = int(value) if value.isdigit() and len(value) < 20 else None
-        elif name == b"authorization":
-            scheme, _, credential = value.strip().partition(b" ")
-            credential = credential.strip()
-            if scheme.lower() == b"bearer" and 0 < len(credential) <= MAX_TOKEN_CHARS:
-                token = credential
-    return method, path, length, token
 
 
 def _fit_to_fd_limit(wanted: int, log: FilteringBoundLogger) -> int:

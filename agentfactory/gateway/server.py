@@ -9,9 +9,9 @@ container), and bounds what one agent can do to everyone else:
   before the store is asked anything and before a body is read;
 - a body cap, refused unread when the Content-Length says so; large bodies parsed and re-encoded in
   worker processes (`bodies.py`), never on the event loop the API shares;
-- a hard token budget: every call reserves its prompt (bounded by its size) plus its completion
-  (`max_tokens`, clamped to what is left) in one conditional UPDATE before the upstream is called,
-  and settles to the real usage after, so concurrent calls never overshoot; `n` is forced to 1.
+- a hard token budget kept by the ledger (`ledger.py`): reserved before the upstream is called,
+  settled to the real usage after, so concurrent calls never overshoot; `n` is forced to 1.
+The call itself is relayed by `relay.py`; refusals take the contract's envelope (`replies.py`).
 """
 
 from __future__ import annotations
@@ -20,36 +20,33 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import socket
 import stat
-import tarfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
 from agentfactory.catalog import Catalog, CatalogModel
-from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, check_answer, encode, prepare_body
-from agentfactory.gateway.guard import MAX_TOKEN_CHARS, UNKNOWN_MODEL, ConnectionGuard
+from agentfactory.gateway import relay
+from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, prepare_body
+from agentfactory.gateway.connection import MAX_TOKEN_CHARS
+from agentfactory.gateway.files import ARTIFACTS_PATH, WORKSPACE_PATH, GatewayFiles
+from agentfactory.gateway.guard import UNKNOWN_MODEL, ConnectionGuard
+from agentfactory.gateway.ledger import LIVE_STATUSES, AgentGrant, Reservation, TokenLedger
 from agentfactory.gateway.limits import GatewayLimits, TokenState
-from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, StreamUsage, Usage, echo_answer, echo_stream
+from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, Usage
+from agentfactory.gateway.replies import budget_spent, error_response, json_errors, remove_stale_socket
 from agentfactory.observability.metrics import Metrics
-from agentfactory.runtime.archives import Collected, read_artifacts
 from agentfactory.runtime.spec import runtime_spec
-from agentfactory.store import queries
-from agentfactory.store.blobs import CHUNK, BlobStore
+from agentfactory.store.blobs import BlobStore
 from agentfactory.store.engine import Store
-from agentfactory.store.tables import TERMINAL, AgentFilesRow, AgentRow
+from agentfactory.store.tables import TERMINAL
 
-LIVE_STATUSES = ("starting", "running")
 OUTCOMES = (
     "ok",
     "auth",
@@ -64,33 +61,8 @@ OUTCOMES = (
 )
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 SPEC_PATH = "/v1/agent/spec"
-WORKSPACE_PATH = "/v1/agent/workspace"
-ARTIFACTS_PATH = "/v1/agent/artifacts"
-# The artifact stream is spooled to disk before it is read: its bound, past max_artifact_bytes, is
-# the tar framing and the header-only entries of dropped files.
-ARTIFACT_SPOOL_SLACK = 64 * 1024 * 1024
 # Store work of the gateway runs on threads of its own: a flood of calls cannot take the API's.
 DB_THREADS = 4
-RESERVE_ATTEMPTS = 8
-
-
-@dataclass(frozen=True)
-class AgentGrant:
-    """What the gateway needs to know about the agent a token belongs to."""
-
-    pk: int
-    id: str
-    model: str
-    status: str
-    token_budget: int
-    tokens_used: int
-    tokens_reserved: int
-
-
-@dataclass(frozen=True)
-class Reservation:
-    tokens: int  # held on the agent's row until the call settles
-    max_tokens: int  # the completion bound sent upstream
 
 
 class ModelGateway:
@@ -111,10 +83,13 @@ class ModelGateway:
         limits: GatewayLimits | None = None,
         blobs: BlobStore | None = None,
     ) -> None:
-        self._blobs = blobs
-        self._collecting: set[int] = set()
+        self._files = (
+            GatewayFiles(store=store, blobs=blobs, catalog=catalog, metrics=metrics, logger=logger)
+            if blobs is not None
+            else None
+        )
         self._catalog = catalog
-        self._store = store
+        self._ledger = TokenLedger(store, logger)
         self.socket_path = Path(socket_path)
         self._environ = environ
         self._metrics = metrics
@@ -141,12 +116,12 @@ class ModelGateway:
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._make_traversable(path.parent)
-        await asyncio.to_thread(_remove_stale_socket, path)
+        await asyncio.to_thread(remove_stale_socket, path)
         self._db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="gateway-db")
-        cleared = await self._db(self._clear_reservations)
+        cleared = await self._db(self._ledger.clear_reservations)
         if cleared:
             self._log.info("gateway_reservations_cleared", agents=cleared)
-        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[_json_errors])
+        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[json_errors])
         app.router.add_get("/health", self._health)
         app.router.add_get(SPEC_PATH, self._spec)
         app.router.add_get(WORKSPACE_PATH, self._workspace)
@@ -222,114 +197,37 @@ class ModelGateway:
         try:
             digest, state, _slotted = self._admit(request, call=False)
             agent = await self._authenticate(digest, state)
-            fields = await self._db(self._spec_fields, agent.pk)
+            fields = await self._db(self._ledger.spec_fields, agent.pk)
         except GatewayError as err:
             self._metrics.gateway_requests.labels(UNKNOWN_MODEL, err.outcome).inc()
             if self._anonymous.should_log(asyncio.get_running_loop().time()) is not None:
                 self._log.info("gateway_spec_refused", outcome=err.outcome, status=err.status)
-            return _error_response(err)
+            return error_response(err)
         if fields is None:
-            return _error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
-        spec = runtime_spec(fields[0], self._catalog, fields[1])
+            return error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
+        files = await self._db(self._files.agent_files, agent.pk) if self._files is not None else None
+        spec = runtime_spec(fields, self._catalog, files)
         return web.Response(body=json.dumps(spec, ensure_ascii=False).encode(), content_type="application/json")
 
-    # -- files in and out (SPEC §9) ---------------------------------------------------------------
-
-    async def _files_of(self, request: web.Request) -> tuple[AgentGrant, AgentFilesRow]:
-        digest, state, _slotted = self._admit(request, call=False)
-        agent = await self._authenticate(digest, state)
-        files = await self._db(self._agent_files, agent.pk)
-        if files is None or self._blobs is None:
-            raise GatewayError(
-                404, "E_NOT_FOUND", "this agent has no workspace and no artifacts", outcome="bad_request"
-            )
-        return agent, files
-
-    def _agent_files(self, pk: int) -> AgentFilesRow | None:
-        with self._store.session() as s:
-            return queries.get_agent_files(session=s, agent_pk=pk)
+    # -- files in and out (SPEC §9, gateway/files.py) ----------------------------------------------
 
     async def _workspace(self, request: web.Request) -> web.StreamResponse:
-        """The agent's workspace archive, streamed from the blob store (its runtime unpacks it)."""
-        try:
-            agent, files = await self._files_of(request)
-            if files.workspace is None:
-                raise GatewayError(404, "E_NOT_FOUND", "this agent has no workspace", outcome="bad_request")
-            assert self._blobs is not None
-            blob = await asyncio.to_thread(self._blobs.open, f"uploads/{files.workspace}")
-        except GatewayError as err:
-            return _error_response(err)
-        except FileNotFoundError:
-            return _error_response(GatewayError(404, "E_NOT_FOUND", "the workspace is gone", outcome="bad_request"))
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        try:
-            size = os.fstat(blob.fileno()).st_size
-            response.content_length = size
-            await response.prepare(request)
-            while data := await asyncio.to_thread(blob.read, CHUNK):
-                await response.write(data)
-        finally:
-            blob.close()
-        await response.write_eof()
-        self._log.info("gateway_workspace_sent", agent_id=agent.id, bytes=size)
-        return response
+        return await self._with_files(request, "workspace")
 
     async def _artifacts(self, request: web.Request) -> web.StreamResponse:
-        """The agent's artifacts as a tar stream (its runtime sends them when the agent ends): spooled
-        to disk within a bound, then read into the blob store (past max_artifact_bytes: dropped)."""
+        return await self._with_files(request, "artifacts")
+
+    async def _with_files(self, request: web.Request, what: str) -> web.StreamResponse:
         try:
-            agent, files = await self._files_of(request)
-            if files.collected or agent.pk in self._collecting:
-                raise GatewayError(409, "E_CONFLICT", "the artifacts were already handed back", outcome="bad_request")
+            digest, state, _slotted = self._admit(request, call=False)
+            agent = await self._authenticate(digest, state)
+            if self._files is None:
+                raise GatewayError(404, "E_NOT_FOUND", "this gateway keeps no files", outcome="bad_request")
+            handler = self._files.workspace if what == "workspace" else self._files.artifacts
+            return await handler(request, agent, self._db)
         except GatewayError as err:
-            return _error_response(err)
-        blobs = self._blobs
-        assert blobs is not None
-        bound = self._catalog.limits.max_artifact_bytes
-        self._collecting.add(agent.pk)
-        spool = await asyncio.to_thread(blobs.writer, f"spool/{agent.id}")
-        try:
-            seen = 0
-            async for data in request.content.iter_chunked(CHUNK):
-                seen += len(data)
-                if seen > bound + ARTIFACT_SPOOL_SLACK:
-                    raise GatewayError(
-                        413, "E_TOO_LARGE", "the artifact stream is over its bound", outcome="bad_request"
-                    )
-                await asyncio.to_thread(spool.write, data)
-
-            def read() -> Collected:
-                with spool.reader() as f:
-                    return read_artifacts(f, blobs=blobs, key_of=lambda n: f"artifacts/{agent.pk}/{n}", max_bytes=bound)
-
-            try:
-                collected = await asyncio.to_thread(read)
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise GatewayError(400, "E_SCHEMA", f"not a tar stream: {exc}", outcome="bad_request") from None
-            kept = [(p, n, sha) for p, n, sha, _key in collected.kept]
-            stored = await self._db(self._store_artifacts, agent.pk, kept, collected.dropped)
-            if not stored:
-                await asyncio.to_thread(blobs.delete, f"artifacts/{agent.pk}")
-                raise GatewayError(409, "E_CONFLICT", "the artifacts were already handed back", outcome="bad_request")
-        except GatewayError as err:
-            return _error_response(err)
-        finally:
-            self._collecting.discard(agent.pk)
-            await asyncio.to_thread(spool.abort)
-        self._metrics.artifact_bytes.inc(collected.kept_bytes)
-        self._metrics.artifacts_dropped.inc(len(collected.dropped))
-        self._log.info(
-            "artifacts_collected",
-            agent_id=agent.id,
-            files=len(kept),
-            bytes=collected.kept_bytes,
-            dropped=len(collected.dropped),
-        )
-        return web.json_response({"kept": len(kept), "dropped": len(collected.dropped)})
-
-    def _store_artifacts(self, pk: int, kept: list[tuple[str, int, str]], dropped: list[tuple[str, int]]) -> bool:
-        with self._store.session() as s:
-            return queries.store_artifacts(session=s, agent_pk=pk, kept=kept, dropped=dropped)
+            self._log.info("gateway_files_refused", what=what, outcome=err.outcome, status=err.status)
+            return error_response(err)
 
     # -- model calls -------------------------------------------------------------------------------
 
@@ -365,7 +263,7 @@ class ModelGateway:
                     duration_ms=round(elapsed * 1000, 1),
                     **({"not_logged_since": suppressed} if suppressed else {}),
                 )
-            return _error_response(err)
+            return error_response(err)
         elapsed = time.perf_counter() - started
         self._metrics.gateway_requests.labels(label, "ok").inc()
         self._metrics.gateway_request_duration.labels(label).observe(elapsed)
@@ -407,7 +305,7 @@ class ModelGateway:
         return digest, state, slotted
 
     async def _authenticate(self, digest: str, state: TokenState) -> AgentGrant:
-        agent: AgentGrant | None = await self._db(self._find_agent, digest)
+        agent: AgentGrant | None = await self._db(self._ledger.find_agent, digest)
         if agent is None:
             state.ended = "unknown gateway token"
             raise GatewayError(401, "E_AUTH", state.ended, outcome="auth")
@@ -431,23 +329,23 @@ class ModelGateway:
         usage: Usage | None = None
         try:
             if prepared.stream:
-                response, usage = await self._stream(request, model, prepared, held)
+                response, usage = await relay.stream(request, self._upstream, model, prepared, held)
             else:
-                response, usage = await self._complete(model, prepared, held)
+                response, usage = await relay.complete(self._upstream, self._workers, model, prepared, held)
         finally:
             if usage is None:
                 # Failed (or cancelled): release the reservation even if this task is going away.
-                release = asyncio.get_running_loop().create_task(self._db(self._settle, agent, held, None))
+                release = asyncio.get_running_loop().create_task(self._db(self._ledger.settle, agent, held, None))
                 with contextlib.suppress(Exception):
                     await asyncio.shield(release)
-        await self._db(self._settle, agent, held, usage)
+        await self._db(self._ledger.settle, agent, held, usage)
         return response, usage
 
     async def _read_body(self, request: web.Request, agent: AgentGrant) -> bytes:
         length = request.content_length
         left = agent.token_budget - agent.tokens_used
         if length is not None and self.limits.prompt_tokens_bound(length) >= left:
-            raise _budget_spent(agent, f"this call's {length}-byte body alone needs more than the {left} left")
+            raise budget_spent(agent, f"this call's {length}-byte body alone needs more than the {left} left")
         try:
             async with asyncio.timeout(self.limits.body_timeout_seconds):
                 return await request.read()
@@ -490,11 +388,11 @@ class ModelGateway:
     async def _reserve(self, agent: AgentGrant, body_bytes: int, prepared: PreparedBody) -> Reservation:
         prompt = self.limits.prompt_tokens_bound(body_bytes)
         want = prepared.max_tokens or self.limits.default_max_tokens
-        verdict, detail = await self._db(self._try_reserve, agent, prompt, want)
+        verdict, detail = await self._db(self._ledger.try_reserve, agent, prompt, want)
         if verdict == "ok":
             return Reservation(tokens=prompt + detail, max_tokens=detail)
         if verdict == "spent":
-            raise _budget_spent(agent, f"this call's prompt alone may need {prompt} of the {detail} left")
+            raise budget_spent(agent, f"this call's prompt alone may need {prompt} of the {detail} left")
         if verdict == "busy":
             raise GatewayError(
                 429,
@@ -504,191 +402,3 @@ class ModelGateway:
                 retry_after="1",
             )
         raise GatewayError(401, "E_AUTH", f"the gateway token of agent {agent.id} is no longer valid", outcome="auth")
-
-    async def _complete(
-        self, model: CatalogModel, prepared: PreparedBody, held: Reservation
-    ) -> tuple[web.Response, Usage]:
-        if model.provider == "echo":
-            answer, usage = echo_answer(model.id, prepared.last_user, prepared.prompt_chars, held.max_tokens)
-            body = await self._workers.run(len(prepared.last_user), encode, answer)
-            return web.Response(body=body, content_type="application/json"), usage
-        assert self._upstream is not None, "the gateway is not started"
-        raw = await self._upstream.complete(model, prepared.with_max_tokens(held.max_tokens))
-        checked = await self._workers.run(len(raw), check_answer, raw, prepared.prompt_chars)
-        if not checked.ok:
-            raise GatewayError(
-                502,
-                "E_UPSTREAM",
-                f"model {model.id!r}: the upstream answered something that is not a chat completion",
-                outcome="upstream_error",
-            )
-        usage = Usage(checked.prompt_tokens, checked.completion_tokens)
-        return web.Response(body=raw, content_type="application/json"), usage
-
-    async def _stream(
-        self, request: web.Request, model: CatalogModel, prepared: PreparedBody, held: Reservation
-    ) -> tuple[web.StreamResponse, Usage]:
-        """Relay a streamed completion chunk by chunk, reading its usage on the way.
-
-        The response is left open: aiohttp ends it once `_chat` has stored the usage, so a client
-        that saw the end of the stream also sees its tokens counted.
-        """
-        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        if model.provider == "echo":
-            answer, usage = echo_answer(model.id, prepared.last_user, prepared.prompt_chars, held.max_tokens)
-            response = web.StreamResponse(headers=headers)
-            await response.prepare(request)
-            await response.write(echo_stream(answer))
-            return response, usage
-        assert self._upstream is not None, "the gateway is not started"
-        counter = StreamUsage()
-        response = web.StreamResponse(headers=headers)
-        payload = prepared.with_max_tokens(held.max_tokens)
-        try:
-            async with asyncio.timeout(model.timeout_seconds), self._upstream.stream(model, payload) as chunks:
-                await response.prepare(request)
-                async for data in chunks:
-                    counter.feed(data)
-                    await response.write(data)
-        except ConnectionResetError:
-            # The agent hung up mid-stream: what the upstream sent so far still counts.
-            return response, counter.usage(prepared.prompt_chars)
-        except (TimeoutError, httpx.HTTPError) as exc:
-            timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
-            message = f"model {model.id!r}: " + (
-                f"the upstream did not answer within {model.timeout_seconds:g} s"
-                if timed_out
-                else f"the upstream stream broke ({type(exc).__name__})"
-            )
-            code = "E_UPSTREAM_TIMEOUT" if timed_out else "E_UPSTREAM"
-            if not response.prepared:
-                outcome = "upstream_timeout" if timed_out else "upstream_error"
-                raise GatewayError(504 if timed_out else 502, code, message, outcome=outcome) from None
-            with contextlib.suppress(ConnectionResetError):
-                error = {"error": {"code": code, "message": message}}
-                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-        return response, counter.usage(prepared.prompt_chars)
-
-    # -- store work, on the gateway's own threads --------------------------------------------------
-
-    def _clear_reservations(self) -> int:
-        with self._store.session() as s:
-            return queries.clear_token_reservations(session=s)
-
-    def _find_agent(self, digest: str) -> AgentGrant | None:
-        with self._store.session() as s:
-            row = queries.get_gateway_grant(session=s, token_hash=digest)
-        return None if row is None else AgentGrant(*row)
-
-    def _spec_fields(self, pk: int) -> tuple[AgentRow, AgentFilesRow | None] | None:
-        with self._store.session() as s:
-            row = queries.get_agent_by_pk(session=s, pk=pk)
-            return None if row is None else (row, queries.get_agent_files(session=s, agent_pk=pk))
-
-    def _try_reserve(self, agent: AgentGrant, prompt: int, want: int) -> tuple[str, int]:
-        """("ok", completion tokens granted) | ("spent", tokens left) | ("busy", 0) | ("gone", 0).
-
-        Optimistic: from what is left (first as the token's lookup just read it), reserve with an
-        UPDATE that only applies while it still fits; if another call reserved in between, read again."""
-        account: tuple[str, int, int, int] | None = (
-            agent.status,
-            agent.token_budget,
-            agent.tokens_used,
-            agent.tokens_reserved,
-        )
-        for _ in range(RESERVE_ATTEMPTS):
-            if account is None or account[0] not in LIVE_STATUSES:
-                return "gone", 0
-            _status, budget, used, reserved = account
-            if prompt >= budget - used:
-                return "spent", budget - used
-            grant = min(want, budget - used - reserved - prompt)
-            if grant >= 1:
-                with self._store.session() as s:
-                    if queries.reserve_tokens(session=s, pk=agent.pk, tokens=prompt + grant):
-                        return "ok", grant
-            elif reserved == 0:
-                return "busy", 0
-            with self._store.session() as s:
-                fresh = queries.get_token_account(session=s, pk=agent.pk)
-            if fresh == account:
-                return "busy", 0
-            account = fresh
-        return "busy", 0
-
-    def _settle(self, agent: AgentGrant, held: Reservation, usage: Usage | None) -> None:
-        used = usage or Usage(0, 0)
-        if used.prompt_tokens + used.completion_tokens > held.tokens:
-            self._log.warning(
-                "gateway_usage_over_reservation",
-                agent_id=agent.id,
-                reserved=held.tokens,
-                prompt_tokens=used.prompt_tokens,
-                completion_tokens=used.completion_tokens,
-            )
-        with self._store.session() as s:
-            queries.settle_tokens(
-                session=s,
-                pk=agent.pk,
-                reserved=held.tokens,
-                prompt_tokens=used.prompt_tokens,
-                completion_tokens=used.completion_tokens,
-                calls=0 if usage is None else 1,
-            )
-
-
-def _budget_spent(agent: AgentGrant, why: str) -> GatewayError:
-    return GatewayError(
-        429,
-        "E_BUDGET",
-        f"token budget spent: agent {agent.id} used {agent.tokens_used} of {agent.token_budget} tokens; {why}",
-        outcome="budget",
-    )
-
-
-def _error_response(err: GatewayError) -> web.Response:
-    headers = {"Retry-After": err.retry_after} if err.retry_after else None
-    response = web.json_response(
-        {"error": {"code": err.code, "message": err.message}}, status=err.status, headers=headers
-    )
-    # A refused request's connection is closed: a flood gets no keep-alive, an unread body no drain.
-    response.force_close()
-    return response
-
-
-_HTTP_CODES = {404: "E_NOT_FOUND", 405: "E_NOT_FOUND", 413: "E_TOO_LARGE"}
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own refusals (unknown route, wrong method) in the same JSON envelope."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "E_SCHEMA" if exc.status < 500 else "E_INTERNAL")
-        response = web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
-        response.force_close()
-        return response
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Remove a socket left by a previous run; refuse to take over a live one or a non-socket."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise RuntimeError(f"another model gateway is serving on {path}")

@@ -152,10 +152,6 @@ def control_plane(
 
 @pytest.mark.docker
 @pytest.mark.timeout(1500)
-@pytest.mark.skip(
-    reason="known regression, stop 15: the containerized control plane turns healthy but a request from the host "
-    "through its published port is reset; not yet diagnosed (closing note of stop 15)"
-)
 def test_control_plane_image_launches_an_agent_and_stops_clean(control_plane: RunningControlPlane) -> None:
     wrapped = control_plane.container.get_wrapped_container()
 
