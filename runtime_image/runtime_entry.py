@@ -822,22 +822,65 @@ def glob_regex(pattern: str):  # -> re.Pattern
 
 
 def fetch_workspace(spec: dict, directory: str) -> None:
-    """Stream the workspace archive from the gateway and unpack it (the server checked every entry)."""
-    import tarfile
+    """Stream the workspace archive from the gateway and unpack it (the server checked every entry):
+    with GNU tar when the image has it (about twice as fast as tarfile on thousands of files)."""
+    import shutil
 
     conn = unix_http_connection(spec["socket"], 120.0)
     conn.request("GET", WORKSPACE_PATH, headers={"Authorization": f"Bearer {spec['token']}"})
     response = conn.getresponse()
     if response.status != 200:
         code, message = _error_of(response.read(65536))
-        raise Fatal(
-            EXIT_SPEC, f"could not get the workspace from the gateway (HTTP {response.status} {code}): {message}"
-        )
-    with tarfile.open(fileobj=response, mode="r|*") as archive:
+        raise Fatal(EXIT_SPEC, f"could not get the workspace (HTTP {response.status} {code}): {message}")
+    head = response.read(COLLECT_CHUNK)
+    tar = shutil.which("tar")
+    if tar is None:
+        _untar_python(head, response, directory)
+    else:
+        argv = [tar, "-x", "-f", "-", "-C", directory, "--no-same-owner"]
+        if head[:2] == b"\x1f\x8b":
+            argv.insert(2, "-z")
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            data = head
+            while data:
+                proc.stdin.write(data)
+                data = response.read(COLLECT_CHUNK)
+        except BrokenPipeError:
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        err = proc.stderr.read().decode("utf-8", "replace").strip()
+        if proc.wait() != 0:
+            raise Fatal(EXIT_SPEC, f"could not unpack the workspace: {err[-300:]}")
+    conn.close()
+
+
+def _untar_python(head: bytes, response, directory: str) -> None:
+    import io
+    import tarfile
+
+    class Joined(io.RawIOBase):
+        def __init__(self) -> None:
+            self.first = head
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            n = len(buffer)
+            if self.first:
+                data, self.first = self.first[:n], self.first[n:]
+            else:
+                data = response.read(n)
+            buffer[: len(data)] = data
+            return len(data)
+
+    with tarfile.open(fileobj=io.BufferedReader(Joined()), mode="r|*") as archive:
         for member in archive:
             if member.isfile() or member.isdir() or member.issym() or member.islnk():
                 archive.extract(member, directory, set_attrs=not member.issym())
-    conn.close()
 
 
 class _Chunked:

@@ -136,9 +136,12 @@ def test_a_50_mib_workspace_round_trips_and_100_artifacts_come_back(srv: ServerP
 def test_artifacts_survive_ttl_expiry_and_delete(srv: ServerProcess) -> None:
     command = "mkdir -p out && echo partial > out/partial.txt && echo written && sleep 600"
     with srv.client(new_key(srv)) as c:
-        expiring = launch(c, command, artifacts=["out/*.txt"], ttl_seconds=4)
+        expiring = launch(c, command, artifacts=["out/*.txt"], ttl_seconds=300)
         deleted = launch(c, command, artifacts=["out/*.txt"], ttl_seconds=300)
-        wait_until(lambda: "written" in stdout_text(c, deleted["id"]), timeout=60, what="the file written")
+        for agent in (expiring, deleted):
+            wait_until(lambda a=agent: "written" in stdout_text(c, a["id"]), timeout=60, what="the file written")
+        # The TTL runs out one second from now, while the agent sleeps.
+        assert c.post(f"/agents/{expiring['id']}/ttl", json={"ttl_seconds": 1}).status_code == 200
         assert c.delete(f"/agents/{deleted['id']}").status_code in (200, 202)
         for agent, status in ((expiring, "expired"), (deleted, "cancelled")):
             done = wait_terminal(c, agent["id"], timeout=60)
