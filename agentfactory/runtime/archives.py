@@ -111,7 +111,7 @@ def check_archive(f: BinaryIO, *, max_unpacked_bytes: int, max_entries: int) -> 
     inflated_limit = max_unpacked_bytes + max_entries * 3 * tarfile.BLOCKSIZE + CHUNK
     try:
         archive = _open_stream(f, inflated_limit)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, zlib.error, OSError, EOFError) as exc:
         raise ArchiveRefused(f"not a tar or tar.gz archive ({exc})") from None
     try:
         for member in archive:
@@ -155,7 +155,7 @@ def check_archive(f: BinaryIO, *, max_unpacked_bytes: int, max_entries: int) -> 
                 regular.add(path)
             elif not member.isdir():
                 raise ArchiveRefused(f"entries of type {member.type!r} are not allowed", name)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, zlib.error) as exc:
         raise ArchiveRefused(f"the archive is damaged ({exc})") from None
     except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
         raise ArchiveRefused(f"the archive is damaged ({type(exc).__name__}: {exc})") from None

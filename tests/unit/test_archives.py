@@ -61,6 +61,10 @@ def test_too_many_entries_are_refused() -> None:
 def test_not_an_archive() -> None:
     with pytest.raises(ArchiveRefused, match="not a tar"):
         check(b"hello, this is not a tar archive" * 40)
+    with pytest.raises(ArchiveRefused):
+        check(b"\x1f\x8b" + b"not really gzip" * 100)
+    with pytest.raises(ArchiveRefused):
+        check(gzip.compress(b"x" * 5000)[:-20])
 
 
 def test_artifacts_past_the_bound_are_dropped(tmp_path: Path) -> None:
