@@ -30,6 +30,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
             "required": True,
             "content": {
                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "application/gzip": {"schema": {"type": "string", "format": "binary"}},
             },
         }
