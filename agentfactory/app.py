@@ -30,6 +30,7 @@ from agentfactory.service.auth import check_admin_key, ensure_bootstrap_admin
 from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.ui import mount_ui
 
 log = structlog.get_logger("agentfactory.app")
 
@@ -149,5 +150,6 @@ def create_app(
     app.state.services = svc
     app.state.reaper = reaper
     mount_http_api(app)
+    mount_ui(app)
     app.router.routes.append(mcp.route)
     return app

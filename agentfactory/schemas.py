@@ -129,6 +129,7 @@ class Links(BaseModel):
     logs: str
     stream: str
     result: str
+    dashboard: str = Field(description="the agent's page in the dashboard (GET /ui, SPEC §12)")
 
 
 class AgentOut(BaseModel):
@@ -158,6 +159,7 @@ class AgentOut(BaseModel):
                         "logs": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/logs",
                         "stream": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/stream",
                         "result": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/result",
+                        "dashboard": "/ui/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd",
                     },
                 }
             ]

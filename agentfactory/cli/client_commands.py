@@ -55,7 +55,7 @@ from agentfactory.vocabulary import TERMINAL
 
 AGENT_FIELDS = (
     *("id", "status", "reason", "exit_code", "error", "model", "tools", "created_at", "started_at"),
-    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256"),
+    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256", "dashboard"),
 )
 
 # --- following -------------------------------------------------------------------------------------
@@ -187,6 +187,8 @@ def run(
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
         if not follow:
+            if fmt is None and sys.stderr.isatty():  # decorative: only for a person at a terminal
+                sys.stderr.write(f"dashboard: {dashboard_url(client.base_url, agent)}\n")
             print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
             return
         json_lines = fmt == "json"
@@ -284,7 +286,16 @@ def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = Fals
     fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         agent = client.get_agent(agent_id)
-    print_agents([agent], fmt) if fmt else print_fields(agent, AGENT_FIELDS)
+    if fmt:
+        print_agents([agent], fmt)
+    else:
+        print_fields({**agent, "dashboard": dashboard_url(client.base_url, agent)}, AGENT_FIELDS)
+
+
+def dashboard_url(base_url: str, agent: dict[str, Any]) -> str:
+    """The agent's page in the dashboard (SPEC §12), absolute: the server's `links.dashboard`."""
+    path = (agent.get("links") or {}).get("dashboard") or f"/ui/agents/{agent['id']}"
+    return base_url.rstrip("/") + path
 
 
 def list_agents(

@@ -84,6 +84,7 @@ async def list_agents(
     limit: int,
     cursor: int | None,
     metadata: Sequence[tuple[str, str]] = (),
+    model: str | None = None,
 ) -> AgentList:
     """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page.
     `metadata`: (key, value) pairs that must all match the agent's metadata (values compared as
@@ -103,6 +104,7 @@ async def list_agents(
         limit=limit,
         before_pk=cursor,
         metadata=tuple(metadata),
+        model=model,
     )
     next_cursor = str(rows[-1].pk) if len(rows) == limit else None
     return AgentList(items=[agent_out(r) for r in rows], next_cursor=next_cursor)

@@ -73,7 +73,13 @@ def agent_out(row: AgentRow) -> AgentOut:
         log_lines=row.log_lines if sealed else None,
         log_bytes=row.log_bytes if sealed else None,
         log_sha256=row.log_sha256 if sealed else None,
-        links=Links(self=base, logs=f"{base}/logs", stream=f"{base}/stream", result=f"{base}/result"),
+        links=Links(
+            self=base,
+            logs=f"{base}/logs",
+            stream=f"{base}/stream",
+            result=f"{base}/result",
+            dashboard=f"/ui/agents/{row.id}",
+        ),
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import BigInteger, String, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -27,6 +27,7 @@ from agentfactory.store.tables import (
     EventRow,
     LogChunkRow,
     ServerKeyRow,
+    UiSessionRow,
     UploadRow,
     WebhookRow,
 )
@@ -64,6 +65,7 @@ def list_agents(
     limit: int,
     before_pk: int | None,
     metadata: Sequence[tuple[str, str]] = (),
+    model: str | None = None,
 ) -> list[AgentRow]:
     """Newest first; key_id None lists every key's agents (admin). `metadata` pairs all must match
     (see `metadata_matches`)."""
@@ -72,6 +74,8 @@ def list_agents(
         q = q.where(AgentRow.key_id == key_id)
     if status is not None:
         q = q.where(AgentRow.status == status)
+    if model is not None:
+        q = q.where(AgentRow.model == model)
     if before_pk is not None:
         q = q.where(AgentRow.pk < before_pk)
     for key, value in metadata:
@@ -987,3 +991,60 @@ def add_server_key(*, session: Session, name: str, secret: str, created_at: floa
     """Insert a key; raises IntegrityError when another replica made it first."""
     session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
     session.flush()
+
+
+# --- the dashboard's sessions and usage -------------------------------------------------------------
+
+
+def insert_ui_session(
+    *, session: Session, token_hash: str, key_id: str, csrf: str, now: float, expires_at: float
+) -> None:
+    """A new sign-in; expired sessions are swept on the way (there are few, one per sign-in)."""
+    session.execute(delete(UiSessionRow).where(UiSessionRow.expires_at < now))
+    session.add(UiSessionRow(token_hash=token_hash, key_id=key_id, csrf=csrf, created_at=now, expires_at=expires_at))
+
+
+def get_ui_session(*, session: Session, token_hash: str, now: float) -> tuple[UiSessionRow, ApiKeyRow] | None:
+    """The live session and its key (revoked or not: the caller decides), or None."""
+    q = (
+        select(UiSessionRow, ApiKeyRow)
+        .join(ApiKeyRow, ApiKeyRow.id == UiSessionRow.key_id)
+        .where(UiSessionRow.token_hash == token_hash, UiSessionRow.expires_at > now)
+    )
+    found = session.execute(q).first()
+    return (found[0], found[1]) if found is not None else None
+
+
+def delete_ui_session(*, session: Session, token_hash: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.token_hash == token_hash))
+
+
+def delete_ui_sessions_of_key(*, session: Session, key_id: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.key_id == key_id))
+
+
+def usage_by_key(*, session: Session, since: float, bucket_seconds: int) -> list[tuple[str, int, int, int, int]]:
+    """(key id, bucket start, agents, failures, tokens) of agents created since `since`, per key and
+    time bucket (a whole multiple of `bucket_seconds` since the epoch): the dashboard's usage charts."""
+    bucket = (cast(AgentRow.created_at / bucket_seconds, BigInteger)) * bucket_seconds
+    q = (
+        select(
+            AgentRow.key_id,
+            bucket.label("bucket"),
+            func.count(),
+            func.sum(case((AgentRow.status == "failed", 1), else_=0)),
+            func.sum(AgentRow.tokens_prompt + AgentRow.tokens_completion),
+        )
+        .where(AgentRow.created_at >= since)
+        .group_by(AgentRow.key_id, "bucket")
+        .order_by(AgentRow.key_id, "bucket")
+    )
+    return [(k, int(b), int(n), int(f or 0), int(t or 0)) for k, b, n, f, t in session.execute(q)]
+
+
+def count_agents_by_status(*, session: Session, key_id: str | None) -> dict[str, int]:
+    """{status: count} over the active statuses (what the fleet is doing now); key_id None: every key's."""
+    q = select(AgentRow.status, func.count()).where(AgentRow.status.in_(ACTIVE)).group_by(AgentRow.status)
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return {status: int(n) for status, n in session.execute(q)}

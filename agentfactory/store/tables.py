@@ -24,6 +24,7 @@ __all__ = [
     "DeliveryRow",
     "EventRow",
     "LogChunkRow",
+    "UiSessionRow",
     "UploadRow",
     "WebhookRow",
 ]
@@ -82,6 +83,7 @@ class AgentRow(Base):
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
         Index("ix_agents_key_status", "key_id", "status"),
+        Index("ix_agents_key_pk", "key_id", "pk"),  # a key's agents newest first (the dashboard's list)
         Index("ix_agents_status_expires", "status", "expires_at"),
     )
 
@@ -265,3 +267,16 @@ class ArtifactRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     dropped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UiSessionRow(Base):
+    """A dashboard sign-in (SPEC §12): the browser holds only the random session token, stored here
+    as its SHA-256; the API key it was opened with is never kept, only the key's id."""
+
+    __tablename__ = "ui_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
