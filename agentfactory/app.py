@@ -114,6 +114,8 @@ def create_app(
         if serve_gateway:
             await gateway.start()
         await prepare_agent_network(svc.backend, catalog, settings.agent_network)
+        await svc.queue.capacity.determine(settings, svc.backend, catalog)
+        metrics.max_running_agents.set(svc.queue.capacity.max_running)
         stop = asyncio.Event()
         loops: list[asyncio.Task[None]] = []
         if run_loops:
@@ -125,6 +127,8 @@ def create_app(
             loops.append(loop.create_task(sampler.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
+            # After recovery: agents that had left the queue but not started are back in it.
+            loops.append(loop.create_task(svc.queue.dispatcher.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend)
         try:
             async with mcp.session_manager.run():
@@ -134,6 +138,7 @@ def create_app(
             if loops:
                 await asyncio.wait(loops, timeout=10)
             await svc.webhook_deliverer.close()
+            await svc.queue.dispatcher.drain()
             await svc.launcher.shutdown()
             if serve_gateway:
                 await gateway.stop()

@@ -94,6 +94,14 @@ class AgentCreate(BaseModel):
                 raise ValueError(f"artifact pattern {glob[:64]!r} must be a relative glob without '..' (1-512 chars)")
         return v
 
+    queue_timeout_seconds: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="when the key's or the cluster's limit is full: 0 refuses with 429 (E_QUOTA / E_CAPACITY); "
+        "N > 0 queues the agent (status `queued`) for up to N seconds, then it ends expired/queue_timeout",
+    )
+
     @field_validator("tools")
     @classmethod
     def _tools(cls, v: list[str]) -> list[str]:
@@ -183,6 +191,10 @@ class AgentOut(BaseModel):
     log_lines: int | None = Field(None, description="seal: lines captured (terminal agents)")
     log_bytes: int | None = Field(None, description="seal: bytes captured, each line's UTF-8 text + 1")
     log_sha256: str | None = Field(None, description="seal: SHA-256 over each line's UTF-8 text + '\\n'")
+    queue_position: int | None = Field(None, description="while queued: 1 = the next to get a slot")
+    estimated_start_at: Timestamp | None = Field(
+        None, description="while queued: when it should start, from the queue's recent pace (null: no estimate yet)"
+    )
     links: Links
 
 
@@ -226,6 +238,9 @@ class TtlUpdate(BaseModel):
 
 class Timings(BaseModel):
     accepted_at: Timestamp
+    dequeued_at: Timestamp | None = Field(
+        None, description="a queued agent: when it left the queue for a slot (null: it never waited in the queue)"
+    )
     started_at: Timestamp | None
     first_output_at: Timestamp | None
     finished_at: Timestamp | None
@@ -583,6 +598,32 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail
     request_id: str
+
+
+class WarmPool(BaseModel):
+    idle: int
+    target: int
+
+
+class KeyCapacity(BaseModel):
+    key_id: str
+    running: int = Field(description="agents of this key holding a slot (pending, starting, running)")
+    queued: int
+    max_concurrent_agents: int | None
+
+
+class CapacityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"max_running": 10, "running": 10, "queued": 42, "warm": {"idle": 0, "target": 0}}]
+        }
+    )
+
+    max_running: int = Field(description="agents the cluster runs at once (AGENTFACTORY_MAX_RUNNING_AGENTS)")
+    running: int = Field(description="agents holding a slot: pending, starting and running")
+    queued: int
+    warm: WarmPool
+    keys: list[KeyCapacity] | None = Field(None, description="admin only: per-key figures")
 
 
 class Health(BaseModel):

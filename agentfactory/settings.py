@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     agent_nofile: int = Field(
         1024, ge=64, description="open-file limit (soft and hard) of every agent container: sockets count too"
     )
+    max_running_agents: int | None = Field(
+        None,
+        ge=1,
+        description="agents the cluster runs at once (pending, starting and running together); unset: the "
+        "engine's memory less a reserve (1 GiB and 10 %) divided by the catalog's memory_mb, at least 1",
+    )
+    queue_interval_seconds: float = Field(
+        0.5, gt=0, description="seconds between passes of the queue dispatcher (it is also woken by every end)"
+    )
     # The model gateway's bounds on what one agent may send (SPEC §14).
     gateway_max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest model-call body an agent may send; larger ones get 413 unread"

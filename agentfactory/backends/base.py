@@ -94,6 +94,12 @@ class ResourceUsage:
     cpu_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class EngineResources:
+    cpus: int
+    memory_bytes: int
+
+
 class Backend(abc.ABC):
     """Runs agents as containers."""
 
@@ -146,6 +152,11 @@ class Backend(abc.ABC):
         engine does not answer. A backend that cannot enforce egress refuses (this default).
         """
         raise NetworkPolicyError(f"{type(self).__name__} cannot enforce an egress policy for agents with a network")
+
+    async def resources(self) -> EngineResources | None:
+        """What the engine (the cluster: every node together) has for agents, or None when it
+        cannot say; the default capacity is derived from it (SPEC §10)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release the client."""

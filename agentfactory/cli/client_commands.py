@@ -140,6 +140,16 @@ def run(
     meta: Annotated[list[str] | None, typer.Option(help="metadata key=value", metavar="KEY=VALUE")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="same key + body → same agent", metavar="KEY")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="max model tokens", metavar="TOKENS")] = None,
+    queue: Annotated[
+        int | None,
+        typer.Option(
+            "--queue",
+            parser=parse_duration,
+            metavar="DURATION",
+            help="when the key or the cluster is full, wait in the queue up to this long (e.g. 10m; at most 1h) "
+            "instead of failing with E_QUOTA / E_CAPACITY",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream output; exit with the verdict")] = False,
     detach_on_interrupt: Annotated[
         bool, typer.Option("--detach-on-interrupt", help="Ctrl-C leaves the agent running")
@@ -179,6 +189,7 @@ def run(
     body |= {"tools": split_list(tool), "ttl_seconds": ttl, "env": parse_pairs(env, "--env")}
     body |= {"secrets": secrets, "metadata": parse_pairs(meta, "--meta"), "token_budget": token_budget}
     body |= {"artifacts": list(artifact or [])}
+    body |= {"queue_timeout_seconds": queue or None}
     body = {k: v for k, v in body.items() if v not in (None, [], {})}
     with api_client(ctx) as client:
         if workspace is not None:

@@ -232,7 +232,10 @@ TOOLS: tuple[ToolDef, ...] = (
     ToolDef(
         "launch_agent", "Launch an agent",
         "Start a sandboxed agent: its own container running `model` on `prompt` with the chosen `tools`, "
-        "killed when its TTL runs out. Returns the agent (id, status); then call wait_agent or read_logs.",
+        "killed when its TTL runs out. Returns the agent (id, status); then call wait_agent or read_logs. "
+        "When the key's or the server's limit of running agents is full, set queue_timeout_seconds to wait in "
+        "the queue (status `queued`, with queue_position and estimated_start_at) instead of an E_QUOTA / "
+        "E_CAPACITY error.",
         LaunchAgent, AgentOut, launch_agent,
     ),
     ToolDef(

@@ -128,15 +128,18 @@ class Launcher:
         except NetworkPolicyError as exc:
             log.error("agent_egress_not_enforced", network=network, reason=exc.message)
 
-    async def launch(self, row: AgentRow, token: str) -> AgentRow:
-        """Start an admitted agent's container. RuntimeUnavailableError deletes the row: nothing
-        is left behind; any other launch error ends the agent `failed`/`launch_failed`."""
+    async def launch(self, row: AgentRow, token: str, *, keep_on_engine_down: bool = False) -> AgentRow:
+        """Start an admitted agent's container. RuntimeUnavailableError deletes the row (nothing is
+        left behind; with `keep_on_engine_down`, for an agent that left the queue, the caller ends
+        it) and is raised; any other launch error ends the agent `failed`/`launch_failed`."""
         await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING)
         try:
             launched = await self.backend.launch(
                 agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
             )
         except RuntimeUnavailableError:
+            if keep_on_engine_down:
+                raise
             await self.store.run(queries.delete_agent, pk=row.pk)
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
@@ -154,9 +157,10 @@ class Launcher:
             started_at=started,
             expires_at=started + row.ttl_seconds,
         )
-        self.metrics.launch_duration.observe(max(0.0, started - row.created_at))
+        admitted = row.dequeued_at or row.created_at  # a queued agent's launch begins when it leaves the queue
+        self.metrics.launch_duration.observe(max(0.0, started - admitted))
         self.metrics.agents_running.inc()
-        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - row.created_at, 3))
+        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3))
         # The gateway token is in the container's environment: mask it like a secret if printed.
         self._watch(row.pk, row.id, launched.output, [*row.secrets.values(), token], Resume())
         self.arm_ttl(row.pk, started + row.ttl_seconds)
@@ -360,7 +364,13 @@ class Launcher:
 
     async def recover(self, row: AgentRow) -> None:
         """After a restart: an interrupted launch fails, a vanished container is `lost`, a running
-        one is captured again from its stored position (and expires at once if overdue)."""
+        one is captured again from its stored position (and expires at once if overdue). An agent
+        that had left the queue but whose launch had not begun (`pending`: no container yet) goes
+        back to the queue, keeping its place."""
+        requeue = row.status == AgentStatus.PENDING and row.queue_round is not None
+        if requeue and await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.QUEUED, dequeued_at=None):
+            log.info("agent_requeued", agent_id=row.id)
+            return
         if row.status in (AgentStatus.PENDING, AgentStatus.STARTING):
             await self.fail_launch(row.pk, row.id, "the control plane restarted during the launch")
             return

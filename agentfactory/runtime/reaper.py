@@ -61,7 +61,9 @@ class Reaper(Loop):
             + [
                 self._fail_stuck(r)
                 for r in rows
-                if r.status in LAUNCHING and r.created_at < now - self.start_deadline and not lch.watching(r.pk)
+                if r.status in LAUNCHING
+                and (r.dequeued_at or r.created_at) < now - self.start_deadline
+                and not lch.watching(r.pk)
             ]
             + [lch.finalize_if_lost(r) for r in running if not lch.watching(r.pk)]
             # While agents with a network run, their egress rules are read back and put back if flushed.

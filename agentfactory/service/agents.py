@@ -13,7 +13,7 @@ import structlog
 
 from agentfactory.errors import ConflictError, NotFoundError, SchemaError
 from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, LogLine, LogPage
-from agentfactory.service import admission
+from agentfactory.service import admission, queue
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
 from agentfactory.service.views import agent_out, agent_result, log_lines, manifest_of
@@ -44,12 +44,21 @@ async def create_agent(
         ttl=ttl,
         idempotency_key=idempotency_key,
         server_key=svc.server_key,
+        max_running=svc.queue.capacity.max_running,
     )
     if replayed:
-        return agent_out(row), True
+        return await present(svc, row), True
     svc.metrics.agents_created.labels(model=row.model).inc()
-    log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl)
+    log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl, status=row.status)
+    if row.status == AgentStatus.QUEUED:
+        svc.hub.bump_events()  # `agent.queued` is in the log (and the dispatcher looks for a slot)
+        return await present(svc, row), False
     return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
+
+
+async def present(svc: Services, row: AgentRow) -> AgentOut:
+    """The agent document; a queued agent's carries its position and estimated start, read now."""
+    return await queue.present(svc.queue, svc.store, row)
 
 
 async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
@@ -73,7 +82,7 @@ async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
 
 
 async def get_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
-    return agent_out(await load_agent(svc, caller, agent_id))
+    return await present(svc, await load_agent(svc, caller, agent_id))
 
 
 async def list_agents(
@@ -107,12 +116,19 @@ async def list_agents(
         model=model,
     )
     next_cursor = str(rows[-1].pk) if len(rows) == limit else None
-    return AgentList(items=[agent_out(r) for r in rows], next_cursor=next_cursor)
+    return AgentList(items=await queue.present_many(svc.queue, svc.store, rows), next_cursor=next_cursor)
 
 
 async def cancel_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
-    """Stop the agent now (`cancelled`); a finished agent is answered as it is."""
+    """Stop the agent now (`cancelled`); a finished agent is answered as it is. A queued agent
+    leaves the queue `cancelled` and never starts (unless it got its slot first: then it is stopped)."""
     row = await load_agent(svc, caller, agent_id)
+    if row.status == AgentStatus.QUEUED:
+        await queue.end_queued(svc.queue.dispatcher, row.pk, AgentStatus.CANCELLED, Reason.CANCELLED, None)
+        row = await svc.launcher.load(row.pk) or row
+        if row.status != AgentStatus.PENDING:
+            return agent_out(row)
+        # It left the queue meanwhile: its launch is in flight; stop it like any starting agent.
     return agent_out(await svc.launcher.stop(row, Reason.CANCELLED, svc.settings.stop_grace_seconds))
 
 

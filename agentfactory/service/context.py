@@ -20,6 +20,7 @@ from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, RateLimiter
 from agentfactory.service.leases import StreamLeases
 from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
+from agentfactory.service.queue import Capacity, Pace, Queue, QueueDispatcher
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
@@ -41,6 +42,7 @@ class Services:
     webhook_dispatcher: WebhookDispatcher
     webhook_deliverer: WebhookDeliverer
     blobs: BlobStore
+    queue: Queue
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
@@ -67,6 +69,22 @@ class Services:
         deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
         dispatcher = WebhookDispatcher(store=store, metrics=metrics, settings=settings, on_deliveries=deliverer.poke)
         hub.on_events(dispatcher.poke)
+        capacity = Capacity()  # determined by the lifespan, from the settings or the engine
+        queue = Queue(
+            capacity=capacity,
+            pace=Pace(store, clock=launcher.clock),
+            dispatcher=QueueDispatcher(
+                settings=settings,
+                store=store,
+                launcher=launcher,
+                hub=hub,
+                metrics=metrics,
+                server_key=server_key,
+                capacity=capacity,
+                agent_document=agent_json,
+            ),
+        )
+        hub.on_events(queue.dispatcher.poke)  # every start and end may free or take a slot
         return cls(
             settings=settings,
             catalog=catalog,
@@ -81,6 +99,7 @@ class Services:
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
             blobs=LocalBlobs(settings.blob_dir()),
+            queue=queue,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

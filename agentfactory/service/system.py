@@ -1,10 +1,13 @@
-"""What the control plane says about itself: readiness and the catalog."""
+"""What the control plane says about itself: readiness, the catalog and the capacity."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from agentfactory.schemas import CapacityOut
+from agentfactory.service import queue
+from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
 
 CHECK_TIMEOUT_SECONDS = 5
@@ -27,6 +30,11 @@ async def readiness(svc: Services) -> dict[str, str]:
     except Exception as exc:
         checks["engine"] = f"down: {type(exc).__name__}"
     return checks
+
+
+async def capacity(svc: Services, caller: Caller) -> CapacityOut:
+    """The cluster's slots: how many, how many held, how many agents wait (SPEC §10)."""
+    return await queue.capacity_view(svc.queue, svc.store, admin=caller.admin)
 
 
 def catalog(svc: Services) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def log_lines(rows: list[StoredLine]) -> list[LogLine]:
     return [LogLine(seq=seq, ts=ts(t), stream=STREAM_NAMES[s], text=text) for seq, t, s, text in rows]
 
 
-def agent_out(row: AgentRow) -> AgentOut:
+def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_start_at: float | None = None) -> AgentOut:
+    """The agent document; a queued agent's position and estimated start come from the queue."""
     base = f"/agents/{row.id}"
     sealed = row.status in TERMINAL
     return AgentOut(
@@ -73,6 +74,8 @@ def agent_out(row: AgentRow) -> AgentOut:
         log_lines=row.log_lines if sealed else None,
         log_bytes=row.log_bytes if sealed else None,
         log_sha256=row.log_sha256 if sealed else None,
+        queue_position=queue_position,
+        estimated_start_at=iso(estimated_start_at),
         links=Links(
             self=base,
             logs=f"{base}/logs",
@@ -99,7 +102,7 @@ def manifest_of(row: AgentRow, artifacts: Sequence[ArtifactRow]) -> ArtifactMani
 
 def agent_result(row: AgentRow) -> AgentResult:
     sealed = row.status in TERMINAL
-    launch = row.started_at - row.created_at if row.started_at else None
+    launch = row.started_at - (row.dequeued_at or row.created_at) if row.started_at else None
     run = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
     return AgentResult(
         id=row.id,
@@ -109,6 +112,7 @@ def agent_result(row: AgentRow) -> AgentResult:
         error=row.error,
         timings=Timings(
             accepted_at=iso(row.created_at) or "",
+            dequeued_at=iso(row.dequeued_at),
             started_at=iso(row.started_at),
             first_output_at=iso(row.first_output_at),
             finished_at=iso(row.finished_at),

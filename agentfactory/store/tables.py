@@ -79,12 +79,19 @@ class AgentRow(Base):
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The queue (SPEC §10): the agent's round-robin round while queued (its order is (round, pk)),
+    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued.
+    queue_round: Mapped[int | None] = mapped_column(Integer)
+    queue_deadline: Mapped[float | None] = mapped_column(Float)
+    dequeued_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
         Index("ix_agents_key_status", "key_id", "status"),
         Index("ix_agents_key_pk", "key_id", "pk"),  # a key's agents newest first (the dashboard's list)
         Index("ix_agents_status_expires", "status", "expires_at"),
+        Index("ix_agents_status_queue", "status", "queue_round", "pk"),
+        Index("ix_agents_finished_at", "finished_at"),
     )
 
 

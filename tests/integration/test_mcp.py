@@ -276,6 +276,12 @@ def test_a_key_at_its_quota_gets_e_quota(shell_server: ServerProcess) -> None:
             try:
                 refused = error_of(await s.call_tool("launch_agent", {"model": "echo", "prompt": "one too many"}))
                 assert refused["code"] == "E_QUOTA" and refused["retry_after"] >= 1
+                queued = ok(
+                    await s.call_tool(
+                        "launch_agent", {"model": "echo", "prompt": "room again", "queue_timeout_seconds": 120}
+                    )
+                )
+                assert queued["status"] == "queued" and queued["queue_position"] == 1
 
                 t0 = time.monotonic()
                 waited = ok(await s.call_tool("wait_agent", {"agent_id": first["id"], "timeout_seconds": 1}))
@@ -289,8 +295,8 @@ def test_a_key_at_its_quota_gets_e_quota(shell_server: ServerProcess) -> None:
             finally:
                 cancelled = ok(await s.call_tool("cancel_agent", {"agent_id": first["id"]}))
             assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled"
-            again = ok(await s.call_tool("launch_agent", {"model": "echo", "prompt": "room again"}))
-            done = ok(await s.call_tool("wait_agent", {"agent_id": again["id"], "timeout_seconds": 60}))
+            # The slot it freed goes to the queued agent.
+            done = ok(await s.call_tool("wait_agent", {"agent_id": queued["id"], "timeout_seconds": 60}))
             assert done["result"]["status"] == "succeeded"
 
     run(scenario(), timeout=120)

@@ -1,14 +1,14 @@
 """Files in and out (SPEC §9): uploads, what each agent was given and asked for, its artifacts
 
 Revision ID: 0009
-Revises: 0011
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0011"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
