@@ -97,6 +97,7 @@ def create_app(
         metrics=metrics,
         logger=structlog.get_logger("agentfactory.gateway"),
         limits=GatewayLimits.from_settings(settings),
+        blobs=svc.blobs,
     )
     reaper = Reaper(
         launcher=svc.launcher,
@@ -104,6 +105,7 @@ def create_app(
         retention_days=settings.retention_days,
         event_retention_days=settings.event_retention_days,
         start_deadline=settings.start_deadline_seconds,
+        blobs=svc.blobs,
     )
     sampler = UsageSampler(store=store, backend=svc.backend, interval=settings.usage_interval_seconds)
 

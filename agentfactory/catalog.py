@@ -23,6 +23,7 @@ class CatalogLimits(BaseModel):
     pids: int = Field(256, ge=16)
     max_log_bytes: int = Field(104_857_600, ge=1024)
     scratch_mb: int = Field(256, ge=1, description="size of the writable tmpfs scratch dir")
+    max_artifact_bytes: int = Field(104_857_600, ge=0, description="bytes of artifacts kept per agent (SPEC §9)")
     default_token_budget: int = Field(100_000, ge=1)
     max_token_budget: int = Field(1_000_000, ge=1)
     max_steps: int = Field(32, ge=1, description="model turns an agent may take")

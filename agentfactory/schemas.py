@@ -20,6 +20,7 @@ RESERVED_ENV = {
 MAX_ENV_ITEMS = 64
 MAX_ENV_VALUE = 8192
 MAX_METADATA_ITEMS = 32
+MAX_ARTIFACT_GLOBS = 32
 # Times go over the wire as RFC 3339 strings with milliseconds and a Z ("2026-11-22T10:00:00.130Z").
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
@@ -73,6 +74,26 @@ class AgentCreate(BaseModel):
     secrets: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     token_budget: int | None = Field(None, ge=1)
+    workspace: str | None = Field(
+        None,
+        pattern=r"^up_[A-Za-z0-9]{1,40}$",
+        description="an upload's id (POST /uploads): unpacked into /scratch/workspace before the agent runs",
+    )
+    artifacts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ARTIFACT_GLOBS,
+        description="glob patterns relative to /scratch/workspace (`**` crosses directories): the matching "
+        "files are collected when the agent ends, whatever ends it",
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: list[str]) -> list[str]:
+        for glob in v:
+            if not glob or len(glob) > 512 or glob.startswith("/") or "\x00" in glob or ".." in glob.split("/"):
+                raise ValueError(f"artifact pattern {glob[:64]!r} must be a relative glob without '..' (1-512 chars)")
+        return v
+
     queue_timeout_seconds: int = Field(
         0,
         ge=0,
@@ -249,6 +270,31 @@ class Seal(BaseModel):
     capture_error: str | None = None
 
 
+class UploadOut(BaseModel):
+    id: str
+    bytes: int
+    sha256: str
+    files: int
+    expires_at: Timestamp
+
+
+class ArtifactItem(BaseModel):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class DroppedArtifact(BaseModel):
+    path: str
+    bytes: int
+
+
+class ArtifactManifest(BaseModel):
+    items: list[ArtifactItem]
+    dropped: list[DroppedArtifact]
+    complete: bool = Field(description="the agent is terminal and collection ended")
+
+
 class AgentResult(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -300,6 +346,7 @@ class AgentResult(BaseModel):
     cpu_seconds: float | None
     tokens: TokenUsage
     seal: Seal
+    artifacts: ArtifactManifest | None = Field(None, description="the agent's artifacts, when it asked for any")
 
 
 class KeyCreate(BaseModel):

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
+    max_upload_mb: int = Field(100, ge=1, description="largest workspace archive POST /uploads accepts (SPEC §9)")
+    max_upload_entries: int = Field(100_000, ge=1, description="most entries a workspace archive may hold")
+    upload_ttl_hours: float = Field(24, description="an upload no agent used is purged after this")
+    files_dir: Path | None = Field(
+        None,
+        description="where uploads and artifacts are kept (the local blob store); default: next to a SQLite "
+        "database (<db>.files), else ./agentfactory-files",
+    )
+    artifact_grace_seconds: float = Field(
+        10, description="how long an agent with artifacts is given to hand them back when it is stopped or expires"
+    )
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field("local", description="label value naming this control plane on its containers")
@@ -172,3 +183,12 @@ class Settings(BaseSettings):
         if value in ("host", "bridge", "default", "none") or value.startswith("container:"):
             raise ValueError(f"{value!r} is not an isolated user-defined network")
         return value
+
+    def blob_dir(self) -> Path:
+        """The local blob store's directory (SPEC §9)."""
+        if self.files_dir is not None:
+            return self.files_dir
+        if self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
+            db = Path(self.database_url.removeprefix("sqlite:///"))
+            return db.with_name(db.name + ".files")
+        return Path("agentfactory-files")

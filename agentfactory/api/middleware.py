@@ -18,6 +18,8 @@ from agentfactory.errors import AgentFactoryError, RateLimitError, TooLargeError
 from agentfactory.service.auth import CSRF_HEADER, SESSION_COOKIE, authenticate_request
 
 log = structlog.get_logger("agentfactory.http")
+ARTIFACT_PATH = re.compile(r"^/agents/[^/]+/artifacts/.+")
+UPLOAD_ROUTE = "/uploads"  # its body is an archive, capped by AGENTFACTORY_MAX_UPLOAD_MB instead
 PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui"}
 
 
@@ -86,6 +88,8 @@ class EdgeMiddleware:
         path = scope["path"]
         if path.startswith("/mcp"):
             return "/mcp"
+        if path.startswith("/agents/") and ARTIFACT_PATH.match(path):
+            return "/agents/{agent_id}/artifacts/{path}"  # an artifact's path may hold slashes
         if path == "/ui" or path.startswith("/ui/"):
             return "/ui"  # the dashboard's pages authenticate by their session themselves
         for regex, template in self._templates:
@@ -96,7 +100,8 @@ class EdgeMiddleware:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, ctx: Any, route: str) -> None:
         request_id = scope["state"]["request_id"]
         try:
-            receive = self._limit_body(scope, receive, ctx.settings.max_body_bytes, ctx)
+            limit = ctx.settings.max_upload_mb * 1024 * 1024 if route == UPLOAD_ROUTE else ctx.settings.max_body_bytes
+            receive = self._limit_body(scope, receive, limit, ctx)
             if route != "unmatched" and route not in PUBLIC:
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
                 authorization = headers.get("authorization")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from agentfactory.cli import files
 from agentfactory.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_IO,
@@ -156,10 +157,23 @@ def run(
     result_file: Annotated[
         Path | None, typer.Option(help="with --follow: write the result JSON here", metavar="PATH")
     ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="upload DIR (without .git and .gitignore'd files) as the agent's workspace", metavar="DIR"),
+    ] = None,
+    artifact: Annotated[
+        list[str] | None,
+        typer.Option(help="glob (relative to the workspace) of files to hand back (repeat)", metavar="GLOB"),
+    ] = None,
+    download: Annotated[
+        Path | None,
+        typer.Option(help="after the end, download the artifacts here, checked (implies --follow)", metavar="DIR"),
+    ] = None,
     json_out: JsonOption = False,
     output: OutputOption = None,
 ) -> None:
     """Create an agent; print its id, or with --follow stream its output and exit with its verdict."""
+    follow = follow or download is not None
     fmt = output_format(output, json_out)
     if follow and fmt not in (None, "json"):
         raise typer.BadParameter("with --follow, only --json (one JSON event per line)", param_hint="-o/--output")
@@ -174,9 +188,12 @@ def run(
     body: dict[str, Any] = {"model": model, "prompt": text}
     body |= {"tools": split_list(tool), "ttl_seconds": ttl, "env": parse_pairs(env, "--env")}
     body |= {"secrets": secrets, "metadata": parse_pairs(meta, "--meta"), "token_budget": token_budget}
+    body |= {"artifacts": list(artifact or [])}
     body |= {"queue_timeout_seconds": queue or None}
     body = {k: v for k, v in body.items() if v not in (None, [], {})}
     with api_client(ctx) as client:
+        if workspace is not None:
+            body["workspace"] = files.upload_workspace(client, workspace)["id"]
         # A key of our own makes the POST safe to retry when the connection breaks mid-request.
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
@@ -193,7 +210,31 @@ def run(
             raise typer.Exit(EXIT_INTERRUPTED)
         if result_file is not None:
             write_result(result_file, client.get_result(agent_id))
+        if download is not None:
+            for note in files.download_artifacts(client, agent_id, download, client.list_artifacts(agent_id)):
+                sys.stderr.write(f"agentfactory: {note}\n")
     raise typer.Exit(agent_exit_code(final))
+
+
+def artifacts(
+    ctx: typer.Context,
+    agent_id: IdArgument,
+    download: Annotated[
+        Path | None, typer.Option(help="download them here, each checked against its sha256", metavar="DIR")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List an agent's artifacts (and the dropped ones); with --download, fetch them into DIR."""
+    with api_client(ctx) as client:
+        manifest = client.list_artifacts(agent_id)
+        if download is not None:
+            for note in files.download_artifacts(client, agent_id, download, manifest):
+                sys.stderr.write(f"agentfactory: {note}\n")
+    if json_out:
+        return print_json(manifest)
+    rows = [[i["path"], str(i["bytes"]), i["sha256"]] for i in manifest["items"]]
+    rows += [[d["path"], str(d["bytes"]), "dropped"] for d in manifest["dropped"]]
+    print_table(["PATH", "BYTES", "SHA256"], rows)
 
 
 def write_result(path: Path, doc: dict[str, Any]) -> None:

@@ -76,6 +76,12 @@ class Metrics:
             p + "orphans_reaped_total", "Labelled containers removed because no agent owns them", registry=r
         )
         self.agents_purged = Counter(p + "agents_purged_total", "Agents removed by retention", registry=r)
+        # Files in and out (SPEC §9).
+        self.upload_bytes = Counter(p + "upload_bytes_total", "Bytes of workspace archives kept", registry=r)
+        self.artifact_bytes = Counter(p + "artifact_bytes_total", "Bytes of artifacts collected", registry=r)
+        self.artifacts_dropped = Counter(
+            p + "artifacts_dropped_total", "Artifact files left out for the size bound", registry=r
+        )
         self.log_lines = Counter(p + "log_lines_total", "Log lines captured", registry=r)
         self.log_bytes = Counter(p + "log_bytes_total", "Log bytes captured", registry=r)
         self.log_bytes_dropped = Counter(

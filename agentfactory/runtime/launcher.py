@@ -333,6 +333,10 @@ class Launcher:
         if row.status in TERMINAL:
             return row
         await self.store.run(queries.set_stop_reason, pk=row.pk, stop_reason=stop_reason)
+        files = await self.store.run(queries.get_agent_files, agent_pk=row.pk)
+        if files is not None and files.artifacts:
+            # Collect, then kill (SPEC §9): SIGTERM lets the runtime hand its artifacts back first.
+            grace = max(grace, self.settings.artifact_grace_seconds)
         watcher = self._watchers.get(row.pk)
         if row.status == AgentStatus.RUNNING:
             await self.backend.stop(row.id, grace)

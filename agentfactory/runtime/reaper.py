@@ -17,6 +17,7 @@ from agentfactory.observability.logging import describe_error
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.store import queries
+from agentfactory.store.blobs import BlobStore
 from agentfactory.store.tables import TERMINAL, AgentRow
 from agentfactory.vocabulary import AgentStatus
 
@@ -35,7 +36,9 @@ class Reaper(Loop):
         retention_days: float,
         start_deadline: float,
         event_retention_days: float = 7,
+        blobs: BlobStore | None = None,
     ):
+        self.blobs = blobs
         super().__init__(interval=interval)
         self.launcher = launcher
         self.retention_seconds = retention_days * 86_400
@@ -67,7 +70,11 @@ class Reaper(Loop):
             + ([lch.recheck_egress()] if any(lch.catalog.needs_network(r.tools) for r in running) else [])
         )
         await self.remove_orphans()
-        purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)
+        purged_pks = await lch.store.run(
+            queries.purge_agents_finished_before_with_pks, cutoff=now - self.retention_seconds
+        )
+        purged = len(purged_pks)
+        await self.purge_files(now, purged_pks)
         if purged:
             lch.metrics.agents_purged.inc(purged)
             log.info("agents_purged", count=purged)
@@ -76,6 +83,21 @@ class Reaper(Loop):
             log.info("events_purged", count=events)
         lch.metrics.reaper_passes.inc()
         lch.metrics.reaper_last_pass.set(lch.clock())
+
+    async def purge_files(self, now: float, agent_pks: Sequence[int]) -> None:
+        """Retention of files (SPEC §9): the artifacts of purged agents, the uploads no agent used
+        within their time, and the used ones once their agents are purged."""
+        if self.blobs is None:
+            return
+        blobs, store = self.blobs, self.launcher.store
+        gone = await store.run(queries.purge_unused_uploads, now=now)
+        gone += await store.run(queries.purge_used_uploads_of_gone_agents)
+        for upload_id in gone:
+            await asyncio.to_thread(blobs.delete, f"uploads/{upload_id}")
+        for pk in agent_pks:
+            await asyncio.to_thread(blobs.delete, f"artifacts/{pk}")
+        if gone:
+            log.info("uploads_purged", count=len(gone))
 
     async def _fail_stuck(self, row: AgentRow) -> None:
         fresh = await self.launcher.load(row.pk)

@@ -155,6 +155,17 @@ def admit(
         queue_round=queue_round,
         queue_deadline=queue_deadline,
     )
+    if req.workspace is not None or req.artifacts:
+        if (
+            req.workspace is not None
+            and queries.use_upload(session=session, upload_id=req.workspace, key_id=caller.key_id, now=now) is None
+        ):
+            # Another key's upload, an expired or unknown one: the same answer (the transaction is undone).
+            raise SchemaError(
+                f"workspace {req.workspace!r} is not an upload of this key (unknown, expired or another key's)",
+                details=[{"loc": ["body", "workspace"]}],
+            )
+        queries.insert_agent_files(session=session, agent_pk=row.pk, workspace=req.workspace, artifacts=req.artifacts)
     if queue_round is not None:  # the outbox: `agent.queued` commits with the row (SPEC §11)
         position = queue_positions(queries.queue_order(session=session)).get(row.pk)
         document = agent_out(row, queue_position=position).model_dump_json()

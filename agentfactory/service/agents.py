@@ -16,7 +16,7 @@ from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, 
 from agentfactory.service import admission, queue
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
-from agentfactory.service.views import agent_out, agent_result, log_lines
+from agentfactory.service.views import agent_out, agent_result, log_lines, manifest_of
 from agentfactory.store import queries
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
 from agentfactory.vocabulary import STDERR, STDOUT, AgentStatus, Reason
@@ -147,7 +147,16 @@ async def extend_ttl(svc: Services, caller: Caller, agent_id: str, ttl_seconds: 
 
 
 async def get_result(svc: Services, caller: Caller, agent_id: str) -> AgentResult:
-    return agent_result(await load_agent(svc, caller, agent_id))
+    return await result_of(svc, await load_agent(svc, caller, agent_id))
+
+
+async def result_of(svc: Services, row: AgentRow) -> AgentResult:
+    """The CI document of an agent the caller may see, with its artifacts' manifest when it asked for any."""
+    result = agent_result(row)
+    files = await svc.store.run(queries.get_agent_files, agent_pk=row.pk)
+    if files is not None and files.artifacts:
+        result.artifacts = manifest_of(row, await svc.store.run(queries.list_artifacts, agent_pk=row.pk))
+    return result
 
 
 async def read_logs(

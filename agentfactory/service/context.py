@@ -24,6 +24,7 @@ from agentfactory.service.queue import Capacity, Pace, Queue, QueueDispatcher
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.store.blobs import BlobStore, LocalBlobs
 from agentfactory.store.server_key import ServerKey
 
 
@@ -40,6 +41,7 @@ class Services:
     server_key: ServerKey
     webhook_dispatcher: WebhookDispatcher
     webhook_deliverer: WebhookDeliverer
+    blobs: BlobStore
     queue: Queue
     limiter: RateLimiter = field(default_factory=RateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
@@ -96,6 +98,7 @@ class Services:
             streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
+            blobs=LocalBlobs(settings.blob_dir()),
             queue=queue,
         )
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agentfactory.schemas import (
     AgentOut,
     AgentResult,
+    ArtifactItem,
+    ArtifactManifest,
     DeliveryAttempt,
     DeliveryOut,
+    DroppedArtifact,
     KeyOut,
     Links,
     LogLine,
@@ -16,7 +21,15 @@ from agentfactory.schemas import (
     WebhookOut,
     iso,
 )
-from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow, DeliveryAttemptRow, DeliveryRow, WebhookRow
+from agentfactory.store.tables import (
+    TERMINAL,
+    AgentRow,
+    ApiKeyRow,
+    ArtifactRow,
+    DeliveryAttemptRow,
+    DeliveryRow,
+    WebhookRow,
+)
 from agentfactory.vocabulary import STREAM_NAMES, UNDELIVERED
 
 StoredLine = tuple[int, float, int, str]  # seq, ts, stream, text
@@ -76,6 +89,15 @@ def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_sta
 def agent_json(row: AgentRow) -> str:
     """The agent's wire document as JSON: what the event log stores with each event."""
     return agent_out(row).model_dump_json()
+
+
+def manifest_of(row: AgentRow, artifacts: Sequence[ArtifactRow]) -> ArtifactManifest:
+    """An agent's artifacts (SPEC §9): kept files, dropped ones, and whether collection is over."""
+    return ArtifactManifest(
+        items=[ArtifactItem(path=a.path, bytes=a.bytes, sha256=a.sha256 or "") for a in artifacts if not a.dropped],
+        dropped=[DroppedArtifact(path=a.path, bytes=a.bytes) for a in artifacts if a.dropped],
+        complete=row.status in TERMINAL,
+    )
 
 
 def agent_result(row: AgentRow) -> AgentResult:

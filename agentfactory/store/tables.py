@@ -14,8 +14,10 @@ __all__ = [
     "STDERR",
     "STDOUT",
     "TERMINAL",
+    "AgentFilesRow",
     "AgentRow",
     "ApiKeyRow",
+    "ArtifactRow",
     "Base",
     "CursorRow",
     "DeliveryAttemptRow",
@@ -23,6 +25,7 @@ __all__ = [
     "EventRow",
     "LogChunkRow",
     "UiSessionRow",
+    "UploadRow",
     "WebhookRow",
 ]
 # 64-bit ids on PostgreSQL; SQLite's rowid alias must be spelled INTEGER.
@@ -228,6 +231,49 @@ class ServerKeyRow(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class UploadRow(Base):
+    """A checked workspace archive (SPEC §9), owned by a key; its bytes live in the blob store under
+    `uploads/<id>`. Purged at `expires_at` unless an agent used it (`used_at`)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(Integer)
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AgentFilesRow(Base):
+    """What an agent was given (`workspace`, an upload id) and asked to hand back (`artifacts`, globs);
+    `collected`: the artifacts were received (or the agent ended without sending any)."""
+
+    __tablename__ = "agent_files"
+
+    agent_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace: Mapped[str | None] = mapped_column(String(40))
+    artifacts: Mapped[list[str]] = mapped_column(JSON)
+    collected: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ArtifactRow(Base):
+    """One collected file of an agent (bytes in the blob store under `artifacts/<agent_pk>/<seq>`),
+    or one left out for the size bound (`dropped`: no blob, no sha256)."""
+
+    __tablename__ = "artifacts"
+
+    agent_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    dropped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class UiSessionRow(Base):
