@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import stat
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,13 @@ from agentfactory.gateway.guard import UNKNOWN_MODEL, ConnectionGuard
 from agentfactory.gateway.ledger import LIVE_STATUSES, AgentGrant, Reservation, TokenLedger
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, Usage
-from agentfactory.gateway.replies import budget_spent, error_response, json_errors, remove_stale_socket
+from agentfactory.gateway.replies import (
+    budget_spent,
+    error_response,
+    json_errors,
+    make_traversable,
+    remove_stale_socket,
+)
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.spec import runtime_spec
 from agentfactory.store.blobs import BlobStore
@@ -115,7 +120,7 @@ class ModelGateway:
         """Bind the socket (removing a stale one) and serve; agents (uid 10001) may connect."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._make_traversable(path.parent)
+        make_traversable(path.parent, self._log)
         await asyncio.to_thread(remove_stale_socket, path)
         self._db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="gateway-db")
         cleared = await self._db(self._ledger.clear_reservations)
@@ -174,16 +179,6 @@ class ModelGateway:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             self._log.info("gateway_stopped", socket=str(self.socket_path))
-
-    def _make_traversable(self, directory: Path) -> None:
-        """Agents run as a non-root user: they must be able to traverse the mounted directory."""
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if mode & 0o005 == 0o005:
-            return
-        try:
-            directory.chmod(mode | 0o755)
-        except PermissionError:
-            self._log.warning("gateway_dir_not_traversable", directory=str(directory), mode=oct(mode))
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
