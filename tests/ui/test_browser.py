@@ -4,6 +4,7 @@ page at desktop and phone widths go to test-artifacts/screenshots (CI keeps them
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from typing import Any
@@ -96,8 +97,9 @@ def test_a_cli_agent_appears_live_streams_in_order_and_cancels(browser: Any, ui_
 def test_a_finished_agents_page_shows_the_seal_and_artifacts(browser: Any, ui_server: ServerProcess) -> None:
     sign_in(browser, ui_server)
     agent_id = run_cli(
-        ui_server, "run", "--model", "sh", "--tool", "shell", "printf 'a\\033[31mred\\033[0m\\nb <b>x</b>\\n'"
-    ).strip()
+        ui_server, "run", "--model", "sh", "--tool", "shell", "--artifact", "out/*.txt",
+        "printf 'a\\033[31mred\\033[0m\\nb <b>x</b>\\n'; mkdir -p out; printf 'made by the agent' > 'out/r 1.txt'",
+    ).strip()  # fmt: skip
     with ui_server.client() as api:
         wait_terminal(api, agent_id)
         result = api.get(f"/agents/{agent_id}/result").json()
@@ -109,10 +111,19 @@ def test_a_finished_agents_page_shows_the_seal_and_artifacts(browser: Any, ui_se
     texts = [t for _, t, _ in shown_lines(browser)]
     assert "ared" in texts and "b <b>x</b>" in texts  # ANSI stripped, HTML shown as text
     assert not all_css(browser, "#log b")
-    if agent.get("artifacts"):  # another branch serves them; this page lists what the API returns
-        assert len(all_css(browser, "#artifacts li")) == len(agent["artifacts"])
-    else:
-        assert by_css(browser, "#no-artifacts").is_displayed()
+    # The artifact, downloaded the way the page's link does (the session's cookie), matches its sha256.
+    (item,) = result["artifacts"]["items"]
+    link = by_css(browser, "#artifacts li a")
+    assert link.text == item["path"] == "out/r 1.txt" and link.get_attribute("data-sha256") == item["sha256"]
+    body = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {credentials: 'same-origin'})"
+        ".then(r => r.arrayBuffer()).then(b => done(Array.from(new Uint8Array(b))));",
+        link.get_attribute("href"),
+    )
+    assert bytes(body) == b"made by the agent"
+    assert hashlib.sha256(bytes(body)).hexdigest() == item["sha256"]
+    assert agent["status"] == "succeeded"
     screenshot(browser, "agent-finished")
     failed = run_cli(ui_server, "run", "--model", "down", "anything").strip()
     browser.get(ui_server.url + f"/ui/agents/{failed}")
