@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from agentfactory.schemas import CapacityOut
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
-from agentfactory.service.system import readiness
+from agentfactory.service.system import capacity, readiness
 from agentfactory.store import queries
 
 DAY = 86_400
@@ -67,6 +68,7 @@ class Fleet:
     active: dict[str, int]  # status → agents (pending, starting, running)
     max_ttl_seconds: int
     max_concurrent_per_key: int | None
+    capacity: CapacityOut  # the cluster's slots and queue (SPEC §10); per key for an admin
 
 
 async def fleet(svc: Services, caller: Caller) -> Fleet:
@@ -77,4 +79,5 @@ async def fleet(svc: Services, caller: Caller) -> Fleet:
         active=active,
         max_ttl_seconds=svc.catalog.limits.max_ttl_seconds,
         max_concurrent_per_key=None if caller.admin else caller.max_concurrent_agents,
+        capacity=await capacity(svc, caller),
     )

@@ -228,6 +228,7 @@ def test_a_200000_line_agent_stays_responsive(browser: Any, ui_server: ServerPro
 
 
 def test_admin_pages_keys_usage_system(browser: Any, ui_server: ServerProcess) -> None:
+    run_cli(ui_server, "run", "--model", "echo", "usage to chart")  # the usage chart has a bar, run alone too
     sign_in(browser, ui_server)
     browser.get(ui_server.url + "/ui/admin/keys")
     name = f"made-in-ui-{uuid.uuid4().hex[:6]}"
@@ -251,6 +252,10 @@ def test_admin_pages_keys_usage_system(browser: Any, ui_server: ServerProcess) -
     screenshot(browser, "usage")
     browser.get(ui_server.url + "/ui/admin/system")
     assert by_css(browser, "#checks").text
+    with ui_server.client() as api:
+        slots = api.get("/capacity").json()
+    assert f"of {slots['max_running']} held" in by_css(browser, "#slots").text  # the cluster's slots (SPEC §10)
+    assert len(all_css(browser, "#key-slots tbody tr")) == len(slots["keys"] or [])  # an admin sees every key's
     screenshot(browser, "system")
 
 
