@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up up-ha setup test test-pg test-no-engine lint fmt bench load image typescript openapi clean
+.PHONY: up up-ha up-swarm setup test test-pg test-no-engine lint fmt bench load image typescript openapi clean
 
 up:            ## deps, Docker Engine, images, then the control plane on 127.0.0.1:8000 (SQLite)
 	bash scripts/up.sh
 
 up-ha:         ## PostgreSQL + 3 replicas + HAProxy on 127.0.0.1:8000, all from Debian (docs/ha.md)
 	bash scripts/up_ha.sh
+
+up-swarm:      ## `make up` with the swarm backend: a single-node swarm of this engine when it has none (docs/swarm.md)
+	bash scripts/up-swarm.sh
 
 setup:         ## deps, Docker Engine, images, gVisor (runsc) and the test tools; idempotent
 	AGENTFACTORY_WITH_TEST_TOOLS=1 AGENTFACTORY_WITH_RUNSC=1 bash scripts/setup.sh

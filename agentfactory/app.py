@@ -31,15 +31,24 @@ from agentfactory.service.auth import check_admin_key, ensure_bootstrap_admin
 from agentfactory.service.context import Services
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.ui import mount_ui
 
 log = structlog.get_logger("agentfactory.app")
 
 
 def build_backend(settings: Settings) -> Backend:
-    if settings.backend != "docker":
-        # The contract allows a Swarm backend; it is not built yet, and silently using the local
-        # engine instead would put agents somewhere the operator did not ask for.
-        raise ValueError(f"AGENTFACTORY_BACKEND={settings.backend!r} is not available yet; use 'docker'")
+    if settings.backend == "swarm":
+        from agentfactory.backends.swarm import SwarmBackend
+
+        swarm = SwarmBackend(
+            instance=settings.instance_id,
+            network_name=settings.agent_network,
+            stop_grace_seconds=settings.stop_grace_seconds,
+            placement_timeout=settings.swarm_placement_seconds,
+        )
+        # Refuses (SwarmRefused, a ValueError) a swarm that would run agents with less than the sandbox.
+        swarm.verify(settings.runtime_image)
+        return swarm
     from agentfactory.backends.docker import DockerBackend
 
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)
@@ -89,6 +98,7 @@ def create_app(
         metrics=metrics,
         logger=structlog.get_logger("agentfactory.gateway"),
         limits=GatewayLimits.from_settings(settings),
+        blobs=svc.blobs,
     )
     seat = GatewaySeat(gateway)
     reaper = Reaper(
@@ -98,6 +108,7 @@ def create_app(
         retention_days=settings.retention_days,
         event_retention_days=settings.event_retention_days,
         start_deadline=settings.start_deadline_seconds,
+        blobs=svc.blobs,
     )
     sampler = UsageSampler(
         store=store, backend=svc.backend, interval=settings.usage_interval_seconds, owner=svc.replica.id
@@ -128,8 +139,10 @@ def create_app(
 
         await asyncio.gather(
             prepare_agent_network(svc.backend, catalog, settings.agent_network),
+            svc.queue.capacity.determine(settings, svc.backend, catalog),
             *([lease()] if run_loops else []),
         )
+        metrics.max_running_agents.set(svc.queue.capacity.max_running)
         if run_loops:
             try:
                 await reaper.recover()
@@ -140,6 +153,8 @@ def create_app(
             loops.append(loop.create_task(sampler.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
+            # After recovery: agents that had left the queue but not started are back in it.
+            loops.append(loop.create_task(svc.queue.dispatcher.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend, replica_id=svc.replica.id)
         try:
             async with mcp.session_manager.run():
@@ -149,6 +164,7 @@ def create_app(
             if loops:
                 await asyncio.wait(loops, timeout=10)
             await svc.webhook_deliverer.close()
+            await svc.queue.dispatcher.drain()
             await svc.launcher.shutdown()
             if svc.replica.leasing:
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once
@@ -168,5 +184,6 @@ def create_app(
     app.state.services = svc
     app.state.reaper = reaper
     mount_http_api(app)
+    mount_ui(app)
     app.router.routes.append(mcp.route)
     return app

@@ -23,6 +23,7 @@ class CatalogLimits(BaseModel):
     pids: int = Field(256, ge=16)
     max_log_bytes: int = Field(104_857_600, ge=1024)
     scratch_mb: int = Field(256, ge=1, description="size of the writable tmpfs scratch dir")
+    max_artifact_bytes: int = Field(104_857_600, ge=0, description="bytes of artifacts kept per agent (SPEC §9)")
     default_token_budget: int = Field(100_000, ge=1)
     max_token_budget: int = Field(1_000_000, ge=1)
     max_steps: int = Field(32, ge=1, description="model turns an agent may take")
@@ -48,6 +49,9 @@ class CatalogModel(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: id)")
     tools: list[str] | None = Field(None, description="tools this model may be given (default: all)")
     timeout_seconds: float = Field(60, gt=0, description="bound on one upstream call")
+    constraints: list[str] = Field(
+        [], description="placement constraints of its agents on a swarm (Swarm syntax, e.g. node.labels.gpu==true)"
+    )
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> CatalogModel:
@@ -62,6 +66,9 @@ class CatalogTool(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     description: str = ""
     network: bool = False
+    constraints: list[str] = Field(
+        [], description="placement constraints of agents given this tool on a swarm (Swarm syntax)"
+    )
 
 
 class Catalog(BaseModel):
@@ -119,6 +126,14 @@ class Catalog(BaseModel):
                 f"ttl_seconds {ttl_seconds} is above the catalog's max_ttl_seconds {self.limits.max_ttl_seconds}",
                 details=[{"loc": ["body", "ttl_seconds"], "max": self.limits.max_ttl_seconds}],
             )
+
+    def constraints(self, model: str, tools: list[str]) -> tuple[str, ...]:
+        """The placement constraints of an agent: its model's and its tools', each once, in order."""
+        found = [*(m.constraints if (m := self.model(model)) else [])]
+        for tid in tools:
+            if (t := self.tool(tid)) is not None:
+                found.extend(t.constraints)
+        return tuple(dict.fromkeys(found))
 
     def needs_network(self, tools: list[str]) -> bool:
         return any((t := self.tool(tid)) is not None and t.network for tid in tools)

@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -94,6 +97,38 @@ class ApiClient(Endpoints[Any]):
                 delay = self._settle(call, attempt, response=response)
             time.sleep(delay)
             attempt += 1
+
+    def upload(self, chunks: Iterable[bytes], *, gzip: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+        """POST /uploads with a tar (or tar.gz) body streamed from `chunks` (SPEC §9); not retried:
+        the chunks are consumed."""
+        content_type = "application/gzip" if gzip else "application/x-tar"
+        try:
+            response = self._http.post(
+                "/uploads", content=chunks, headers={"Content-Type": content_type}, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+        if response.status_code >= 400:
+            raise missing_key_hint(error_from_response(response), self.has_api_key)
+        result: dict[str, Any] = response.json()
+        return result
+
+    def download_artifact(self, agent_id: str, path: str, dest: Path, *, timeout: float = 600.0) -> str:
+        """Stream one artifact into `dest` (made with its parents); returns the sha256 of what was written."""
+        digest = hashlib.sha256()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._http.stream("GET", f"/agents/{agent_id}/artifacts/{quote(path)}", timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise missing_key_hint(error_from_response(response), self.has_api_key)
+                with open(dest, "wb") as out:
+                    for data in response.iter_bytes(1 << 20):
+                        digest.update(data)
+                        out.write(data)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+        return digest.hexdigest()
 
     def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
         """Any route, by method and path (`params`, `json`, `headers` as in `Call`)."""

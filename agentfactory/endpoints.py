@@ -125,6 +125,10 @@ class Endpoints(Generic[R]):
     def get_result(self, agent_id: str) -> R:
         return self._call(Call("GET", f"/agents/{agent_id}/result"))
 
+    def list_artifacts(self, agent_id: str) -> R:
+        """`{"items": [{"path", "bytes", "sha256"}], "dropped": [{"path", "bytes"}], "complete"}` (SPEC §9)."""
+        return self._call(Call("GET", f"/agents/{agent_id}/artifacts"))
+
     def get_logs(
         self,
         agent_id: str,

@@ -53,6 +53,12 @@ class QuotaError(AgentFactoryError):
     code, status = "E_QUOTA", 429
 
 
+class CapacityError(AgentFactoryError):
+    """The cluster runs as many agents as it may (SPEC §10) and the request asked not to queue."""
+
+    code, status = "E_CAPACITY", 429
+
+
 class RateLimitError(AgentFactoryError):
     code, status = "E_RATE_LIMIT", 429
 

@@ -20,6 +20,7 @@ RESERVED_ENV = {
 MAX_ENV_ITEMS = 64
 MAX_ENV_VALUE = 8192
 MAX_METADATA_ITEMS = 32
+MAX_ARTIFACT_GLOBS = 32
 # Times go over the wire as RFC 3339 strings with milliseconds and a Z ("2026-11-22T10:00:00.130Z").
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
@@ -78,6 +79,33 @@ class AgentCreate(BaseModel):
     secrets: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     token_budget: int | None = Field(None, ge=1, le=INT32_MAX)
+    workspace: str | None = Field(
+        None,
+        pattern=r"^up_[A-Za-z0-9]{1,40}$",
+        description="an upload's id (POST /uploads): unpacked into /scratch/workspace before the agent runs",
+    )
+    artifacts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ARTIFACT_GLOBS,
+        description="glob patterns relative to /scratch/workspace (`**` crosses directories): the matching "
+        "files are collected when the agent ends, whatever ends it",
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: list[str]) -> list[str]:
+        for glob in v:
+            if not glob or len(glob) > 512 or glob.startswith("/") or "\x00" in glob or ".." in glob.split("/"):
+                raise ValueError(f"artifact pattern {glob[:64]!r} must be a relative glob without '..' (1-512 chars)")
+        return v
+
+    queue_timeout_seconds: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="when the key's or the cluster's limit is full: 0 refuses with 429 (E_QUOTA / E_CAPACITY); "
+        "N > 0 queues the agent (status `queued`) for up to N seconds, then it ends expired/queue_timeout",
+    )
 
     @field_validator("tools")
     @classmethod
@@ -114,6 +142,7 @@ class Links(BaseModel):
     logs: str
     stream: str
     result: str
+    dashboard: str = Field(description="the agent's page in the dashboard (GET /ui, SPEC §12)")
 
 
 class AgentOut(BaseModel):
@@ -143,6 +172,7 @@ class AgentOut(BaseModel):
                         "logs": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/logs",
                         "stream": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/stream",
                         "result": "/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd/result",
+                        "dashboard": "/ui/agents/ag_5x2kq7m3b9w4t6r8p1n0c2vd",
                     },
                 }
             ]
@@ -166,6 +196,10 @@ class AgentOut(BaseModel):
     log_lines: int | None = Field(None, description="seal: lines captured (terminal agents)")
     log_bytes: int | None = Field(None, description="seal: bytes captured, each line's UTF-8 text + 1")
     log_sha256: str | None = Field(None, description="seal: SHA-256 over each line's UTF-8 text + '\\n'")
+    queue_position: int | None = Field(None, description="while queued: 1 = the next to get a slot")
+    estimated_start_at: Timestamp | None = Field(
+        None, description="while queued: when it should start, from the queue's recent pace (null: no estimate yet)"
+    )
     links: Links
 
 
@@ -209,6 +243,9 @@ class TtlUpdate(BaseModel):
 
 class Timings(BaseModel):
     accepted_at: Timestamp
+    dequeued_at: Timestamp | None = Field(
+        None, description="a queued agent: when it left the queue for a slot (null: it never waited in the queue)"
+    )
     started_at: Timestamp | None
     first_output_at: Timestamp | None
     finished_at: Timestamp | None
@@ -236,6 +273,31 @@ class Seal(BaseModel):
         "the seal still covers exactly the stored lines",
     )
     capture_error: str | None = None
+
+
+class UploadOut(BaseModel):
+    id: str
+    bytes: int
+    sha256: str
+    files: int
+    expires_at: Timestamp
+
+
+class ArtifactItem(BaseModel):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class DroppedArtifact(BaseModel):
+    path: str
+    bytes: int
+
+
+class ArtifactManifest(BaseModel):
+    items: list[ArtifactItem]
+    dropped: list[DroppedArtifact]
+    complete: bool = Field(description="the agent is terminal and collection ended")
 
 
 class AgentResult(BaseModel):
@@ -289,6 +351,7 @@ class AgentResult(BaseModel):
     cpu_seconds: float | None
     tokens: TokenUsage
     seal: Seal
+    artifacts: ArtifactManifest | None = Field(None, description="the agent's artifacts, when it asked for any")
 
 
 class KeyCreate(BaseModel):
@@ -540,6 +603,32 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail
     request_id: str
+
+
+class WarmPool(BaseModel):
+    idle: int
+    target: int
+
+
+class KeyCapacity(BaseModel):
+    key_id: str
+    running: int = Field(description="agents of this key holding a slot (pending, starting, running)")
+    queued: int
+    max_concurrent_agents: int | None
+
+
+class CapacityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"max_running": 10, "running": 10, "queued": 42, "warm": {"idle": 0, "target": 0}}]
+        }
+    )
+
+    max_running: int = Field(description="agents the cluster runs at once (AGENTFACTORY_MAX_RUNNING_AGENTS)")
+    running: int = Field(description="agents holding a slot: pending, starting and running")
+    queued: int
+    warm: WarmPool
+    keys: list[KeyCapacity] | None = Field(None, description="admin only: per-key figures")
 
 
 class Health(BaseModel):

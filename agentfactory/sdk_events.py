@@ -30,6 +30,7 @@ class AgentOptions(TypedDict, total=False):
     secrets: Mapping[str, str]
     metadata: Mapping[str, str | int | float | bool | None]
     token_budget: int
+    queue_timeout_seconds: int
     idempotency_key: str
 
 
@@ -76,7 +77,10 @@ def create_request(model: str, prompt: str, options: AgentOptions) -> tuple[dict
         if name in fields:
             fields[name] = dict(fields[name])  # type: ignore[call-overload]
     body = AgentCreate.model_validate({"model": model, "prompt": prompt, **fields})
-    return body.model_dump(exclude_none=True), options.get("idempotency_key") or f"sdk-{uuid.uuid4()}"
+    sent = body.model_dump(exclude_none=True)
+    if not sent["queue_timeout_seconds"]:  # the default: a server from before the queue accepts the body
+        del sent["queue_timeout_seconds"]
+    return sent, options.get("idempotency_key") or f"sdk-{uuid.uuid4()}"
 
 
 def page_size(limit: int | None, have: int) -> int | None:

@@ -47,8 +47,25 @@ class Settings(BaseSettings):
         "address, which their egress policy blocks); [] leaves the engine's default",
     )
     start_deadline_seconds: float = Field(60, description="an agent still starting after this is failed")
+    swarm_placement_seconds: float = Field(
+        10,
+        gt=0,
+        description="swarm backend: how long a launch waits for Swarm to place the task before it fails "
+        "with Swarm's reason (constraints no node meets, resources no node has)",
+    )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
+    max_upload_mb: int = Field(100, ge=1, description="largest workspace archive POST /uploads accepts (SPEC §9)")
+    max_upload_entries: int = Field(100_000, ge=1, description="most entries a workspace archive may hold")
+    upload_ttl_hours: float = Field(24, description="an upload no agent used is purged after this")
+    files_dir: Path | None = Field(
+        None,
+        description="where uploads and artifacts are kept (the local blob store); default: next to a SQLite "
+        "database (<db>.files), else ./agentfactory-files",
+    )
+    artifact_grace_seconds: float = Field(
+        10, description="how long an agent with artifacts is given to hand them back when it is stopped or expires"
+    )
     max_prompt_chars: int = Field(65_536, description="longest prompt accepted")
     log_level: str = Field("info", description="control-plane log level")
     instance_id: str = Field(
@@ -67,6 +84,15 @@ class Settings(BaseSettings):
     )
     agent_nofile: int = Field(
         1024, ge=64, description="open-file limit (soft and hard) of every agent container: sockets count too"
+    )
+    max_running_agents: int | None = Field(
+        None,
+        ge=1,
+        description="agents the cluster runs at once (pending, starting and running together); unset: the "
+        "engine's memory less a reserve (1 GiB and 10 %) divided by the catalog's memory_mb, at least 1",
+    )
+    queue_interval_seconds: float = Field(
+        0.5, gt=0, description="seconds between passes of the queue dispatcher (it is also woken by every end)"
     )
     # The model gateway's bounds on what one agent may send (SPEC §14).
     gateway_max_body_bytes: int = Field(
@@ -170,3 +196,12 @@ class Settings(BaseSettings):
         if value in ("host", "bridge", "default", "none") or value.startswith("container:"):
             raise ValueError(f"{value!r} is not an isolated user-defined network")
         return value
+
+    def blob_dir(self) -> Path:
+        """The local blob store's directory (SPEC §9)."""
+        if self.files_dir is not None:
+            return self.files_dir
+        if self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
+            db = Path(self.database_url.removeprefix("sqlite:///"))
+            return db.with_name(db.name + ".files")
+        return Path("agentfactory-files")

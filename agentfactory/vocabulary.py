@@ -13,6 +13,7 @@ import enum
 class AgentStatus(enum.StrEnum):
     """(queued →) pending → starting → running → one terminal status (SPEC §3)."""
 
+    QUEUED = "queued"
     PENDING = "pending"
     STARTING = "starting"
     RUNNING = "running"

@@ -7,7 +7,8 @@
 #   AGENTFACTORY_RUNTIME_IMAGE tag of the agent runtime image (default agentfactory-runtime:latest)
 #   AGENTFACTORY_WITH_RUNSC=1  also install gVisor and register it as the Docker runtime "runsc"
 #   AGENTFACTORY_WITH_TEST_TOOLS=1  also install what the test suite uses (promtool, Node and clients/typescript's
-#                              npm packages, postgresql and haproxy for the replicas' tests)
+#                              npm packages, postgresql and haproxy for the replicas' tests,
+#                              chromium and chromium-driver for the dashboard's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,6 +107,8 @@ fi
 if [ "${AGENTFACTORY_WITH_TEST_TOOLS:-0}" = 1 ]; then
   # promtool (the Grafana dashboard's and the alert rules' checks), Node for the TypeScript client's check.
   apt_install prometheus postgresql haproxy
+  # The dashboard's browser tests (tests/ui/test_browser.py): Debian's Chromium and its WebDriver.
+  apt_install chromium chromium-driver
   # This machine kind may ship Node with its own npm (NodeSource's nodejs, which conflicts with
   # Debian's npm package): install Debian's only for what is missing.
   command -v node >/dev/null 2>&1 || apt_install nodejs

@@ -4,7 +4,7 @@
 # once into .run/admin_key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+[ "${AGENTFACTORY_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup.sh
 mkdir -p .run
 if [ -z "${AGENTFACTORY_ADMIN_KEY:-}" ]; then
   [ -s .run/admin_key ] || .venv/bin/python -c 'import secrets; print("af_admin_" + secrets.token_urlsafe(24))' > .run/admin_key

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from agentfactory.api.errors import install_error_handlers
 from agentfactory.api.middleware import EdgeMiddleware
-from agentfactory.api.routes import agents, events, keys, logs, system, webhooks, ws
+from agentfactory.api.routes import agents, events, files, keys, logs, system, webhooks, ws
 from agentfactory.api.sse import BlockCache
 
 
@@ -15,5 +15,5 @@ def mount_http_api(app: FastAPI) -> None:
     app.state.sse_cache = BlockCache()
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware)
-    for module in (system, agents, logs, ws, keys, events, webhooks):
+    for module in (system, agents, logs, ws, keys, events, webhooks, files):
         app.include_router(module.router)

@@ -15,10 +15,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentfactory.api.errors import envelope
 from agentfactory.errors import AgentFactoryError, RateLimitError, TooLargeError
-from agentfactory.service.auth import authenticate
+from agentfactory.service.auth import CSRF_HEADER, SESSION_COOKIE, authenticate_request
 
 log = structlog.get_logger("agentfactory.http")
-PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+ARTIFACT_PATH = re.compile(r"^/agents/[^/]+/artifacts/.+")
+UPLOAD_ROUTE = "/uploads"  # its body is an archive, capped by AGENTFACTORY_MAX_UPLOAD_MB instead
+PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui"}
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """One cookie's value from a Cookie header, or None."""
+    if not header:
+        return None
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return None
 
 
 class EdgeMiddleware:
@@ -33,7 +46,8 @@ class EdgeMiddleware:
         ctx = scope["app"].state.services
         # The API speaks JSON only: a body is read as JSON whatever Content-Type it claims, so that
         # `curl -d '{...}'` (which says x-www-form-urlencoded) just works. Every route needs a Bearer
-        # header, which a cross-site form cannot send, so this opens no CSRF path.
+        # header, which a cross-site form cannot send, or the dashboard's session cookie, whose state
+        # changes need the session's CSRF header (service.auth), so this opens no CSRF path.
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
             (b"content-type", b"application/json")
         ]
@@ -74,6 +88,10 @@ class EdgeMiddleware:
         path = scope["path"]
         if path.startswith("/mcp"):
             return "/mcp"
+        if path.startswith("/agents/") and ARTIFACT_PATH.match(path):
+            return "/agents/{agent_id}/artifacts/{path}"  # an artifact's path may hold slashes
+        if path == "/ui" or path.startswith("/ui/"):
+            return "/ui"  # the dashboard's pages authenticate by their session themselves
         for regex, template in self._templates:
             if regex.match(path):
                 return template
@@ -82,14 +100,24 @@ class EdgeMiddleware:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, ctx: Any, route: str) -> None:
         request_id = scope["state"]["request_id"]
         try:
-            receive = self._limit_body(scope, receive, ctx.settings.max_body_bytes, ctx)
+            limit = ctx.settings.max_upload_mb * 1024 * 1024 if route == UPLOAD_ROUTE else ctx.settings.max_body_bytes
+            receive = self._limit_body(scope, receive, limit, ctx)
             if route != "unmatched" and route not in PUBLIC:
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
                 authorization = headers.get("authorization")
                 caller = ctx.auth_cache.get(authorization)
                 if caller is None:
-                    caller = await authenticate(store=ctx.store, authorization=authorization)
-                    ctx.auth_cache.put(authorization or "", caller)
+                    # A browser signed in to the dashboard comes with its session cookie instead
+                    # (EventSource cannot send a header); its state changes need the CSRF header.
+                    caller = await authenticate_request(
+                        store=ctx.store,
+                        authorization=authorization,
+                        session_token=cookie_value(headers.get("cookie"), SESSION_COOKIE),
+                        method=scope["method"],
+                        csrf=headers.get(CSRF_HEADER),
+                    )
+                    if caller.session is None:
+                        ctx.auth_cache.put(authorization or "", caller)
                 scope["state"]["caller"] = caller
                 wait = await ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
                 if wait is not None:

@@ -207,7 +207,8 @@ class LeasedEventSource(EventSourceResponse):
                 await super().__call__(scope, receive, send)
             if revoked.cancelled_caught:
                 request_id = scope.get("state", {}).get("request_id", "-")
-                body = error_body(code="E_AUTH", message="this API key was revoked", request_id=request_id)
+                ended = "the dashboard session ended" if self._lease.session else "this API key was revoked"
+                body = error_body(code="E_AUTH", message=ended, request_id=request_id)
                 # a client that stopped reading does not get it: the stream just ends
                 with anyio.move_on_after(1), contextlib.suppress(RuntimeError, OSError):
                     end = sse("error", json.dumps(body)).encode()

@@ -46,6 +46,7 @@ class AgentSpec:
     runtime: str | None = None  # OCI runtime (runsc for gVisor); None: the engine's default
     gateway_socket_dir: Path | None = None
     instance: str = "local"
+    constraints: tuple[str, ...] = ()  # placement on a cluster (Swarm syntax); a single engine ignores them
 
 
 class ContainerState(enum.Enum):
@@ -98,6 +99,12 @@ class Launched:
 class ResourceUsage:
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineResources:
+    cpus: int
+    memory_bytes: int
 
 
 class Backend(abc.ABC):
@@ -157,6 +164,11 @@ class Backend(abc.ABC):
         engine does not answer. A backend that cannot enforce egress refuses (this default).
         """
         raise NetworkPolicyError(f"{type(self).__name__} cannot enforce an egress policy for agents with a network")
+
+    async def resources(self) -> EngineResources | None:
+        """What the engine (the cluster: every node together) has for agents, or None when it
+        cannot say; the default capacity is derived from it (SPEC §10)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release the client."""

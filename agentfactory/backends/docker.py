@@ -33,6 +33,7 @@ from agentfactory.backends.base import (
     Backend,
     ContainerState,
     ContainerStatus,
+    EngineResources,
     Launched,
     ManagedContainer,
     OutputSource,
@@ -234,6 +235,14 @@ class DockerBackend(Backend):
         if self._engine_id is None:
             self._engine_id = str(await self._run(lambda api: api.info()["ID"]))
         return self._engine_id
+
+    async def resources(self) -> EngineResources | None:
+        def info(api: docker.APIClient) -> EngineResources | None:
+            facts = api.info()
+            cpus, memory = facts.get("NCPU"), facts.get("MemTotal")
+            return EngineResources(cpus=int(cpus), memory_bytes=int(memory)) if cpus and memory else None
+
+        return await self._run(info)
 
     async def launch(self, spec: AgentSpec) -> Launched:
         return await self._run(lambda api: self._launch(api, spec))

@@ -1,7 +1,7 @@
 """`agentfactory`: the server (`serve`, `reap`, `db upgrade`) and its client (`run`, `logs`, `events`...), SPEC §7.
 
 This module is the Typer app, its global options and the console entry point `main()`; the commands
-live in `client_commands` and `event_commands` (HTTP through `agentfactory.client`), `context_commands`
+live in `client_commands`, `key_commands` and `event_commands` (HTTP through `agentfactory.client`), `context_commands`
 (the config file) and `server_commands` (which import the server stack only when run), and everything printed goes
 through `render`.
 
@@ -19,7 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from agentfactory import __version__
-from agentfactory.cli import client_commands, context_commands, event_commands, server_commands
+from agentfactory.cli import client_commands, context_commands, event_commands, key_commands, server_commands
 from agentfactory.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_IO,
@@ -101,10 +101,11 @@ app.command()(client_commands.wait)
 app.command()(client_commands.rm)
 app.command()(client_commands.ttl)
 app.command()(client_commands.result)
-app.command()(client_commands.catalog)
-keys_app.command("create")(client_commands.keys_create)
-keys_app.command("list")(client_commands.keys_list)
-keys_app.command("revoke")(client_commands.keys_revoke)
+app.command()(client_commands.artifacts)
+app.command()(key_commands.catalog)
+keys_app.command("create")(key_commands.keys_create)
+keys_app.command("list")(key_commands.keys_list)
+keys_app.command("revoke")(key_commands.keys_revoke)
 app.command()(event_commands.events)
 webhooks_app.command("create")(event_commands.webhooks_create)
 webhooks_app.command("list")(event_commands.webhooks_list)

@@ -1,4 +1,4 @@
-"""The client commands (`run`, `logs`, `status`, `ls`, `rm`, `ttl`, `result`, `catalog`, `keys ...`), SPEC §7.
+"""The client commands (`run`, `logs`, `status`, `ls`, `rm`, `ttl`, `result`, `artifacts`), SPEC §7.
 
 They talk to the server only through `agentfactory.client` and print only through `render`.
 """
@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import uuid
 from collections import deque
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from agentfactory.cli import files
+from agentfactory.cli.following import follow_agent
 from agentfactory.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_IO,
     EXIT_TEMPFAIL,
-    EXIT_UNREACHABLE,
     CliError,
     DurationOption,
     IdArgument,
@@ -48,72 +47,14 @@ from agentfactory.cli.render import (
     print_names,
     print_table,
 )
-from agentfactory.client import MAX_LOG_PAGE, AgentFollower, ApiClient, ApiError, ClientError, agent_exit_code
-from agentfactory.client_errors import ServerUnreachable, WaitTimeout
+from agentfactory.client import MAX_LOG_PAGE, ApiClient, ApiError, agent_exit_code
+from agentfactory.client_errors import WaitTimeout
 from agentfactory.vocabulary import TERMINAL
 
 AGENT_FIELDS = (
     *("id", "status", "reason", "exit_code", "error", "model", "tools", "created_at", "started_at"),
-    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256"),
+    *("finished_at", "expires_at", "ttl_seconds", "metadata", "log_lines", "log_bytes", "log_sha256", "dashboard"),
 )
-
-# --- following -------------------------------------------------------------------------------------
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (a CI job being cancelled) is handled like Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
-    raise _Terminated()
-
-
-def follow_agent(
-    client: ApiClient,
-    agent_id: str,
-    *,
-    json_lines: bool,
-    tail: int | None = None,
-    streams: tuple[str, ...] = ("stdout", "stderr"),
-    cancel_on_interrupt: bool = False,
-) -> dict[str, Any] | None:
-    """Streams the agent to its end; returns the terminal agent, or None when interrupted and detached."""
-    out = FollowOutput(agent_id, json_lines=json_lines, streams=streams, status_line=True)
-    follower = AgentFollower(client, agent_id, on_line=out.line, on_status=out.status, on_retry=out.retry, tail=tail)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        try:
-            agent = follower.run()
-        except KeyboardInterrupt:
-            if not cancel_on_interrupt:
-                return None
-            out.note(f"cancelling {agent_id} (interrupt again to leave it running)")
-            try:
-                client.delete_agent(agent_id)
-                agent = follower.run(max_seconds=10)
-            except KeyboardInterrupt:
-                out.note(f"left {agent_id} to finish cancelling on the server")
-                return None
-            except ClientError as exc:
-                out.note(f"could not confirm that {agent_id} stopped: {exc}")
-                return None
-        except ServerUnreachable as exc:
-            raise CliError(
-                f"lost {exc.url} while following {agent_id} ({exc.cause}); "
-                f"it may still be running: agentfactory logs -f {agent_id}",
-                EXIT_UNREACHABLE,
-            ) from exc
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        out.close()
-    if json_lines:
-        print_event("end", agent=agent)
-    elif agent.get("status") != "succeeded":
-        detail = f"exit code {agent.get('exit_code')}, reason {agent.get('reason') or '-'}"
-        error = f": {agent['error']}" if agent.get("error") else ""
-        out.note(f"agent {agent_id} {agent.get('status')} ({detail}){error}")
-    return agent
-
 
 # --- agents ----------------------------------------------------------------------------------------
 
@@ -139,6 +80,16 @@ def run(
     meta: Annotated[list[str] | None, typer.Option(help="metadata key=value", metavar="KEY=VALUE")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="same key + body → same agent", metavar="KEY")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="max model tokens", metavar="TOKENS")] = None,
+    queue: Annotated[
+        int | None,
+        typer.Option(
+            "--queue",
+            parser=parse_duration,
+            metavar="DURATION",
+            help="when the key or the cluster is full, wait in the queue up to this long (e.g. 10m; at most 1h) "
+            "instead of failing with E_QUOTA / E_CAPACITY",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream output; exit with the verdict")] = False,
     detach_on_interrupt: Annotated[
         bool, typer.Option("--detach-on-interrupt", help="Ctrl-C leaves the agent running")
@@ -146,10 +97,23 @@ def run(
     result_file: Annotated[
         Path | None, typer.Option(help="with --follow: write the result JSON here", metavar="PATH")
     ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="upload DIR (without .git and .gitignore'd files) as the agent's workspace", metavar="DIR"),
+    ] = None,
+    artifact: Annotated[
+        list[str] | None,
+        typer.Option(help="glob (relative to the workspace) of files to hand back (repeat)", metavar="GLOB"),
+    ] = None,
+    download: Annotated[
+        Path | None,
+        typer.Option(help="after the end, download the artifacts here, checked (implies --follow)", metavar="DIR"),
+    ] = None,
     json_out: JsonOption = False,
     output: OutputOption = None,
 ) -> None:
     """Create an agent; print its id, or with --follow stream its output and exit with its verdict."""
+    follow = follow or download is not None
     fmt = output_format(output, json_out)
     if follow and fmt not in (None, "json"):
         raise typer.BadParameter("with --follow, only --json (one JSON event per line)", param_hint="-o/--output")
@@ -164,12 +128,18 @@ def run(
     body: dict[str, Any] = {"model": model, "prompt": text}
     body |= {"tools": split_list(tool), "ttl_seconds": ttl, "env": parse_pairs(env, "--env")}
     body |= {"secrets": secrets, "metadata": parse_pairs(meta, "--meta"), "token_budget": token_budget}
+    body |= {"artifacts": list(artifact or [])}
+    body |= {"queue_timeout_seconds": queue or None}
     body = {k: v for k, v in body.items() if v not in (None, [], {})}
     with api_client(ctx) as client:
+        if workspace is not None:
+            body["workspace"] = files.upload_workspace(client, workspace)["id"]
         # A key of our own makes the POST safe to retry when the connection breaks mid-request.
         agent = client.create_agent(body, idempotency_key=idempotency_key or f"cli-{uuid.uuid4()}")
         agent_id = agent["id"]
         if not follow:
+            if fmt is None and sys.stderr.isatty():  # decorative: only for a person at a terminal
+                sys.stderr.write(f"dashboard: {dashboard_url(client.base_url, agent)}\n")
             print_agents([agent], fmt) if fmt in ("json", "yaml", "wide") else sys.stdout.write(f"{agent_id}\n")
             return
         json_lines = fmt == "json"
@@ -180,7 +150,31 @@ def run(
             raise typer.Exit(EXIT_INTERRUPTED)
         if result_file is not None:
             write_result(result_file, client.get_result(agent_id))
+        if download is not None:
+            for note in files.download_artifacts(client, agent_id, download, client.list_artifacts(agent_id)):
+                sys.stderr.write(f"agentfactory: {note}\n")
     raise typer.Exit(agent_exit_code(final))
+
+
+def artifacts(
+    ctx: typer.Context,
+    agent_id: IdArgument,
+    download: Annotated[
+        Path | None, typer.Option(help="download them here, each checked against its sha256", metavar="DIR")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List an agent's artifacts (and the dropped ones); with --download, fetch them into DIR."""
+    with api_client(ctx) as client:
+        manifest = client.list_artifacts(agent_id)
+        if download is not None:
+            for note in files.download_artifacts(client, agent_id, download, manifest):
+                sys.stderr.write(f"agentfactory: {note}\n")
+    if json_out:
+        return print_json(manifest)
+    rows = [[i["path"], str(i["bytes"]), i["sha256"]] for i in manifest["items"]]
+    rows += [[d["path"], str(d["bytes"]), "dropped"] for d in manifest["dropped"]]
+    print_table(["PATH", "BYTES", "SHA256"], rows)
 
 
 def write_result(path: Path, doc: dict[str, Any]) -> None:
@@ -243,7 +237,16 @@ def status(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = Fals
     fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         agent = client.get_agent(agent_id)
-    print_agents([agent], fmt) if fmt else print_fields(agent, AGENT_FIELDS)
+    if fmt:
+        print_agents([agent], fmt)
+    else:
+        print_fields({**agent, "dashboard": dashboard_url(client.base_url, agent)}, AGENT_FIELDS)
+
+
+def dashboard_url(base_url: str, agent: dict[str, Any]) -> str:
+    """The agent's page in the dashboard (SPEC §12), absolute: the server's `links.dashboard`."""
+    path = (agent.get("links") or {}).get("dashboard") or f"/ui/agents/{agent['id']}"
+    return base_url.rstrip("/") + path
 
 
 def list_agents(
@@ -362,83 +365,3 @@ def result(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = Fals
     if fmt == "name":
         return print_names([doc["id"]])
     print_fields(doc, ("id", "status", "reason", "exit_code", "error"))
-
-
-# --- catalog and keys ------------------------------------------------------------------------------
-
-
-def catalog(ctx: typer.Context, json_out: JsonOption = False) -> None:
-    """The models and tools this server offers, and its limits."""
-    with api_client(ctx) as client:
-        doc = client.get_catalog()
-    if json_out:
-        return print_json(doc)
-    models = [[m.get("id", "?"), m.get("provider", "-"), m.get("description", "")] for m in doc.get("models", [])]
-    print_table(["MODEL", "PROVIDER", "DESCRIPTION"], models)
-    sys.stdout.write("\n")
-    tools = [[t.get("id", "?"), "yes" if t.get("network") else "no", t.get("description", "")]
-             for t in doc.get("tools", [])]  # fmt: skip
-    print_table(["TOOL", "NETWORK", "DESCRIPTION"], tools)
-    if limits := doc.get("limits"):
-        sys.stdout.write("\nlimits: " + ", ".join(f"{k}={v}" for k, v in limits.items()) + "\n")
-
-
-def keys_create(
-    ctx: typer.Context,
-    name: str,
-    admin: Annotated[bool, typer.Option("--admin", help="may manage keys")] = False,
-    model: Annotated[list[str] | None, typer.Option(help="allowed model (repeat; none = all)", metavar="MODEL")] = None,
-    tool: Annotated[list[str] | None, typer.Option(help="allowed tool (repeat; none = all)", metavar="TOOL")] = None,
-    max_concurrent: Annotated[int | None, typer.Option(min=1, metavar="N")] = None,
-    rpm: Annotated[int | None, typer.Option(min=1, help="max requests per minute", metavar="N")] = None,
-    max_ttl: Annotated[int | None, typer.Option(parser=parse_duration, metavar="DURATION")] = None,
-    max_streams: Annotated[
-        int | None, typer.Option(min=1, help="max concurrent log streams and MCP waits", metavar="N")
-    ] = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Create an API key; its secret is printed once."""
-    body: dict[str, Any] = {
-        "name": name,
-        "admin": admin,
-        "models": split_list(model),
-        "tools": split_list(tool),
-    }
-    limits = {
-        "max_concurrent_agents": max_concurrent,
-        "max_requests_per_minute": rpm,
-        "max_ttl_seconds": max_ttl,
-        "max_streams": max_streams,
-    }
-    body |= {k: v for k, v in limits.items() if v is not None}
-    with api_client(ctx) as client:
-        key = client.create_key(body)
-    if json_out:
-        return print_json(key)
-    sys.stdout.write(f"{key.get('key')}\n")
-    sys.stderr.write(f"created {key.get('id')} ({name}); the key above is shown only this once\n")
-
-
-def keys_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
-    """List API keys and their quotas."""
-    with api_client(ctx) as client:
-        doc = client.list_keys()
-    if json_out:
-        return print_json(doc)
-    items = doc.get("items", []) if isinstance(doc, dict) else doc
-    headers = ["ID", "NAME", "PREFIX", "ADMIN", "MODELS", "TOOLS", "MAX AGENTS", "RPM", "MAX TTL", "AGE", "REVOKED"]
-    rows = [
-        [k["id"], str(k.get("name")), str(k.get("prefix") or "-"), "yes" if k.get("admin") else "no",
-         cell("models", k.get("models") or ["*"]), cell("tools", k.get("tools") or ["*"]),
-         *(cell(c, k.get(c)) for c in ("max_concurrent_agents", "max_requests_per_minute", "max_ttl_seconds")),
-         ago(k.get("created_at")), ago(k.get("revoked_at")) if k.get("revoked_at") else "-"]
-        for k in items
-    ]  # fmt: skip
-    print_table(headers, rows)
-
-
-def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Revoke an API key: it is refused from now on."""
-    with api_client(ctx) as client:
-        client.revoke_key(key_id)
-    sys.stdout.write(f"{key_id}\trevoked\n")

@@ -295,6 +295,7 @@ class FollowOutput:
     ):
         self.agent_id, self.json_lines, self.streams = agent_id, json_lines, streams
         self.state, self.lines, self.started = "connecting", 0, time.monotonic()
+        self.queue: tuple[int | None, float | None] | None = None  # while queued: position, estimated start
         enabled = status_line and not json_lines and status_line_allowed()
         self._status = StatusLine(self._describe, enabled=enabled)
 
@@ -310,9 +311,15 @@ class FollowOutput:
             out.flush()
 
     def status(self, agent: dict[str, Any]) -> None:
+        was_queued = self.queue is not None
         self.state = str(agent.get("status"))
+        self.queue = None
+        if self.state == "queued":
+            self.queue = (agent.get("queue_position"), parse_time(agent.get("estimated_start_at")))
         if self.json_lines:
             print_event("status", agent=agent)
+        elif self.queue is not None and not was_queued:  # once, for a CI log that has no status line
+            self.note(f"{self.agent_id} {queue_state(*self.queue, now=time.time())}")
 
     def retry(self, attempt: int, delay: float, cause: str) -> None:
         self.state = f"reconnecting in {delay:.1f}s (attempt {attempt}: {cause})"
@@ -326,4 +333,24 @@ class FollowOutput:
         self._status.close()
 
     def _describe(self) -> str:
-        return f"{self.agent_id} {self.state} · {self.lines} lines · {age(time.monotonic() - self.started)}"
+        state = self.state if self.queue is None else queue_state(*self.queue, now=time.time())
+        return f"{self.agent_id} {state} · {self.lines} lines · {age(time.monotonic() - self.started)}"
+
+
+def parse_time(value: object) -> float | None:
+    """An API timestamp (ISO 8601, `Z`) as epoch seconds; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def queue_state(position: int | None, estimated_start: float | None, *, now: float) -> str:
+    """ "queued, position 3, starts in ~40 s": a queued agent's place and its estimated start."""
+    words = "queued" if position is None else f"queued, position {position}"
+    if estimated_start is None:
+        return words
+    left = estimated_start - now
+    return f"{words}, starts in ~{round(left)} s" if left >= 1 else f"{words}, starts any moment"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from structlog.typing import FilteringBoundLogger
 
 from agentfactory.gateway.ledger import AgentGrant
 from agentfactory.gateway.providers import GatewayError
@@ -68,3 +69,14 @@ def remove_stale_socket(path: Path) -> None:
     finally:
         probe.close()
     raise RuntimeError(f"another model gateway is serving on {path}")
+
+
+def make_traversable(directory: Path, log: FilteringBoundLogger) -> None:
+    """Agents run as a non-root user: they must be able to traverse the mounted socket directory."""
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o005 == 0o005:
+        return
+    try:
+        directory.chmod(mode | 0o755)
+    except PermissionError:
+        log.warning("gateway_dir_not_traversable", directory=str(directory), mode=oct(mode))

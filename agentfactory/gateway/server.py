@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import stat
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +34,21 @@ from agentfactory.catalog import Catalog, CatalogModel
 from agentfactory.gateway import relay
 from agentfactory.gateway.bodies import BodyRefusal, JsonWorkers, PreparedBody, prepare_body
 from agentfactory.gateway.connection import MAX_TOKEN_CHARS
+from agentfactory.gateway.files import ARTIFACTS_PATH, WORKSPACE_PATH, GatewayFiles
 from agentfactory.gateway.guard import UNKNOWN_MODEL, ConnectionGuard
 from agentfactory.gateway.ledger import LIVE_STATUSES, AgentGrant, Reservation, TokenLedger
 from agentfactory.gateway.limits import GatewayLimits, TokenState
 from agentfactory.gateway.providers import GatewayError, OpenAIUpstream, Usage
-from agentfactory.gateway.replies import budget_spent, error_response, json_errors, remove_stale_socket
+from agentfactory.gateway.replies import (
+    budget_spent,
+    error_response,
+    json_errors,
+    make_traversable,
+    remove_stale_socket,
+)
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.spec import runtime_spec
+from agentfactory.store.blobs import BlobStore
 from agentfactory.store.engine import Store
 from agentfactory.store.tables import TERMINAL
 
@@ -79,7 +86,13 @@ class ModelGateway:
         metrics: Metrics,
         logger: FilteringBoundLogger,
         limits: GatewayLimits | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        self._files = (
+            GatewayFiles(store=store, blobs=blobs, catalog=catalog, metrics=metrics, logger=logger)
+            if blobs is not None
+            else None
+        )
         self._catalog = catalog
         self._ledger = TokenLedger(store, logger)
         self.socket_path = Path(socket_path)
@@ -107,7 +120,7 @@ class ModelGateway:
         """Bind the socket (removing a stale one) and serve; agents (uid 10001) may connect."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._make_traversable(path.parent)
+        make_traversable(path.parent, self._log)
         await asyncio.to_thread(remove_stale_socket, path)
         self._db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="gateway-db")
         cleared = await self._db(self._ledger.clear_reservations)
@@ -116,6 +129,8 @@ class ModelGateway:
         app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[json_errors])
         app.router.add_get("/health", self._health)
         app.router.add_get(SPEC_PATH, self._spec)
+        app.router.add_get(WORKSPACE_PATH, self._workspace)
+        app.router.add_put(ARTIFACTS_PATH, self._artifacts)
         for route in CHAT_PATHS:
             app.router.add_post(route, self._chat)
         self._upstream = OpenAIUpstream(self._environ)
@@ -165,16 +180,6 @@ class ModelGateway:
                 self.socket_path.unlink()
             self._log.info("gateway_stopped", socket=str(self.socket_path))
 
-    def _make_traversable(self, directory: Path) -> None:
-        """Agents run as a non-root user: they must be able to traverse the mounted directory."""
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if mode & 0o005 == 0o005:
-            return
-        try:
-            directory.chmod(mode | 0o755)
-        except PermissionError:
-            self._log.warning("gateway_dir_not_traversable", directory=str(directory), mode=oct(mode))
-
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
 
@@ -195,8 +200,29 @@ class ModelGateway:
             return error_response(err)
         if fields is None:
             return error_response(GatewayError(401, "E_AUTH", "unknown gateway token", outcome="auth"))
-        spec = runtime_spec(fields, self._catalog)
+        files = await self._db(self._files.agent_files, agent.pk) if self._files is not None else None
+        spec = runtime_spec(fields, self._catalog, files)
         return web.Response(body=json.dumps(spec, ensure_ascii=False).encode(), content_type="application/json")
+
+    # -- files in and out (SPEC §9, gateway/files.py) ----------------------------------------------
+
+    async def _workspace(self, request: web.Request) -> web.StreamResponse:
+        return await self._with_files(request, "workspace")
+
+    async def _artifacts(self, request: web.Request) -> web.StreamResponse:
+        return await self._with_files(request, "artifacts")
+
+    async def _with_files(self, request: web.Request, what: str) -> web.StreamResponse:
+        try:
+            digest, state, _slotted = self._admit(request, call=False)
+            agent = await self._authenticate(digest, state)
+            if self._files is None:
+                raise GatewayError(404, "E_NOT_FOUND", "this gateway keeps no files", outcome="bad_request")
+            handler = self._files.workspace if what == "workspace" else self._files.artifacts
+            return await handler(request, agent, self._db)
+        except GatewayError as err:
+            self._log.info("gateway_files_refused", what=what, outcome=err.outcome, status=err.status)
+            return error_response(err)
 
     # -- model calls -------------------------------------------------------------------------------
 

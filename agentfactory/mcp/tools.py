@@ -8,6 +8,7 @@ checks, views and paging as HTTP, which is another adapter over the same functio
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,15 +20,15 @@ from pydantic.json_schema import SkipJsonSchema
 from agentfactory.catalog import Catalog
 from agentfactory.errors import SchemaError
 from agentfactory.schemas import AgentCreate, AgentOut, AgentResult, LogLine, LogPage, TtlUpdate
-from agentfactory.service import agents, streams, system
+from agentfactory.service import agents, files, streams, system
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
-from agentfactory.service.views import agent_result
 from agentfactory.vocabulary import TERMINAL
 
 MAX_WAIT_SECONDS = 300
 MAX_LOG_PAGE = 1000
 MAX_TAIL = 200
+MAX_ARTIFACT_READ = 131_072  # bytes read_artifact returns at most (text in the model's context)
 # Lines are up to 64 KiB each, so a page or tail is also bounded in bytes: for a model's context,
 # and because a tool result carries it twice (text and structured content), inside one SSE event
 # that MCP clients cap (the SDK's default: 1 MiB).
@@ -105,7 +106,23 @@ FIELD_HELP = {
     "env": "environment variables for the agent",
     "metadata": "free key/value labels stored with the agent",
     "token_budget": "most model tokens the agent may spend",
+    "artifacts": "glob patterns (relative to the agent's working directory /scratch/workspace, `**` crosses "
+    "directories) of files to hand back when the agent ends; read them with read_artifact",
+    "workspace": "an upload id (up_..., from POST /uploads) unpacked into the agent's working directory",
 }
+
+
+class ReadArtifact(AgentRef):
+    path: str = Field(min_length=1, max_length=4096, description="an artifact's path, as get_agent's result lists it")
+    max_bytes: int = Field(16_384, ge=1, le=MAX_ARTIFACT_READ, description="read at most this many bytes")
+
+
+class ArtifactText(BaseModel):
+    path: str
+    bytes: int = Field(description="the artifact's whole size")
+    sha256: str
+    text: str = Field(description="its first max_bytes bytes as UTF-8 (undecodable bytes replaced)")
+    truncated: bool
 
 
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -180,13 +197,25 @@ async def extend_ttl(svc: Services, caller: Caller, args: ExtendTtl) -> AgentOut
     return await agents.extend_ttl(svc, caller, args.agent_id, args.ttl_seconds)
 
 
+async def read_artifact(svc: Services, caller: Caller, args: ReadArtifact) -> ArtifactText:
+    """The first max_bytes of one artifact, as text (SPEC §9)."""
+    art = await files.open_artifact(svc, caller, args.agent_id, args.path, f"bytes=0-{args.max_bytes - 1}")
+
+    def read() -> bytes:
+        return b"".join(art.chunks)
+
+    data = await asyncio.to_thread(read) if art.size else b""
+    text = data.decode("utf-8", "replace")
+    return ArtifactText(path=art.path, bytes=art.size, sha256=art.sha256, text=text, truncated=len(data) < art.size)
+
+
 async def wait_agent(svc: Services, caller: Caller, args: WaitAgent) -> WaitResult:
     """Wait for the agent's end (the service's hub loop), then the result document and the last lines.
     The wait holds one of the key's max_streams leases (429 past it; E_AUTH if the key is revoked)."""
     row = await agents.load_agent(svc, caller, args.agent_id)
     with svc.streams.hold(caller):
         row = await streams.wait_until_done(svc, row, args.timeout_seconds)
-    result = agent_result(row)
+    result = await agents.result_of(svc, row)
     tail: list[LogLine] = []
     if args.tail:
         tail = _within_bytes(await agents.read_tail(svc, caller, row.id, args.tail), newest=True)
@@ -203,7 +232,10 @@ TOOLS: tuple[ToolDef, ...] = (
     ToolDef(
         "launch_agent", "Launch an agent",
         "Start a sandboxed agent: its own container running `model` on `prompt` with the chosen `tools`, "
-        "killed when its TTL runs out. Returns the agent (id, status); then call wait_agent or read_logs.",
+        "killed when its TTL runs out. Returns the agent (id, status); then call wait_agent or read_logs. "
+        "When the key's or the server's limit of running agents is full, set queue_timeout_seconds to wait in "
+        "the queue (status `queued`, with queue_position and estimated_start_at) instead of an E_QUOTA / "
+        "E_CAPACITY error.",
         LaunchAgent, AgentOut, launch_agent,
     ),
     ToolDef(
@@ -223,6 +255,12 @@ TOOLS: tuple[ToolDef, ...] = (
         "(succeeded, failed, cancelled, expired). Returns done, the result document (status, exit code, "
         "timings, token usage, log seal) and the last log lines. Call again if done is false.",
         WaitAgent, WaitResult, wait_agent, read_only=True,
+    ),
+    ToolDef(
+        "read_artifact", "Read an agent's artifact",
+        f"The first max_bytes (at most {MAX_ARTIFACT_READ}) of a file the agent handed back (launch_agent's "
+        "artifacts), as text. get_agent's result (wait_agent) lists them with their sizes and sha256.",
+        ReadArtifact, ArtifactText, read_artifact, read_only=True,
     ),
     ToolDef(
         "cancel_agent", "Cancel an agent",

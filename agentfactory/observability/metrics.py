@@ -22,7 +22,7 @@ from agentfactory.vocabulary import TERMINAL, Reason
 
 STATUSES = TERMINAL
 REASONS = tuple(Reason)
-QUOTA_REASONS = ("concurrency", "rate", "body_size", "streams")
+QUOTA_REASONS = ("concurrency", "capacity", "rate", "body_size", "streams")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # An attempt's outcome: a 2xx; a failure with a retry scheduled; a failure out of retries.
@@ -50,6 +50,16 @@ class Metrics:
             p + "agents_finished_by_reason_total", "Terminal agents by reason", ["reason"], registry=r
         )
         self.agents_running = Gauge(p + "agents_running", "Agents whose container is running", registry=r)
+        self.agents_queued = Gauge(p + "agents_queued", "Agents waiting in the queue for a slot", registry=r)
+        self.max_running_agents = Gauge(
+            p + "max_running_agents", "Agents the cluster may run at once (its capacity)", registry=r
+        )
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds",
+            "Time a queued agent waited for its slot (queued to dispatched)",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
         self.agents_oom_killed = Counter(p + "agents_oom_killed_total", "Agents killed for memory", registry=r)
         self.launch_duration = Histogram(
             p + "launch_duration_seconds",
@@ -66,6 +76,12 @@ class Metrics:
             p + "orphans_reaped_total", "Labelled containers removed because no agent owns them", registry=r
         )
         self.agents_purged = Counter(p + "agents_purged_total", "Agents removed by retention", registry=r)
+        # Files in and out (SPEC §9).
+        self.upload_bytes = Counter(p + "upload_bytes_total", "Bytes of workspace archives kept", registry=r)
+        self.artifact_bytes = Counter(p + "artifact_bytes_total", "Bytes of artifacts collected", registry=r)
+        self.artifacts_dropped = Counter(
+            p + "artifacts_dropped_total", "Artifact files left out for the size bound", registry=r
+        )
         self.log_lines = Counter(p + "log_lines_total", "Log lines captured", registry=r)
         self.log_bytes = Counter(p + "log_bytes_total", "Log bytes captured", registry=r)
         self.log_bytes_dropped = Counter(

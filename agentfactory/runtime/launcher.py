@@ -150,16 +150,17 @@ class Launcher:
         except NetworkPolicyError as exc:
             log.error("agent_egress_not_enforced", network=network, reason=exc.message)
 
-    async def launch(self, row: AgentRow, token: str) -> AgentRow:
-        """Start an admitted agent's container. RuntimeUnavailableError deletes the row: nothing
-        is left behind; any other launch error ends the agent `failed`/`launch_failed`."""
+    async def launch(self, row: AgentRow, token: str, *, keep_on_engine_down: bool = False) -> AgentRow:
+        """Start an admitted agent's container. RuntimeUnavailableError deletes the row (nothing is
+        left behind; with `keep_on_engine_down`, for an agent that left the queue, the caller ends
+        it) and is raised; any other launch error ends the agent `failed`/`launch_failed`."""
         self._launching.add(row.pk)
         try:
-            return await self._launch(row, token)
+            return await self._launch(row, token, keep_on_engine_down)
         finally:
             self._launching.discard(row.pk)
 
-    async def _launch(self, row: AgentRow, token: str) -> AgentRow:
+    async def _launch(self, row: AgentRow, token: str, keep_on_engine_down: bool) -> AgentRow:
         try:
             # The engine it runs on, so that only replicas reaching that engine adopt it.
             engine_id = await self.backend.engine_id()
@@ -168,6 +169,8 @@ class Launcher:
                 agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
             )
         except RuntimeUnavailableError:
+            if keep_on_engine_down:
+                raise
             await self.store.run(queries.delete_agent, pk=row.pk)
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
@@ -185,9 +188,10 @@ class Launcher:
             started_at=started,
             expires_at=started + row.ttl_seconds,
         )
-        self.metrics.launch_duration.observe(max(0.0, started - row.created_at))
+        admitted = row.dequeued_at or row.created_at  # a queued agent's launch begins when it leaves the queue
+        self.metrics.launch_duration.observe(max(0.0, started - admitted))
         self.metrics.agents_running.inc()
-        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - row.created_at, 3))
+        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3))
         # The gateway token is in the container's environment: mask it like a secret if printed.
         self._watch(row.pk, row.id, launched.output, [*row.secrets.values(), token], Resume())
         self.arm_ttl(row.pk, started + row.ttl_seconds)
@@ -397,6 +401,10 @@ class Launcher:
         if row.status in TERMINAL:
             return row
         await self.store.run(queries.set_stop_reason, pk=row.pk, stop_reason=stop_reason)
+        files = await self.store.run(queries.get_agent_files, agent_pk=row.pk)
+        if files is not None and files.artifacts:
+            # Collect, then kill (SPEC §9): SIGTERM lets the runtime hand its artifacts back first.
+            grace = max(grace, self.settings.artifact_grace_seconds)
         if not self.owns(row):
             return await self._stop_elsewhere(row, grace)
         self._stopping.add(row.pk)
@@ -464,6 +472,16 @@ class Launcher:
             await self.backend.remove(row.id)
 
     # -- reconciling -----------------------------------------------------------------------------
+
+    async def requeue(self, row: AgentRow) -> bool:
+        """An agent that had left the queue but whose launch had not begun (`pending`: no container
+        yet) when its launcher stopped goes back to the queue, keeping its place (SPEC §10)."""
+        if row.status != AgentStatus.PENDING or row.queue_round is None:
+            return False
+        if await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.QUEUED, dequeued_at=None):
+            log.info("agent_requeued", agent_id=row.id)
+            return True
+        return False
 
     async def reconcile(self, row: AgentRow) -> None:
         """A running agent nobody here watches (after a restart, an adoption, an engine restart):

@@ -30,11 +30,13 @@ from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.runtime.replicas import Replica
 from agentfactory.store import queries
+from agentfactory.store.blobs import BlobStore
 from agentfactory.store.tables import TERMINAL, AgentRow
 from agentfactory.vocabulary import AgentStatus
 
 log = structlog.get_logger("agentfactory.reaper")
 LAUNCHING = (AgentStatus.PENDING, AgentStatus.STARTING)
+INTERRUPTED = "the control plane that launched it stopped during the launch"
 
 
 class Reaper(Loop):
@@ -49,7 +51,9 @@ class Reaper(Loop):
         retention_days: float,
         start_deadline: float,
         event_retention_days: float = 7,
+        blobs: BlobStore | None = None,
     ):
+        self.blobs = blobs
         super().__init__(interval=interval)
         self.launcher = launcher
         self.replica = replica
@@ -120,7 +124,11 @@ class Reaper(Loop):
             )
             await self._stop_overdue_elsewhere(now)
             await self.remove_orphans()
-        purged = await lch.store.run(queries.purge_agents_finished_before, cutoff=now - self.retention_seconds)
+        purged_pks = await lch.store.run(
+            queries.purge_agents_finished_before_with_pks, cutoff=now - self.retention_seconds
+        )
+        purged = len(purged_pks)
+        await self.purge_files(now, purged_pks)
         if purged:
             lch.metrics.agents_purged.inc(purged)
             log.info("agents_purged", count=purged)
@@ -132,10 +140,25 @@ class Reaper(Loop):
 
     def _why_stuck(self, row: AgentRow, now: float, interrupted: bool) -> str | None:
         if interrupted:
-            return "the control plane that launched it stopped during the launch"
-        if row.created_at < now - self.start_deadline:
+            return INTERRUPTED
+        if (row.dequeued_at or row.created_at) < now - self.start_deadline:  # a queued agent's from its dequeue
             return "the agent did not start within the start deadline"
         return None
+
+    async def purge_files(self, now: float, agent_pks: Sequence[int]) -> None:
+        """Retention of files (SPEC §9): the artifacts of purged agents, the uploads no agent used
+        within their time, and the used ones once their agents are purged."""
+        if self.blobs is None:
+            return
+        blobs, store = self.blobs, self.launcher.store
+        gone = await store.run(queries.purge_unused_uploads, now=now)
+        gone += await store.run(queries.purge_used_uploads_of_gone_agents)
+        for upload_id in gone:
+            await asyncio.to_thread(blobs.delete, f"uploads/{upload_id}")
+        for pk in agent_pks:
+            await asyncio.to_thread(blobs.delete, f"artifacts/{pk}")
+        if gone:
+            log.info("uploads_purged", count=len(gone))
 
     async def _adopt(self) -> set[int]:
         """Claim the active agents nobody live owns on this engine; they are then this replica's."""
@@ -189,6 +212,8 @@ class Reaper(Loop):
         fresh = await self.launcher.load(row.pk)
         if fresh is None or fresh.status not in LAUNCHING or self.launcher.watching(row.pk):
             return
+        if why == INTERRUPTED and await self.launcher.requeue(fresh):
+            return  # it had left the queue but its launch had not begun: back in the queue, in its place
         await self.launcher.fail_launch(fresh.pk, fresh.id, why)
 
     async def remove_orphans(self) -> None:

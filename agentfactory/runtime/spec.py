@@ -13,17 +13,26 @@ from typing import Any
 from agentfactory.backends.base import AgentSpec
 from agentfactory.catalog import Catalog
 from agentfactory.settings import Settings
-from agentfactory.store.tables import AgentRow
+from agentfactory.store.tables import AgentFilesRow, AgentRow
 
 GATEWAY_SOCKET_IN_CONTAINER = "/run/agentfactory/gateway.sock"
 TOOL_OUTPUT_LIMIT = 16_384
 
 
-def runtime_spec(row: AgentRow, catalog: Catalog) -> dict[str, Any]:
-    """The document the runtime inside the container reads: model, prompt, tools and loop bounds."""
+def runtime_spec(row: AgentRow, catalog: Catalog, files: AgentFilesRow | None = None) -> dict[str, Any]:
+    """The document the runtime inside the container reads: model, prompt, tools and loop bounds;
+    `files` (SPEC §9) when the agent has a workspace to fetch or artifacts to hand back."""
     limits = catalog.limits
     model = catalog.model(row.model)
+    extra: dict[str, Any] = {}
+    if files is not None:
+        extra["files"] = {
+            "workspace": files.workspace is not None,
+            "artifacts": list(files.artifacts),
+            "max_artifact_bytes": limits.max_artifact_bytes,
+        }
     return {
+        **extra,
         "agent_id": row.id,
         "model": row.model,
         "prompt": row.prompt,
@@ -63,4 +72,5 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         runtime=catalog.runtime or settings.container_runtime,
         gateway_socket_dir=settings.gateway_socket_dir,
         instance=settings.instance_id,
+        constraints=catalog.constraints(row.model, row.tools),
     )

@@ -1,7 +1,8 @@
-"""Admission: may this caller run this agent now? Catalog, key policy, quota and idempotency.
+"""Admission: may this caller run this agent now? Catalog, key policy, quota, capacity, idempotency.
 
-`check_request` is pure policy; `admit` writes the `pending` row atomically with the idempotency
-and concurrency checks (the key's row is locked first, so two admissions of one key serialise).
+`check_request` is pure policy; `admit` writes the `pending` (or `queued`) row atomically with the
+idempotency, the key's concurrency quota and the cluster's capacity (the key's row is locked first,
+then the capacity row, so two admissions of one key serialise and no slot is given twice).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import time
 import structlog
 
 from agentfactory.catalog import Catalog
-from agentfactory.errors import ConflictError, ForbiddenError, QuotaError, SchemaError
+from agentfactory.errors import CapacityError, ConflictError, ForbiddenError, QuotaError, SchemaError
 from agentfactory.observability.metrics import Metrics
 from agentfactory.schemas import AgentCreate
 from agentfactory.service.auth import Caller, new_id
+from agentfactory.service.queue import queue_positions
+from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
 from agentfactory.store import Session, queries
 from agentfactory.store.server_key import ServerKey
 from agentfactory.store.tables import AgentRow
-from agentfactory.vocabulary import AgentStatus
+from agentfactory.vocabulary import AgentStatus, EventType
 
 log = structlog.get_logger("agentfactory.admission")
 IDEMPOTENCY_WINDOW_SECONDS = 86_400
@@ -28,7 +31,10 @@ IDEMPOTENCY_WINDOW_SECONDS = 86_400
 
 def request_hash(req: AgentCreate, key: ServerKey) -> str:
     """Keyed: the request holds the secrets, and its fingerprint is kept beside the agent."""
-    return key.request_hash(req.model_dump())
+    body = req.model_dump()
+    if not body["queue_timeout_seconds"]:  # fingerprints of requests made before the queue existed hold
+        del body["queue_timeout_seconds"]
+    return key.request_hash(body)
 
 
 def check_request(*, catalog: Catalog, settings: Settings, caller: Caller, req: AgentCreate) -> int:
@@ -69,12 +75,17 @@ def admit(
     ttl: int,
     idempotency_key: str | None,
     server_key: ServerKey,
+    max_running: int,
     owner: str | None = None,
 ) -> tuple[AgentRow, bool]:
-    """Insert the pending row, atomically with the idempotency and concurrency checks. Returns
-    (agent, replayed): a replay is the agent an earlier request with the same key and body made.
-    One transaction: run it with `Store.run`. The agent's gateway token is derived from its id
-    (`ServerKey.gateway_token`); only its hash is stored."""
+    """Insert the pending row, atomically with the idempotency, concurrency and capacity checks.
+    Returns (agent, replayed): a replay is the agent an earlier request with the same key and body
+    made. One transaction: run it with `Store.run`. The agent's gateway token is derived from its id
+    (`ServerKey.gateway_token`); only its hash is stored.
+
+    When the key's quota or the cluster (`max_running` slots) is full, a request with
+    `queue_timeout_seconds` > 0 is admitted `queued` (so is one that would pass agents already
+    queued: slots go in queue order); without it, E_QUOTA or E_CAPACITY as before the queue."""
     rhash = request_hash(req, server_key)
     queries.lock_api_key(session=session, key_id=caller.key_id)
     now = time.time()
@@ -88,10 +99,29 @@ def admit(
         if existing is not None:  # older than 24 h: the key may be reused
             queries.update_agent(session=session, pk=existing.pk, idempotency_key=None)
     active = queries.count_active_agents(session=session, key_id=caller.key_id)
-    if active >= caller.max_concurrent_agents:
+    queries.lock_capacity(session=session)
+    cluster = queries.count_cluster_active(session=session)
+    status, queue_round, queue_deadline = AgentStatus.PENDING, None, None
+    if req.queue_timeout_seconds:
+        if (
+            active >= caller.max_concurrent_agents
+            or cluster >= max_running
+            or queries.count_queued(session=session) > 0
+        ):
+            status = AgentStatus.QUEUED
+            queue_round = queries.next_queue_round(session=session, key_id=caller.key_id)
+            queue_deadline = now + req.queue_timeout_seconds
+    elif active >= caller.max_concurrent_agents:
         metrics.quota_rejections.labels(reason="concurrency").inc()
         raise QuotaError(
             f"this key already runs {active} agents (max_concurrent_agents {caller.max_concurrent_agents})",
+            retry_after=2,
+        )
+    elif cluster >= max_running:
+        metrics.quota_rejections.labels(reason="capacity").inc()
+        raise CapacityError(
+            f"the cluster runs {cluster} agents, its capacity (max_running {max_running}); "
+            "retry later, or set queue_timeout_seconds to wait in the queue",
             retry_after=2,
         )
     agent_id = new_id("ag_")
@@ -100,7 +130,7 @@ def admit(
         session=session,
         id=agent_id,
         key_id=caller.key_id,
-        status=AgentStatus.PENDING,
+        status=status,
         model=req.model,
         tools=list(req.tools),
         prompt=req.prompt,
@@ -124,5 +154,24 @@ def admit(
         idempotency_key=idempotency_key,
         request_hash=rhash,
         owner=owner,
+        queue_round=queue_round,
+        queue_deadline=queue_deadline,
     )
+    if req.workspace is not None or req.artifacts:
+        if (
+            req.workspace is not None
+            and queries.use_upload(session=session, upload_id=req.workspace, key_id=caller.key_id, now=now) is None
+        ):
+            # Another key's upload, an expired or unknown one: the same answer (the transaction is undone).
+            raise SchemaError(
+                f"workspace {req.workspace!r} is not an upload of this key (unknown, expired or another key's)",
+                details=[{"loc": ["body", "workspace"]}],
+            )
+        queries.insert_agent_files(session=session, agent_pk=row.pk, workspace=req.workspace, artifacts=req.artifacts)
+    if queue_round is not None:  # the outbox: `agent.queued` commits with the row (SPEC §11)
+        position = queue_positions(queries.queue_order(session=session)).get(row.pk)
+        document = agent_out(row, queue_position=position).model_dump_json()
+        queries.append_event(
+            session=session, type=EventType.QUEUED, agent_id=row.id, key_id=row.key_id, agent=document, at=now
+        )
     return row, False

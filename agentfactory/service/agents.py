@@ -13,10 +13,10 @@ import structlog
 
 from agentfactory.errors import ConflictError, NotFoundError, SchemaError
 from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, LogLine, LogPage
-from agentfactory.service import admission
+from agentfactory.service import admission, queue
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
-from agentfactory.service.views import agent_out, agent_result, log_lines
+from agentfactory.service.views import agent_out, agent_result, log_lines, manifest_of
 from agentfactory.store import queries
 from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
 from agentfactory.vocabulary import STDERR, STDOUT, AgentStatus, Reason
@@ -45,12 +45,21 @@ async def create_agent(
         idempotency_key=idempotency_key,
         server_key=svc.server_key,
         owner=svc.launcher.replica_id,
+        max_running=svc.queue.capacity.max_running,
     )
     if replayed:
-        return agent_out(row), True
+        return await present(svc, row), True
     svc.metrics.agents_created.labels(model=row.model).inc()
-    log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl)
+    log.info("agent_created", agent_id=row.id, model=row.model, tools=row.tools, ttl_seconds=ttl, status=row.status)
+    if row.status == AgentStatus.QUEUED:
+        svc.hub.bump_events()  # `agent.queued` is in the log (and the dispatcher looks for a slot)
+        return await present(svc, row), False
     return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
+
+
+async def present(svc: Services, row: AgentRow) -> AgentOut:
+    """The agent document; a queued agent's carries its position and estimated start, read now."""
+    return await queue.present(svc.queue, svc.store, row)
 
 
 async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
@@ -74,7 +83,7 @@ async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
 
 
 async def get_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
-    return agent_out(await load_agent(svc, caller, agent_id))
+    return await present(svc, await load_agent(svc, caller, agent_id))
 
 
 async def list_agents(
@@ -85,6 +94,7 @@ async def list_agents(
     limit: int,
     cursor: int | None,
     metadata: Sequence[tuple[str, str]] = (),
+    model: str | None = None,
 ) -> AgentList:
     """The caller's agents (an admin's: everyone's), newest first; `cursor` from an earlier page.
     `metadata`: (key, value) pairs that must all match the agent's metadata (values compared as
@@ -104,14 +114,22 @@ async def list_agents(
         limit=limit,
         before_pk=cursor,
         metadata=tuple(metadata),
+        model=model,
     )
     next_cursor = str(rows[-1].pk) if len(rows) == limit else None
-    return AgentList(items=[agent_out(r) for r in rows], next_cursor=next_cursor)
+    return AgentList(items=await queue.present_many(svc.queue, svc.store, rows), next_cursor=next_cursor)
 
 
 async def cancel_agent(svc: Services, caller: Caller, agent_id: str) -> AgentOut:
-    """Stop the agent now (`cancelled`); a finished agent is answered as it is."""
+    """Stop the agent now (`cancelled`); a finished agent is answered as it is. A queued agent
+    leaves the queue `cancelled` and never starts (unless it got its slot first: then it is stopped)."""
     row = await load_agent(svc, caller, agent_id)
+    if row.status == AgentStatus.QUEUED:
+        await queue.end_queued(svc.queue.dispatcher, row.pk, AgentStatus.CANCELLED, Reason.CANCELLED, None)
+        row = await svc.launcher.load(row.pk) or row
+        if row.status != AgentStatus.PENDING:
+            return agent_out(row)
+        # It left the queue meanwhile: its launch is in flight; stop it like any starting agent.
     return agent_out(await svc.launcher.stop(row, Reason.CANCELLED, svc.settings.stop_grace_seconds))
 
 
@@ -130,7 +148,16 @@ async def extend_ttl(svc: Services, caller: Caller, agent_id: str, ttl_seconds: 
 
 
 async def get_result(svc: Services, caller: Caller, agent_id: str) -> AgentResult:
-    return agent_result(await load_agent(svc, caller, agent_id))
+    return await result_of(svc, await load_agent(svc, caller, agent_id))
+
+
+async def result_of(svc: Services, row: AgentRow) -> AgentResult:
+    """The CI document of an agent the caller may see, with its artifacts' manifest when it asked for any."""
+    result = agent_result(row)
+    files = await svc.store.run(queries.get_agent_files, agent_pk=row.pk)
+    if files is not None and files.artifacts:
+        result.artifacts = manifest_of(row, await svc.store.run(queries.list_artifacts, agent_pk=row.pk))
+    return result
 
 
 async def read_logs(

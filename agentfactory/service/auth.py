@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import hmac
 import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from agentfactory.errors import AuthError
+from agentfactory.errors import AuthError, ForbiddenError
 from agentfactory.store import Store, queries
 from agentfactory.store.tables import ApiKeyRow
 
@@ -31,10 +32,12 @@ class Caller:
     max_requests_per_minute: int
     max_ttl_seconds: int
     max_streams: int
+    session: str | None = None  # a dashboard session's token hash, when the caller came by cookie
 
     @classmethod
-    def from_row(cls, row: ApiKeyRow) -> Caller:
+    def from_row(cls, row: ApiKeyRow, session: str | None = None) -> Caller:
         return cls(
+            session=session,
             key_id=row.id,
             name=row.name,
             admin=row.admin,
@@ -71,6 +74,89 @@ def ensure_bootstrap_admin(*, store: Store, admin_key: str | None) -> None:
     """Keep the row of the bootstrap admin key in step with AGENTFACTORY_ADMIN_KEY. Its `prefix` is
     empty: the operator chose this key, and none of its characters is shown by GET /keys."""
     store.call(queries.sync_bootstrap_admin, key_id=BOOTSTRAP_ID, key=admin_key, now=time.time())
+
+
+SESSION_COOKIE = "af_session"
+CSRF_HEADER = "x-csrf-token"
+SESSION_SECONDS = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class UiSession:
+    """A dashboard sign-in: who it acts as and the CSRF token every state change must carry."""
+
+    caller: Caller
+    csrf: str
+
+
+def _session_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def sign_in(*, store: Store, api_key: str) -> tuple[str, UiSession]:
+    """Open a dashboard session with an API key (AuthError if the key is unknown or revoked):
+    (the session token for the cookie, the session). Only the token's hash and the key's id are
+    stored; the key itself is neither stored nor sent back."""
+    caller = await authenticate(store=store, authorization=f"Bearer {api_key.strip()}")
+    token = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(24)
+    now = time.time()
+    digest = _session_hash(token)
+    await store.run(
+        queries.insert_ui_session,
+        token_hash=digest,
+        key_id=caller.key_id,
+        csrf=csrf,
+        now=now,
+        expires_at=now + SESSION_SECONDS,
+    )
+    return token, UiSession(caller=replace(caller, session=digest), csrf=csrf)
+
+
+async def session_of(*, store: Store, token: str | None) -> UiSession | None:
+    """The live session of a cookie's token, or None (unknown, expired, signed out, key revoked)."""
+    if not token or len(token) > 128:
+        return None
+    digest = _session_hash(token)
+    found = await store.run(queries.get_ui_session, token_hash=digest, now=time.time())
+    if found is None:
+        return None
+    row, key = found
+    if key.revoked_at is not None:
+        return None
+    return UiSession(caller=Caller.from_row(key, session=digest), csrf=row.csrf)
+
+
+async def sign_out(*, store: Store, token: str | None) -> str | None:
+    """End the session (idempotent); its hash, to end the streams it holds."""
+    if not token or len(token) > 128:
+        return None
+    digest = _session_hash(token)
+    await store.run(queries.delete_ui_session, token_hash=digest)
+    return digest
+
+
+def check_csrf(session: UiSession, method: str, token: str | None) -> None:
+    """A state change by a session must carry its CSRF token (header or form field): ForbiddenError."""
+    if method.upper() in SAFE_METHODS:
+        return
+    if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
+        raise ForbiddenError("a state change from the dashboard needs its CSRF token")
+
+
+async def authenticate_request(
+    *, store: Store, authorization: str | None, session_token: str | None, method: str, csrf: str | None
+) -> Caller:
+    """The caller of an API request: its Bearer key, else a dashboard session cookie (whose state
+    changes need the CSRF header). AuthError when neither identifies anyone."""
+    if authorization or not session_token:
+        return await authenticate(store=store, authorization=authorization)
+    session = await session_of(store=store, token=session_token)
+    if session is None:
+        raise AuthError("the dashboard session ended; sign in again")
+    check_csrf(session, method, csrf)
+    return session.caller
 
 
 async def authenticate(*, store: Store, authorization: str | None) -> Caller:

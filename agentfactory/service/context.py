@@ -21,9 +21,11 @@ from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, LocalRateLimiter, RateLimiter, SharedRateLimiter
 from agentfactory.service.leases import StreamLeases
 from agentfactory.service.memo import FollowedAgent, GenerationMemo, followed_agent_memo
+from agentfactory.service.queue import Capacity, Pace, Queue, QueueDispatcher
 from agentfactory.service.views import agent_json
 from agentfactory.settings import Settings
 from agentfactory.store import Store
+from agentfactory.store.blobs import BlobStore, LocalBlobs
 from agentfactory.store.bus import PgBus
 from agentfactory.store.server_key import ServerKey
 
@@ -44,6 +46,8 @@ class Services:
     server_key: ServerKey
     webhook_dispatcher: WebhookDispatcher
     webhook_deliverer: WebhookDeliverer
+    blobs: BlobStore
+    queue: Queue
     bus: PgBus | None = None
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
@@ -82,6 +86,22 @@ class Services:
         deliverer = WebhookDeliverer(store=store, metrics=metrics, settings=settings)
         dispatcher = WebhookDispatcher(store=store, metrics=metrics, settings=settings, on_deliveries=deliverer.poke)
         hub.on_events(dispatcher.poke)
+        capacity = Capacity()  # determined by the lifespan, from the settings or the engine
+        queue = Queue(
+            capacity=capacity,
+            pace=Pace(store, clock=launcher.clock),
+            dispatcher=QueueDispatcher(
+                settings=settings,
+                store=store,
+                launcher=launcher,
+                hub=hub,
+                metrics=metrics,
+                server_key=server_key,
+                capacity=capacity,
+                agent_document=agent_json,
+            ),
+        )
+        hub.on_events(queue.dispatcher.poke)  # every start and end may free or take a slot
         return cls(
             settings=settings,
             catalog=catalog,
@@ -98,6 +118,8 @@ class Services:
             streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
+            blobs=LocalBlobs(settings.blob_dir()),
+            queue=queue,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -46,6 +46,7 @@ async def revoke_key(svc: Services, key_id: str) -> KeyOut:
     """Revoke at once: this replica forgets the key now and ends its streams and waits, others
     refuse it within the auth cache's TTL."""
     row = await svc.store.run(queries.revoke_api_key, key_id=key_id, now=time.time())
+    await svc.store.run(queries.delete_ui_sessions_of_key, key_id=key_id)
     svc.keys_changed()
     svc.streams.revoke(key_id)
     if row is None:

@@ -24,8 +24,9 @@ class StreamLease:
     """One stream or wait a key holds on this replica, until `release()`. Revoking the key cancels
     what runs under `cancel_on_revoke()`."""
 
-    def __init__(self, leases: StreamLeases, key_id: str):
+    def __init__(self, leases: StreamLeases, key_id: str, session: str | None = None):
         self.key_id = key_id
+        self.session = session
         self.revoked = False
         self._leases = leases
         self._cancels: list[Callable[[], None]] = []
@@ -65,7 +66,7 @@ class StreamLeases:
                 "close one or retry later",
                 retry_after=STREAM_RETRY_AFTER_SECONDS,
             )
-        lease = StreamLease(self, caller.key_id)
+        lease = StreamLease(self, caller.key_id, caller.session)
         held.add(lease)
         if self._metrics is not None:
             self._metrics.stream_leases.inc()
@@ -87,6 +88,13 @@ class StreamLeases:
         """The key was revoked: end every stream and wait it holds, now."""
         for lease in list(self._held.get(key_id, ())):
             lease.revoke()
+
+    def end_session(self, session: str) -> None:
+        """A dashboard session signed out: end the streams it opened, now (not the key's others)."""
+        for held in list(self._held.values()):
+            for lease in list(held):
+                if lease.session == session:
+                    lease.revoke()
 
     @contextmanager
     def hold(self, caller: Caller) -> Iterator[StreamLease]:

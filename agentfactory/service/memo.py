@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -83,6 +84,13 @@ class FollowedAgent:
 
     status: str
     json: str
+
+    def queue_position(self) -> int | None:
+        """A queued agent's place in the queue (from its document), else None."""
+        if self.status != "queued":
+            return None
+        position = json.loads(self.json).get("queue_position")
+        return position if isinstance(position, int) else None
 
     @classmethod
     def of(cls, row: AgentRow | None) -> FollowedAgent | None:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from agentfactory.errors import NotFoundError
+from agentfactory.service import queue
 from agentfactory.service.context import Services
 from agentfactory.service.memo import FollowedAgent
 from agentfactory.store import queries
 from agentfactory.store.tables import TERMINAL, AgentRow
+from agentfactory.vocabulary import AgentStatus
 
 KEEPALIVE_SECONDS = 10.0
 # A wait re-reads the agent at least this often, so a change no local wake-up announced (another
@@ -56,10 +58,14 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
     hub, pk = svc.hub, row.pk
 
     async def load() -> FollowedAgent | None:
-        return FollowedAgent.of(await svc.store.run(queries.get_agent_by_pk, pk=pk))
+        fresh = await svc.store.run(queries.get_agent_by_pk, pk=pk)
+        if fresh is not None and fresh.status == AgentStatus.QUEUED:  # with its position, read now
+            return FollowedAgent(fresh.status, (await queue.present(svc.queue, svc.store, fresh)).model_dump_json())
+        return FollowedAgent.of(fresh)
 
     cursor = start
     last_status: str | None = None
+    last_position: int | None = None
     while True:
         wake = hub.subscribe(pk)
         generation = hub.generation
@@ -73,8 +79,10 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
         if agent is None:
             wake.cancel()
             return
-        if agent.status != last_status:
-            last_status = agent.status
+        position = agent.queue_position()
+        if agent.status != last_status or position != last_position:
+            # A queued agent's `status` event is sent again whenever its place in the queue moves.
+            last_status, last_position = agent.status, position
             if agent.status not in TERMINAL:
                 yield StatusChanged(agent)
         if agent.status in TERMINAL:

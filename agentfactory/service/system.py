@@ -1,10 +1,13 @@
-"""What the control plane says about itself: readiness and the catalog."""
+"""What the control plane says about itself: readiness, the catalog and the capacity."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from agentfactory.schemas import CapacityOut
+from agentfactory.service import queue
+from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
 
 CHECK_TIMEOUT_SECONDS = 5
@@ -42,6 +45,11 @@ def replica(svc: Services) -> dict[str, Any]:
         "engine_id": rep.engine_id,
         "database_clock_offset_seconds": round(rep.offset, 3),
     }
+
+
+async def capacity(svc: Services, caller: Caller) -> CapacityOut:
+    """The cluster's slots: how many, how many held, how many agents wait (SPEC §10)."""
+    return await queue.capacity_view(svc.queue, svc.store, admin=caller.admin)
 
 
 def catalog(svc: Services) -> dict[str, Any]:

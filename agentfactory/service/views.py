@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agentfactory.schemas import (
     AgentOut,
     AgentResult,
+    ArtifactItem,
+    ArtifactManifest,
     DeliveryAttempt,
     DeliveryOut,
+    DroppedArtifact,
     KeyOut,
     Links,
     LogLine,
@@ -16,7 +21,15 @@ from agentfactory.schemas import (
     WebhookOut,
     iso,
 )
-from agentfactory.store.tables import TERMINAL, AgentRow, ApiKeyRow, DeliveryAttemptRow, DeliveryRow, WebhookRow
+from agentfactory.store.tables import (
+    TERMINAL,
+    AgentRow,
+    ApiKeyRow,
+    ArtifactRow,
+    DeliveryAttemptRow,
+    DeliveryRow,
+    WebhookRow,
+)
 from agentfactory.vocabulary import STREAM_NAMES, UNDELIVERED
 
 StoredLine = tuple[int, float, int, str]  # seq, ts, stream, text
@@ -39,7 +52,8 @@ def log_lines(rows: list[StoredLine]) -> list[LogLine]:
     return [LogLine(seq=seq, ts=ts(t), stream=STREAM_NAMES[s], text=text) for seq, t, s, text in rows]
 
 
-def agent_out(row: AgentRow) -> AgentOut:
+def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_start_at: float | None = None) -> AgentOut:
+    """The agent document; a queued agent's position and estimated start come from the queue."""
     base = f"/agents/{row.id}"
     sealed = row.status in TERMINAL
     return AgentOut(
@@ -60,7 +74,15 @@ def agent_out(row: AgentRow) -> AgentOut:
         log_lines=row.log_lines if sealed else None,
         log_bytes=row.log_bytes if sealed else None,
         log_sha256=row.log_sha256 if sealed else None,
-        links=Links(self=base, logs=f"{base}/logs", stream=f"{base}/stream", result=f"{base}/result"),
+        queue_position=queue_position,
+        estimated_start_at=iso(estimated_start_at),
+        links=Links(
+            self=base,
+            logs=f"{base}/logs",
+            stream=f"{base}/stream",
+            result=f"{base}/result",
+            dashboard=f"/ui/agents/{row.id}",
+        ),
     )
 
 
@@ -69,9 +91,18 @@ def agent_json(row: AgentRow) -> str:
     return agent_out(row).model_dump_json()
 
 
+def manifest_of(row: AgentRow, artifacts: Sequence[ArtifactRow]) -> ArtifactManifest:
+    """An agent's artifacts (SPEC §9): kept files, dropped ones, and whether collection is over."""
+    return ArtifactManifest(
+        items=[ArtifactItem(path=a.path, bytes=a.bytes, sha256=a.sha256 or "") for a in artifacts if not a.dropped],
+        dropped=[DroppedArtifact(path=a.path, bytes=a.bytes) for a in artifacts if a.dropped],
+        complete=row.status in TERMINAL,
+    )
+
+
 def agent_result(row: AgentRow) -> AgentResult:
     sealed = row.status in TERMINAL
-    launch = row.started_at - row.created_at if row.started_at else None
+    launch = row.started_at - (row.dequeued_at or row.created_at) if row.started_at else None
     run = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
     return AgentResult(
         id=row.id,
@@ -81,6 +112,7 @@ def agent_result(row: AgentRow) -> AgentResult:
         error=row.error,
         timings=Timings(
             accepted_at=iso(row.created_at) or "",
+            dequeued_at=iso(row.dequeued_at),
             started_at=iso(row.started_at),
             first_output_at=iso(row.first_output_at),
             finished_at=iso(row.finished_at),

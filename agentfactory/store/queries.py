@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import BigInteger, String, and_, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -18,8 +18,10 @@ from agentfactory.store.tables import (
     ACTIVE,
     STDERR,
     TERMINAL,
+    AgentFilesRow,
     AgentRow,
     ApiKeyRow,
+    ArtifactRow,
     CursorRow,
     DeliveryAttemptRow,
     DeliveryRow,
@@ -28,6 +30,8 @@ from agentfactory.store.tables import (
     RateBucketRow,
     ReplicaRow,
     ServerKeyRow,
+    UiSessionRow,
+    UploadRow,
     WebhookRow,
 )
 from agentfactory.vocabulary import UNDELIVERED, DeliveryStatus
@@ -64,6 +68,7 @@ def list_agents(
     limit: int,
     before_pk: int | None,
     metadata: Sequence[tuple[str, str]] = (),
+    model: str | None = None,
 ) -> list[AgentRow]:
     """Newest first; key_id None lists every key's agents (admin). `metadata` pairs all must match
     (see `metadata_matches`)."""
@@ -72,6 +77,8 @@ def list_agents(
         q = q.where(AgentRow.key_id == key_id)
     if status is not None:
         q = q.where(AgentRow.status == status)
+    if model is not None:
+        q = q.where(AgentRow.model == model)
     if before_pk is not None:
         q = q.where(AgentRow.pk < before_pk)
     for key, value in metadata:
@@ -407,6 +414,8 @@ def purge_agents_finished_before(*, session: Session, cutoff: float, limit: int 
     )
     if pks:
         session.execute(delete(LogChunkRow).where(LogChunkRow.agent_pk.in_(pks)))
+        session.execute(delete(ArtifactRow).where(ArtifactRow.agent_pk.in_(pks)))
+        session.execute(delete(AgentFilesRow).where(AgentFilesRow.agent_pk.in_(pks)))
         session.execute(delete(AgentRow).where(AgentRow.pk.in_(pks)))
     return len(pks)
 
@@ -546,6 +555,106 @@ def take_rate_token(*, session: Session, key_id: str, per_minute: int) -> int | 
     admitted = tokens >= 1
     bucket.tokens, bucket.updated_at = (tokens - 1 if admitted else tokens), now
     return None if admitted else max(1, math.ceil((1 - tokens) / rate))
+
+
+def purge_agents_finished_before_with_pks(*, session: Session, cutoff: float, limit: int = 500) -> list[int]:
+    """Like purge_agents_finished_before, answering the purged agents' pks (their blobs go next)."""
+    pks = list(
+        session.scalars(
+            select(AgentRow.pk).where(AgentRow.status.in_(TERMINAL), AgentRow.finished_at < cutoff).limit(limit)
+        )
+    )
+    if pks:
+        purge_agents_finished_before(session=session, cutoff=cutoff, limit=limit)
+    return pks
+
+
+# --- files in and out (SPEC §9) ---------------------------------------------------------------
+
+
+def insert_upload(*, session: Session, **values: Any) -> UploadRow:
+    row = UploadRow(**values)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def use_upload(*, session: Session, upload_id: str, key_id: str, now: float) -> UploadRow | None:
+    """The key's unexpired upload, marked used (it is kept with the agent from now on); else None."""
+    row = session.get(UploadRow, upload_id)
+    if row is None or row.key_id != key_id or (row.used_at is None and row.expires_at <= now):
+        return None
+    if row.used_at is None:
+        row.used_at = now
+    return row
+
+
+def get_upload(*, session: Session, upload_id: str) -> UploadRow | None:
+    return session.get(UploadRow, upload_id)
+
+
+def purge_unused_uploads(*, session: Session, now: float, limit: int = 500) -> list[str]:
+    """Delete the uploads no agent used that expired; answers their ids (their blobs go next)."""
+    ids = list(
+        session.scalars(
+            select(UploadRow.id).where(UploadRow.used_at.is_(None), UploadRow.expires_at <= now).limit(limit)
+        )
+    )
+    if ids:
+        session.execute(delete(UploadRow).where(UploadRow.id.in_(ids)))
+    return ids
+
+
+def purge_used_uploads_of_gone_agents(*, session: Session, limit: int = 500) -> list[str]:
+    """Uploads an agent used, once no agent that refers to them is left; answers their ids."""
+    referenced = select(AgentFilesRow.workspace).where(AgentFilesRow.workspace.is_not(None))
+    ids = list(
+        session.scalars(
+            select(UploadRow.id).where(UploadRow.used_at.is_not(None), UploadRow.id.not_in(referenced)).limit(limit)
+        )
+    )
+    if ids:
+        session.execute(delete(UploadRow).where(UploadRow.id.in_(ids)))
+    return ids
+
+
+def insert_agent_files(*, session: Session, agent_pk: int, workspace: str | None, artifacts: list[str]) -> None:
+    session.add(AgentFilesRow(agent_pk=agent_pk, workspace=workspace, artifacts=list(artifacts), collected=False))
+    session.flush()
+
+
+def get_agent_files(*, session: Session, agent_pk: int) -> AgentFilesRow | None:
+    return session.get(AgentFilesRow, agent_pk)
+
+
+def store_artifacts(
+    *, session: Session, agent_pk: int, kept: Sequence[tuple[str, int, str]], dropped: Sequence[tuple[str, int]]
+) -> bool:
+    """Record an agent's collected artifacts once (kept: path, bytes, sha256 in blob order; dropped:
+    path, bytes); False (nothing written) when they were already recorded."""
+    files = session.get(AgentFilesRow, agent_pk, with_for_update=True)
+    if files is None or files.collected:
+        return False
+    seq = 0
+    for path, nbytes, sha in kept:
+        session.add(ArtifactRow(agent_pk=agent_pk, seq=seq, path=path, bytes=nbytes, sha256=sha, dropped=False))
+        seq += 1
+    for path, nbytes in dropped:
+        session.add(ArtifactRow(agent_pk=agent_pk, seq=seq, path=path, bytes=nbytes, sha256=None, dropped=True))
+        seq += 1
+    files.collected = True
+    return True
+
+
+def list_artifacts(*, session: Session, agent_pk: int) -> list[ArtifactRow]:
+    return list(session.scalars(select(ArtifactRow).where(ArtifactRow.agent_pk == agent_pk).order_by(ArtifactRow.seq)))
+
+
+def get_artifact(*, session: Session, agent_pk: int, path: str) -> ArtifactRow | None:
+    q = select(ArtifactRow).where(
+        ArtifactRow.agent_pk == agent_pk, ArtifactRow.path == path, ArtifactRow.dropped.is_(False)
+    )
+    return session.scalars(q).first()
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -1064,3 +1173,188 @@ def add_server_key(*, session: Session, name: str, secret: str, created_at: floa
     """Insert a key; raises IntegrityError when another replica made it first."""
     session.add(ServerKeyRow(name=name, secret=secret, created_at=created_at))
     session.flush()
+
+
+# -- the queue and the cluster's capacity (SPEC §10) ----------------------------------------------
+
+CAPACITY_CURSOR = "capacity"
+
+
+def lock_capacity(*, session: Session) -> None:
+    """Serialise everything that hands out the cluster's slots (admissions, the dispatcher of every
+    replica): a write to the capacity row takes its row lock (PG) or the database's (SQLite) before
+    the counts that follow are read."""
+    session.execute(update(CursorRow).where(CursorRow.name == CAPACITY_CURSOR).values(value=CursorRow.value + 1))
+
+
+def count_cluster_active(*, session: Session) -> int:
+    """Agents holding a slot: pending, starting and running, of every key."""
+    return int(session.scalar(select(func.count()).select_from(AgentRow).where(AgentRow.status.in_(ACTIVE))) or 0)
+
+
+def count_queued(*, session: Session, key_id: str | None = None) -> int:
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued")
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return int(session.scalar(q) or 0)
+
+
+def next_queue_round(*, session: Session, key_id: str) -> int:
+    """The round a new queued agent of this key joins: after the key's last queued agent, and never
+    before the queue's head round (a key that had nothing queued joins the round being served)."""
+    queued = AgentRow.status == "queued"
+    head = session.scalar(select(func.min(AgentRow.queue_round)).where(queued))
+    last = session.scalar(select(func.max(AgentRow.queue_round)).where(queued, AgentRow.key_id == key_id))
+    return max(int(head or 0), int(last) + 1 if last is not None else 0)
+
+
+def queue_order(*, session: Session) -> list[tuple[int, str, int]]:
+    """(pk, key_id, round) of every queued agent in the order slots go to them: round, then arrival.
+    One statement, so one consistent snapshot of the queue."""
+    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round).where(AgentRow.status == "queued")
+    return [(pk, key, rnd or 0) for pk, key, rnd in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
+
+
+def claim_queued_agents(
+    *, session: Session, max_running: int, now: float, owner: str | None = None, scan: int = 1000
+) -> list[AgentRow]:
+    """Give free slots to queued agents, in queue order, skipping those whose key runs its
+    `max_concurrent_agents` already: each moves `queued → pending` by compare-and-set, so no agent
+    is started twice and, under the capacity lock, no slot is given twice. The claimed rows, now
+    owned by `owner` (the replica that launches them)."""
+    lock_capacity(session=session)
+    free = max_running - count_cluster_active(session=session)
+    if free <= 0:
+        return []
+    waiting = session.execute(
+        select(AgentRow.pk, AgentRow.key_id)
+        .where(AgentRow.status == "queued", or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now))
+        .order_by(AgentRow.queue_round, AgentRow.pk)
+        .limit(scan)
+    ).all()
+    if not waiting:
+        return []
+    keys = {key for _pk, key in waiting}
+    limits = dict(
+        session.execute(select(ApiKeyRow.id, ApiKeyRow.max_concurrent_agents).where(ApiKeyRow.id.in_(keys))).all()
+    )
+    running = dict(
+        session.execute(
+            select(AgentRow.key_id, func.count())
+            .where(AgentRow.status.in_(ACTIVE), AgentRow.key_id.in_(keys))
+            .group_by(AgentRow.key_id)
+        ).all()
+    )
+    claimed: list[int] = []
+    for pk, key in waiting:
+        if len(claimed) >= free:
+            break
+        if running.get(key, 0) >= limits.get(key, 0):
+            continue
+        if update_agent(
+            session=session, pk=pk, only_if_status=("queued",), status="pending", dequeued_at=now, owner=owner
+        ):
+            claimed.append(pk)
+            running[key] = running.get(key, 0) + 1
+    if not claimed:
+        return []
+    return list(session.scalars(select(AgentRow).where(AgentRow.pk.in_(claimed)).order_by(AgentRow.pk)))
+
+
+def overdue_queued_agents(*, session: Session, now: float) -> list[int]:
+    """pks of queued agents past their queue deadline."""
+    q = select(AgentRow.pk).where(AgentRow.status == "queued", AgentRow.queue_deadline <= now)
+    return list(session.scalars(q.order_by(AgentRow.queue_deadline)))
+
+
+def next_queue_deadline(*, session: Session) -> float | None:
+    return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
+
+
+def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
+    """(finished_at, launch seconds, slot seconds) of the last agents that ran and finished, newest
+    first: the queue's pace. Both durations count from when the agent got its slot (left the queue,
+    or was admitted): the launch to running, the slot to its end."""
+    q = (
+        select(AgentRow.finished_at, AgentRow.started_at, AgentRow.dequeued_at, AgentRow.created_at)
+        .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
+        .order_by(AgentRow.finished_at.desc())
+        .limit(limit)
+    )
+    out = []
+    for end, start, dequeued, created in session.execute(q):
+        if end is not None and start is not None:
+            slot = float(dequeued or created)
+            out.append((float(end), max(0.0, float(start) - slot), max(0.0, float(end) - slot)))
+    return out
+
+
+def count_agents_by_key(*, session: Session) -> dict[str, tuple[int, int]]:
+    """key_id → (agents holding a slot, agents queued)."""
+    q = (
+        select(AgentRow.key_id, AgentRow.status, func.count())
+        .where(AgentRow.status.in_((*ACTIVE, "queued")))
+        .group_by(AgentRow.key_id, AgentRow.status)
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for key, status, n in session.execute(q):
+        active, queued = out.get(key, (0, 0))
+        out[key] = (active, queued + n) if status == "queued" else (active + n, queued)
+    return out
+
+
+# --- the dashboard's sessions and usage -------------------------------------------------------------
+
+
+def insert_ui_session(
+    *, session: Session, token_hash: str, key_id: str, csrf: str, now: float, expires_at: float
+) -> None:
+    """A new sign-in; expired sessions are swept on the way (there are few, one per sign-in)."""
+    session.execute(delete(UiSessionRow).where(UiSessionRow.expires_at < now))
+    session.add(UiSessionRow(token_hash=token_hash, key_id=key_id, csrf=csrf, created_at=now, expires_at=expires_at))
+
+
+def get_ui_session(*, session: Session, token_hash: str, now: float) -> tuple[UiSessionRow, ApiKeyRow] | None:
+    """The live session and its key (revoked or not: the caller decides), or None."""
+    q = (
+        select(UiSessionRow, ApiKeyRow)
+        .join(ApiKeyRow, ApiKeyRow.id == UiSessionRow.key_id)
+        .where(UiSessionRow.token_hash == token_hash, UiSessionRow.expires_at > now)
+    )
+    found = session.execute(q).first()
+    return (found[0], found[1]) if found is not None else None
+
+
+def delete_ui_session(*, session: Session, token_hash: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.token_hash == token_hash))
+
+
+def delete_ui_sessions_of_key(*, session: Session, key_id: str) -> None:
+    session.execute(delete(UiSessionRow).where(UiSessionRow.key_id == key_id))
+
+
+def usage_by_key(*, session: Session, since: float, bucket_seconds: int) -> list[tuple[str, int, int, int, int]]:
+    """(key id, bucket start, agents, failures, tokens) of agents created since `since`, per key and
+    time bucket (a whole multiple of `bucket_seconds` since the epoch): the dashboard's usage charts."""
+    bucket = (cast(AgentRow.created_at / bucket_seconds, BigInteger)) * bucket_seconds
+    q = (
+        select(
+            AgentRow.key_id,
+            bucket.label("bucket"),
+            func.count(),
+            func.sum(case((AgentRow.status == "failed", 1), else_=0)),
+            func.sum(AgentRow.tokens_prompt + AgentRow.tokens_completion),
+        )
+        .where(AgentRow.created_at >= since)
+        .group_by(AgentRow.key_id, "bucket")
+        .order_by(AgentRow.key_id, "bucket")
+    )
+    return [(k, int(b), int(n), int(f or 0), int(t or 0)) for k, b, n, f, t in session.execute(q)]
+
+
+def count_agents_by_status(*, session: Session, key_id: str | None) -> dict[str, int]:
+    """{status: count} over the active statuses (what the fleet is doing now); key_id None: every key's."""
+    q = select(AgentRow.status, func.count()).where(AgentRow.status.in_(ACTIVE)).group_by(AgentRow.status)
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return {status: int(n) for status, n in session.execute(q)}

@@ -14,8 +14,10 @@ __all__ = [
     "STDERR",
     "STDOUT",
     "TERMINAL",
+    "AgentFilesRow",
     "AgentRow",
     "ApiKeyRow",
+    "ArtifactRow",
     "Base",
     "CursorRow",
     "DeliveryAttemptRow",
@@ -24,6 +26,8 @@ __all__ = [
     "LogChunkRow",
     "RateBucketRow",
     "ReplicaRow",
+    "UiSessionRow",
+    "UploadRow",
     "WebhookRow",
 ]
 # 64-bit ids on PostgreSQL; SQLite's rowid alias must be spelled INTEGER.
@@ -82,11 +86,19 @@ class AgentRow(Base):
     owner: Mapped[str | None] = mapped_column(String(80), index=True)
     engine_id: Mapped[str | None] = mapped_column(String(200))
     engine_lost_at: Mapped[float | None] = mapped_column(Float)
+    # The queue (SPEC §10): the agent's round-robin round while queued (its order is (round, pk)),
+    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued.
+    queue_round: Mapped[int | None] = mapped_column(Integer)
+    queue_deadline: Mapped[float | None] = mapped_column(Float)
+    dequeued_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
         Index("ix_agents_key_status", "key_id", "status"),
+        Index("ix_agents_key_pk", "key_id", "pk"),  # a key's agents newest first (the dashboard's list)
         Index("ix_agents_status_expires", "status", "expires_at"),
+        Index("ix_agents_status_queue", "status", "queue_round", "pk"),
+        Index("ix_agents_finished_at", "finished_at"),
     )
 
 
@@ -251,3 +263,59 @@ class ServerKeyRow(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class UploadRow(Base):
+    """A checked workspace archive (SPEC §9), owned by a key; its bytes live in the blob store under
+    `uploads/<id>`. Purged at `expires_at` unless an agent used it (`used_at`)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(Integer)
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AgentFilesRow(Base):
+    """What an agent was given (`workspace`, an upload id) and asked to hand back (`artifacts`, globs);
+    `collected`: the artifacts were received (or the agent ended without sending any)."""
+
+    __tablename__ = "agent_files"
+
+    agent_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace: Mapped[str | None] = mapped_column(String(40))
+    artifacts: Mapped[list[str]] = mapped_column(JSON)
+    collected: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ArtifactRow(Base):
+    """One collected file of an agent (bytes in the blob store under `artifacts/<agent_pk>/<seq>`),
+    or one left out for the size bound (`dropped`: no blob, no sha256)."""
+
+    __tablename__ = "artifacts"
+
+    agent_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    dropped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UiSessionRow(Base):
+    """A dashboard sign-in (SPEC §12): the browser holds only the random session token, stored here
+    as its SHA-256; the API key it was opened with is never kept, only the key's id."""
+
+    __tablename__ = "ui_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

@@ -82,3 +82,11 @@ def test_the_client_commands_load_without_the_server_stack() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     loaded = {name.split(".")[0] for name in proc.stdout.split()}
     assert not loaded & {"fastapi", "starlette", "sqlalchemy", "docker", "uvicorn", "mcp", "alembic"}
+
+
+def test_a_queued_agent_shows_its_position_and_estimated_start() -> None:
+    from agentfactory.cli.render import queue_state
+
+    assert queue_state(3, 1000.0 + 40.4, now=1000.0) == "queued, position 3, starts in ~40 s"
+    assert queue_state(1, 1000.5, now=1000.0) == "queued, position 1, starts any moment"
+    assert queue_state(2, None, now=1000.0) == "queued, position 2"

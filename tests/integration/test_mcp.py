@@ -32,7 +32,10 @@ T = TypeVar("T")
 RELAY = (
     "import sys; from agentfactory.mcp.stdio import run_stdio; sys.exit(run_stdio(sys.argv[1], sys.argv[2] or None))"
 )
-TOOLS = {"list_catalog", "launch_agent", "get_agent", "read_logs", "wait_agent", "cancel_agent", "extend_ttl"}
+TOOLS = {
+    *("list_catalog", "launch_agent", "get_agent", "read_logs", "wait_agent", "cancel_agent", "extend_ttl"),
+    "read_artifact",
+}
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
@@ -138,6 +141,25 @@ def test_launch_echo_then_wait_returns_succeeded_and_the_output(shell_server: Se
     with shell_server.client(key_a) as c:
         assert c.get(f"/agents/{launched['id']}/result").json() == result
         assert c.get(f"/agents/{launched['id']}").json()["metadata"] == {"via": "mcp"}
+
+
+def test_launch_with_artifacts_then_read_one(shell_server: ServerProcess, key_a: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with mcp_session(shell_server, key_a) as s:
+            args = {"model": "sh", "tools": ["shell"], "prompt": "mkdir -p out && seq 1 5000 > out/n.txt",
+                    "artifacts": ["out/*.txt"]}  # fmt: skip
+            launched = ok(await s.call_tool("launch_agent", args))
+            waited = ok(await s.call_tool("wait_agent", {"agent_id": launched["id"], "timeout_seconds": 60}))
+            read = ok(await s.call_tool("read_artifact", {"agent_id": launched["id"], "path": "out/n.txt",
+                                                           "max_bytes": 10}))  # fmt: skip
+            missing = error_of(await s.call_tool("read_artifact", {"agent_id": launched["id"], "path": "nope"}))
+            return waited, read, missing
+
+    waited, read, missing = run(scenario())
+    assert waited["done"] and waited["result"]["artifacts"]["items"][0]["path"] == "out/n.txt"
+    assert read["text"] == "1\n2\n3\n4\n5\n" and read["truncated"] is True
+    assert read["bytes"] == waited["result"]["artifacts"]["items"][0]["bytes"]
+    assert missing["code"] == "E_NOT_FOUND"
 
 
 def test_read_logs_pages_equal_the_http_pages(shell_server: ServerProcess, key_a: str) -> None:
@@ -254,6 +276,12 @@ def test_a_key_at_its_quota_gets_e_quota(shell_server: ServerProcess) -> None:
             try:
                 refused = error_of(await s.call_tool("launch_agent", {"model": "echo", "prompt": "one too many"}))
                 assert refused["code"] == "E_QUOTA" and refused["retry_after"] >= 1
+                queued = ok(
+                    await s.call_tool(
+                        "launch_agent", {"model": "echo", "prompt": "room again", "queue_timeout_seconds": 120}
+                    )
+                )
+                assert queued["status"] == "queued" and queued["queue_position"] == 1
 
                 t0 = time.monotonic()
                 waited = ok(await s.call_tool("wait_agent", {"agent_id": first["id"], "timeout_seconds": 1}))
@@ -267,8 +295,8 @@ def test_a_key_at_its_quota_gets_e_quota(shell_server: ServerProcess) -> None:
             finally:
                 cancelled = ok(await s.call_tool("cancel_agent", {"agent_id": first["id"]}))
             assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled"
-            again = ok(await s.call_tool("launch_agent", {"model": "echo", "prompt": "room again"}))
-            done = ok(await s.call_tool("wait_agent", {"agent_id": again["id"], "timeout_seconds": 60}))
+            # The slot it freed goes to the queued agent.
+            done = ok(await s.call_tool("wait_agent", {"agent_id": queued["id"], "timeout_seconds": 60}))
             assert done["result"]["status"] == "succeeded"
 
     run(scenario(), timeout=120)

@@ -1,4 +1,4 @@
-"""/health, /ready, /catalog, /metrics."""
+"""/health, /ready, /catalog, /capacity, /metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,22 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentfactory.api.routes.agents import ERRORS, CallerDep, ServicesDep
-from agentfactory.schemas import Health
+from agentfactory.schemas import CapacityOut, Health
 from agentfactory.service import system
 
 router = APIRouter(tags=["system"])
+
+
+@router.get(
+    "/capacity",
+    response_model=CapacityOut,
+    response_model_exclude_none=True,
+    summary="The cluster's capacity: slots, agents holding one, agents queued (admin: per key)",
+    operation_id="getCapacity",
+    responses=ERRORS,
+)
+async def get_capacity(caller: CallerDep, svc: ServicesDep) -> CapacityOut:
+    return await system.capacity(svc, caller)
 
 
 @router.get(

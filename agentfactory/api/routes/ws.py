@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 
 from agentfactory.api.deps import get_services_ws
 from agentfactory.api.routes.agents import MAX_CURSOR
-from agentfactory.errors import AgentFactoryError, RateLimitError, error_body
+from agentfactory.errors import AgentFactoryError, ForbiddenError, RateLimitError, error_body
 from agentfactory.service import agents, streams
-from agentfactory.service.auth import authenticate
+from agentfactory.service.auth import SESSION_COOKIE, authenticate_request
 from agentfactory.service.context import Services
 from agentfactory.service.views import log_lines
 from agentfactory.store import queries
@@ -45,8 +45,17 @@ async def agent_ws(
         authorization = websocket.headers.get("authorization")
         caller = svc.auth_cache.get(authorization)
         if caller is None:
-            caller = await authenticate(store=svc.store, authorization=authorization)
-            svc.auth_cache.put(authorization or "", caller)
+            # A browser's dashboard session comes by cookie (a WebSocket cannot send a header): only
+            # from a page of this server (`Origin`), as SameSite=Strict already keeps other sites out.
+            session_token = websocket.cookies.get(SESSION_COOKIE) if not authorization else None
+            origin = websocket.headers.get("origin")
+            if session_token and origin and origin.split("://", 1)[-1] != websocket.headers.get("host"):
+                raise ForbiddenError("a dashboard session's WebSocket must come from the dashboard's own origin")
+            caller = await authenticate_request(
+                store=svc.store, authorization=authorization, session_token=session_token, method="GET", csrf=None
+            )
+            if caller.session is None:
+                svc.auth_cache.put(authorization or "", caller)
         wait = await svc.limiter.take(caller.key_id, caller.max_requests_per_minute)
         if wait is not None:
             raise RateLimitError("this key's request rate is exceeded", retry_after=wait)

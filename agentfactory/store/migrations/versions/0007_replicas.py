@@ -1,14 +1,14 @@
 """high availability: agent owner and engine, replica leases, shared rate buckets
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
