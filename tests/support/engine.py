@@ -1,12 +1,15 @@
 """A Docker Engine of the test's own: its own socket, data root, exec root, pid file and trust key
-(so its own engine ID), its own bridge and address pool, no iptables rules. Tests that stop and
-restart an engine use one of these, never the machine's shared engine that other tests run on.
+(so its own engine ID), its own network namespace with its own bridge and address pool, no iptables
+rules. Tests that stop and restart an engine use one of these, never the machine's shared engine
+that other tests run on.
 
-Never `--bridge none`: a dockerd started so deletes the interface named docker0 (moby's
-removeDefaultBridgeInterface), which is the machine's shared engine's bridge. This one gets a bridge
-made for it (`ip link add afb-… type bridge`, removed after) and an address block no route or
-other private engine uses, for its default bridge and for the networks made on it (else its
-networks take 172.17/16 & co. from Docker's default pools, the shared engine's subnets)."""
+The dockerd runs in a network namespace of its own (`ip netns add` + `nsenter --net`, like
+swarm_engine.py): whatever it does to interfaces (a dockerd started with `--bridge none` deletes the
+interface named docker0, moby's removeDefaultBridgeInterface) stays in that namespace, where there is
+no docker0; the machine's shared engine's bridge is never within its reach. Its agents reach the
+control plane's gateway by its Unix socket (the filesystem is shared), which crosses namespaces.
+Its bridge (`afb-…`) and address block are still its own, made in its namespace, and everything it
+made there goes with the namespace."""
 
 from __future__ import annotations
 
@@ -88,8 +91,11 @@ def release_block(block: ipaddress.IPv4Network) -> None:
         (CLAIMS / str(block).replace("/", "_")).unlink(missing_ok=True)
 
 
-def link_exists(name: str) -> bool:
-    return Path("/sys/class/net", name).exists()
+def link_exists(name: str, netns: str | None = None) -> bool:
+    if netns is None:
+        return Path("/sys/class/net", name).exists()
+    out = subprocess.run(["ip", "-n", netns, "link", "show", name], capture_output=True, check=False)
+    return out.returncode == 0
 
 
 def ip(*args: str) -> None:
@@ -126,8 +132,8 @@ class PrivateEngine:
         self.host_bridge_existed = HOST_BRIDGE.exists()
         # Interface names are at most 15 bytes: "afb-" and mkdtemp's 8 characters.
         self.bridge = "afb-" + self.root.name.removeprefix("afe-")[-8:]
+        self.netns = "afe-" + self.root.name.removeprefix("afe-")[-8:]  # made at the first start
         self.block: ipaddress.IPv4Network | None = None
-        self.networks: set[str] = set()  # ids of the networks made on this engine (their br-… links)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         out = subprocess.run(
@@ -145,13 +151,16 @@ class PrivateEngine:
             return False
 
     def _make_bridge(self) -> None:
+        if not Path("/run/netns", self.netns).exists():
+            ip("netns", "add", self.netns)
+            ip("-n", self.netns, "link", "set", "lo", "up")
         if self.block is None:
             self.block = claim_block(os.getpid())
-        if not link_exists(self.bridge):
+        if not link_exists(self.bridge, self.netns):
             first = next(self.block.subnets(new_prefix=24))
-            ip("link", "add", self.bridge, "type", "bridge")
-            ip("addr", "add", f"{first.network_address + 1}/24", "dev", self.bridge)
-            ip("link", "set", self.bridge, "up")
+            ip("-n", self.netns, "link", "add", self.bridge, "type", "bridge")
+            ip("-n", self.netns, "addr", "add", f"{first.network_address + 1}/24", "dev", self.bridge)
+            ip("-n", self.netns, "link", "set", self.bridge, "up")
 
     def start(self, *, live_restore: bool = False, timeout: float = 60) -> float:
         """Start dockerd; returns the moment it answers (time.time())."""
@@ -168,7 +177,8 @@ class PrivateEngine:
         self.pidfile.unlink(missing_ok=True)  # a stale pid file stops dockerd from starting
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - kept open for the child's life
         self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+            ["nsenter", f"--net=/run/netns/{self.netns}",
+             "dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
              "--pidfile", str(self.pidfile), "-H", self.host, "--bridge", self.bridge, "--iptables=false",
              "--ip-masq=false", "--ip-forward=false", "--config-file", str(self.root / "daemon.json")],
             stdout=log, stderr=log,
@@ -180,8 +190,6 @@ class PrivateEngine:
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM, as a service manager stops it (without live-restore it stops its containers)."""
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.networks |= set(self.cli("network", "ls", "-q", "--no-trunc", timeout=10).split())
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -217,14 +225,11 @@ class PrivateEngine:
             if ids:
                 self.cli("rm", "-f", *ids, check=False)
             for net in self.cli("network", "ls", "-q", "--no-trunc", "--filter", "type=custom", check=False).split():
-                self.networks.add(net)
                 self.cli("network", "rm", net, check=False)
         finally:
             self.stop()
-            # A stopped dockerd leaves its networks' bridges; only this engine's are removed.
-            for name in [f"br-{n[:12]}" for n in self.networks] + [self.bridge]:
-                if link_exists(name):
-                    subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+            # A stopped dockerd leaves its networks' bridges: they are in its namespace, and go with it.
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
             if self.block is not None:
                 release_block(self.block)
             # dockerd leaves its data root mounted on itself after it stops.
