@@ -30,8 +30,8 @@ def test_no_two_classes_share_a_name() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="store/queries.py, schemas.py, client.py, cli/client_commands.py and runtime/logpump.py are split "
-    "after the wave-2 merges",
+    reason="runtime/launcher.py (537 lines), runtime/logpump.py (445) and backends/docker.py (434) grew with the "
+    "wave-2 merges (replicas, files, queue) and are not split yet",
 )
 def test_no_module_is_over_the_line_bound() -> None:
     long = {str(p.relative_to(PACKAGE)): n for p in modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}

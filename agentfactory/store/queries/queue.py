@@ -1,0 +1,140 @@
+"""Capacity and the queue (SPEC §10): the cluster's slots counted under one lock, queued agents
+claimed fairly by compare-and-set, the pace of recent ends for the ETA."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from agentfactory.store.queries.agents import update_agent
+from agentfactory.store.tables import (
+    ACTIVE,
+    AgentRow,
+    ApiKeyRow,
+    CursorRow,
+)
+
+CAPACITY_CURSOR = "capacity"
+
+
+def lock_capacity(*, session: Session) -> None:
+    """Serialise everything that hands out the cluster's slots (admissions, the dispatcher of every
+    replica): a write to the capacity row takes its row lock (PG) or the database's (SQLite) before
+    the counts that follow are read."""
+    session.execute(update(CursorRow).where(CursorRow.name == CAPACITY_CURSOR).values(value=CursorRow.value + 1))
+
+
+def count_cluster_active(*, session: Session) -> int:
+    """Agents holding a slot: pending, starting and running, of every key."""
+    return int(session.scalar(select(func.count()).select_from(AgentRow).where(AgentRow.status.in_(ACTIVE))) or 0)
+
+
+def count_queued(*, session: Session, key_id: str | None = None) -> int:
+    q = select(func.count()).select_from(AgentRow).where(AgentRow.status == "queued")
+    if key_id is not None:
+        q = q.where(AgentRow.key_id == key_id)
+    return int(session.scalar(q) or 0)
+
+
+def next_queue_round(*, session: Session, key_id: str) -> int:
+    """The round a new queued agent of this key joins: after the key's last queued agent, and never
+    before the queue's head round (a key that had nothing queued joins the round being served)."""
+    queued = AgentRow.status == "queued"
+    head = session.scalar(select(func.min(AgentRow.queue_round)).where(queued))
+    last = session.scalar(select(func.max(AgentRow.queue_round)).where(queued, AgentRow.key_id == key_id))
+    return max(int(head or 0), int(last) + 1 if last is not None else 0)
+
+
+def queue_order(*, session: Session) -> list[tuple[int, str, int]]:
+    """(pk, key_id, round) of every queued agent in the order slots go to them: round, then arrival.
+    One statement, so one consistent snapshot of the queue."""
+    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round).where(AgentRow.status == "queued")
+    return [(pk, key, rnd or 0) for pk, key, rnd in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
+
+
+def claim_queued_agents(
+    *, session: Session, max_running: int, now: float, owner: str | None = None, scan: int = 1000
+) -> list[AgentRow]:
+    """Give free slots to queued agents, in queue order, skipping those whose key runs its
+    `max_concurrent_agents` already: each moves `queued → pending` by compare-and-set, so no agent
+    is started twice and, under the capacity lock, no slot is given twice. The claimed rows, now
+    owned by `owner` (the replica that launches them)."""
+    lock_capacity(session=session)
+    free = max_running - count_cluster_active(session=session)
+    if free <= 0:
+        return []
+    waiting = session.execute(
+        select(AgentRow.pk, AgentRow.key_id)
+        .where(AgentRow.status == "queued", or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now))
+        .order_by(AgentRow.queue_round, AgentRow.pk)
+        .limit(scan)
+    ).all()
+    if not waiting:
+        return []
+    keys = {key for _pk, key in waiting}
+    limits = dict(
+        session.execute(select(ApiKeyRow.id, ApiKeyRow.max_concurrent_agents).where(ApiKeyRow.id.in_(keys))).all()
+    )
+    running = dict(
+        session.execute(
+            select(AgentRow.key_id, func.count())
+            .where(AgentRow.status.in_(ACTIVE), AgentRow.key_id.in_(keys))
+            .group_by(AgentRow.key_id)
+        ).all()
+    )
+    claimed: list[int] = []
+    for pk, key in waiting:
+        if len(claimed) >= free:
+            break
+        if running.get(key, 0) >= limits.get(key, 0):
+            continue
+        if update_agent(
+            session=session, pk=pk, only_if_status=("queued",), status="pending", dequeued_at=now, owner=owner
+        ):
+            claimed.append(pk)
+            running[key] = running.get(key, 0) + 1
+    if not claimed:
+        return []
+    return list(session.scalars(select(AgentRow).where(AgentRow.pk.in_(claimed)).order_by(AgentRow.pk)))
+
+
+def overdue_queued_agents(*, session: Session, now: float) -> list[int]:
+    """pks of queued agents past their queue deadline."""
+    q = select(AgentRow.pk).where(AgentRow.status == "queued", AgentRow.queue_deadline <= now)
+    return list(session.scalars(q.order_by(AgentRow.queue_deadline)))
+
+
+def next_queue_deadline(*, session: Session) -> float | None:
+    return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
+
+
+def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
+    """(finished_at, launch seconds, slot seconds) of the last agents that ran and finished, newest
+    first: the queue's pace. Both durations count from when the agent got its slot (left the queue,
+    or was admitted): the launch to running, the slot to its end."""
+    q = (
+        select(AgentRow.finished_at, AgentRow.started_at, AgentRow.dequeued_at, AgentRow.created_at)
+        .where(AgentRow.finished_at.is_not(None), AgentRow.started_at.is_not(None))
+        .order_by(AgentRow.finished_at.desc())
+        .limit(limit)
+    )
+    out = []
+    for end, start, dequeued, created in session.execute(q):
+        if end is not None and start is not None:
+            slot = float(dequeued or created)
+            out.append((float(end), max(0.0, float(start) - slot), max(0.0, float(end) - slot)))
+    return out
+
+
+def count_agents_by_key(*, session: Session) -> dict[str, tuple[int, int]]:
+    """key_id → (agents holding a slot, agents queued)."""
+    q = (
+        select(AgentRow.key_id, AgentRow.status, func.count())
+        .where(AgentRow.status.in_((*ACTIVE, "queued")))
+        .group_by(AgentRow.key_id, AgentRow.status)
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for key, status, n in session.execute(q):
+        active, queued = out.get(key, (0, 0))
+        out[key] = (active, queued + n) if status == "queued" else (active + n, queued)
+    return out
