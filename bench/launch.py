@@ -118,7 +118,6 @@ class EngineFloor:
             max_log_bytes=limits.max_log_bytes,
             gateway_socket_dir=Path(sidecar.socket_dir),
             instance="bench-" + RUN_ID,
-            labels={BENCH_LABEL: RUN_ID},
         )
         self.build = build_create_args
 
@@ -127,6 +126,7 @@ class EngineFloor:
         api = self.api
         t0 = time.time()
         args = self.build(self.spec(self.n))
+        args["labels"] = {**args["labels"], BENCH_LABEL: RUN_ID}  # so a leftover is found and removed
         host_config = api.create_host_config(**args.pop("host_config"))
         args.pop("detach")
         cid = api.create_container(**args, host_config=host_config)["Id"]

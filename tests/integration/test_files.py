@@ -20,6 +20,7 @@ from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, write_catalog
 from tests.support.archives import MIB, gzip_bomb, hostile, many_empty_files
 from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wait_until
+from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.docker
 MAX_ARTIFACT_BYTES = 8 * MIB
@@ -150,6 +151,11 @@ def test_artifacts_survive_ttl_expiry_and_delete(srv: ServerProcess) -> None:
             assert [i["path"] for i in manifest["items"]] == ["out/partial.txt"], manifest
             body = c.get(f"/agents/{agent['id']}/artifacts/out/partial.txt")
             assert body.content == b"partial\n"
+            # The event log tells a follower the artifacts are ready, right after the agent finished.
+            params = {"agent_id": agent["id"], "after": 0, "follow": "false"}
+            with c.stream("GET", "/events", params=params) as r:
+                types = [ev.event for ev in iter_events(r)]
+            assert types == ["agent.started", "agent.finished", "agent.artifacts_ready"], types
 
 
 def test_artifacts_past_the_bound_are_listed_as_dropped(srv: ServerProcess) -> None:
