@@ -16,7 +16,6 @@ wire document built by `agent_document` (given by the service layer, which owns 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume, Seal
 from agentfactory.runtime.masking import mask_text
-from agentfactory.runtime.outcome import classify_exit
+from agentfactory.runtime.outcome import classify_exit, never_ran
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
@@ -40,7 +39,6 @@ from agentfactory.store.tables import ACTIVE, TERMINAL, AgentRow
 from agentfactory.vocabulary import AgentStatus, EventType, Reason
 
 log = structlog.get_logger("agentfactory.launcher")
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class Launcher:
@@ -203,20 +201,8 @@ class Launcher:
     async def fail_launch(self, pk: int, agent_id: str, message: str) -> None:
         """End an agent that never ran: `failed`/`launch_failed`, an empty seal, no container."""
         await self.backend.remove(agent_id)
-        changed = await self._transition(
-            pk,
-            ACTIVE,
-            EventType.FINISHED,
-            status=AgentStatus.FAILED,
-            reason=Reason.LAUNCH_FAILED,
-            error=message,
-            finished_at=self.clock(),
-            log_lines=0,
-            log_bytes=0,
-            log_sha256=EMPTY_SHA256,
-            secrets={},
-            gateway_token_hash=None,
-        )
+        ended = never_ran(AgentStatus.FAILED, Reason.LAUNCH_FAILED, message, self.clock())
+        changed = await self._transition(pk, ACTIVE, EventType.FINISHED, **ended)
         if changed:
             self.metrics.agents_finished.labels(status=AgentStatus.FAILED).inc()
             self.metrics.agents_finished_reason.labels(reason=Reason.LAUNCH_FAILED).inc()

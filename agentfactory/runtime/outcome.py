@@ -1,12 +1,33 @@
-"""How an agent ended: its container's final state, read as (status, reason, error). Pure."""
+"""How an agent ended: its container's final state, read as (status, reason, error), and the terminal
+values of an agent that never ran. Pure."""
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
 
 from agentfactory.backends.base import ContainerState, ContainerStatus
 from agentfactory.store.tables import AgentRow
 
 ENGINE_LOST = "the container engine stopped or restarted while the agent ran"
 KILLED_BY_ENGINE = (128 + 15, 128 + 9)  # SIGTERM, SIGKILL: how an engine that stops ends its containers
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def never_ran(status: str, reason: str, error: str | None, at: float) -> dict[str, Any]:
+    """The terminal row values of an agent that never ran (a failed launch, a queued agent that
+    timed out or was cancelled): an empty seal, its secrets and gateway token forgotten."""
+    return {
+        "status": status,
+        "reason": reason,
+        "error": error,
+        "finished_at": at,
+        "log_lines": 0,
+        "log_bytes": 0,
+        "log_sha256": EMPTY_SHA256,
+        "secrets": {},
+        "gateway_token_hash": None,
+    }
 
 
 def classify_exit(row: AgentRow, st: ContainerStatus) -> tuple[str, str, str | None]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import hashlib
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
+from agentfactory.runtime.outcome import never_ran
 from agentfactory.schemas import AgentOut, CapacityOut, KeyCapacity, WarmPool
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
@@ -41,7 +41,6 @@ from agentfactory.store.tables import AgentRow
 from agentfactory.vocabulary import AgentStatus, EventType, Reason
 
 log = structlog.get_logger("agentfactory.queue")
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MIB, GIB = 1024 * 1024, 1024 * 1024 * 1024
 FALLBACK_MAX_RUNNING = 8  # the engine could not say how much memory it has
 PACE_SAMPLE = 20  # recent ends the pace is measured over: few, so it follows a change of pace quickly
@@ -227,15 +226,7 @@ async def end_queued(d: QueueDispatcher, pk: int, status: AgentStatus, reason: R
         event=EventType.FINISHED,
         document=d.agent_document,
         at=d.clock(),
-        status=status,
-        reason=reason,
-        error=error,
-        finished_at=d.clock(),
-        log_lines=0,
-        log_bytes=0,
-        log_sha256=EMPTY_SHA256,
-        secrets={},
-        gateway_token_hash=None,
+        **never_ran(status, reason, error, d.clock()),
     )
     if changed:
         d.metrics.agents_finished.labels(status=status).inc()

@@ -55,7 +55,14 @@ def test_stuck_starting_is_failed_and_a_vanished_container_is_lost(api: Api) -> 
     with store.session() as s:  # a row left in `starting` by a launch that never finished
         s.execute(update(AgentRow).where(AgentRow.id == a["id"]).values(status="starting"))
     st = state(api)
-    st.services.launcher._watchers.clear()  # nobody is watching it any more
+    # Nobody is watching it any more: its watcher is gone (cancelled, not just forgotten: a forgotten
+    # one would still finalize the agent when the pass removes its container, and race the pass).
+    watchers = st.services.launcher._watchers
+    api.client.portal.call(lambda: [t.cancel() for t in list(watchers.values())] and None)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while watchers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not watchers
     run_pass(api, now=time.time() + 3600)
     body = get(api, a["id"]).json()
     assert (body["status"], body["reason"]) == ("failed", "launch_failed")
