@@ -42,6 +42,12 @@ class Seen:
 Responder = Callable[[Any], "Reply | dict[str, Any]"]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: twenty agents' calls at once on a loaded machine
+    # overflowed it and a connection was reset (a 502 the gateway then rightly reported).
+    request_queue_size = 128
+
+
 class FakeOpenAI:
     """The fake upstream; `base_url` is what a catalog model's `base_url` should be."""
 
@@ -50,7 +56,7 @@ class FakeOpenAI:
         self.seen: list[Seen] = []
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="fake-openai", daemon=True
