@@ -82,6 +82,8 @@ def test_ctrl_c_cancels_and_exits_130(server: ServerProcess) -> None:
     proc = subprocess.Popen(
         [AGENTFACTORY, "run", "--model", "sh", "--tool", "shell", "--follow", "echo started; sleep 60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(server),
+        # Ctrl-C's default disposition even when this run was started in a shell's background.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert proc.stdout is not None

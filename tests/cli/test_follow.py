@@ -148,11 +148,19 @@ def test_result_file_is_written_after_the_end(standin: StandIn, tmp_path: Any) -
     assert json.loads(target.read_text())["status"] == "succeeded"
 
 
+def _interruptible() -> None:
+    """In the child before it runs: Ctrl-C's default disposition. A test run started in the
+    background of a non-interactive shell (a CI script's `cmd &`) ignores SIGINT, the child would
+    inherit that, and Python installs no KeyboardInterrupt handler for a signal ignored at start."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_running_agent(standin: StandIn, *extra: str) -> subprocess.Popen[str]:
     standin.plans["forever"] = Plan(lines=numbered(5), final_status="running")
     proc = subprocess.Popen(
         [AGENTFACTORY, "run", "--model", "echo", "--follow", *extra, "forever"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(standin),
+        preexec_fn=_interruptible,
     )  # fmt: skip
     wait_for(lambda: len(standin.stream_opens) == 1)
     time.sleep(0.3)  # the first lines are printed; the CLI is waiting on the open stream
