@@ -47,4 +47,6 @@ def test_a_broken_follow_and_the_final_read_hand_on_every_byte_once() -> None:
     for stream, data in out.chunks():
         got[stream] += data
     assert got == {STDOUT: b"a\nb\nc\nd\n", STDERR: b"e1\ne2\n"}
-    assert calls == [True, False]
+    # Followed first, read whole once at the end. (The task-watch thread may see the end only after
+    # the broken follow was opened again: a second follow then, on a loaded machine.)
+    assert calls[0] is True and calls[-1] is False and calls.count(False) == 1, calls
