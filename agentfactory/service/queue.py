@@ -36,6 +36,7 @@ from agentfactory.schemas import AgentOut, CapacityOut, KeyCapacity, WarmPool
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
+from agentfactory.store.queries import QueueSnapshot
 from agentfactory.store.server_key import ServerKey
 from agentfactory.store.tables import AgentRow
 from agentfactory.vocabulary import AgentStatus, EventType, Reason
@@ -78,18 +79,23 @@ class Capacity:
         log.info("capacity", max_running=self.max_running, source=self.source)
 
 
-def queue_positions(order: list[tuple[int, str, int]]) -> dict[int, int]:
-    """pk → queue position (1 = next) of every agent in `order` (`queries.queue_order`).
+def queue_positions(snapshot: QueueSnapshot) -> dict[int, int]:
+    """pk → queue position (1 = next) of every queued agent in `snapshot` (`queries.queue_order`).
 
     The position is the agents ahead in the order, plus the places the round-robin holds ahead of it
-    for the other keys that have agents queued but have not filled those rounds yet (a key whose
-    last queued agent is in round 3 holds one place in each of rounds 4 .. r-1 ahead of an agent in
-    round r). So when such a key queues another agent, which goes ahead of this one, it takes a held
-    place and the position does not grow: it only falls as the queue moves (or as a key's queue
-    empties and its held places go). It grows only when a key with nothing queued joins. It is an
-    upper bound of the slots handed out before this agent's: exact when every key with agents queued
-    keeps queueing at least as fast, and it drops as soon as a key's queue runs dry."""
-    last: dict[str, int] = {}
+    for the other keys that have not filled those rounds yet: a key whose last queued agent is in
+    round 3 holds one place in each of rounds 4 .. r-1 ahead of an agent in round r, and a key that
+    holds a slot but has nothing queued holds one in each round from the head's on (its next agent
+    joins the round being served). So when such a key queues another agent, which goes ahead of this
+    one, it takes a held place and the position does not grow: it only falls as the queue moves (or
+    as a key's queue empties and its agents end, and its held places go). It grows only when a key
+    with nothing queued and nothing running joins. It is an upper bound of the slots handed out
+    before this agent's: exact when every such key keeps queueing at least as fast."""
+    order = snapshot.order
+    if not order:
+        return {}
+    head = order[0][2]
+    last: dict[str, int] = {key: head - 1 for key in snapshot.active_keys}
     for _pk, key, rnd in order:
         last[key] = rnd  # rounds rise along the order
     lasts = sorted(last.values())
@@ -181,7 +187,7 @@ class QueueDispatcher(Loop):
             task = asyncio.get_running_loop().create_task(self._launch(row))
             self._launches.add(task)
             task.add_done_callback(self._launches.discard)
-        order = await self.store.run(queries.queue_order)
+        order = (await self.store.run(queries.queue_order)).order
         self.metrics.agents_queued.set(len(order))
         if moved or claimed or order != self._last_order:
             # The queue moved (here, or on another replica, or an agent was cancelled or queued):

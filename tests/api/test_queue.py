@@ -124,17 +124,25 @@ def test_slots_go_round_robin_between_keys_fifo_within_a_key(qapi: Api) -> None:
     order = sorted(posted, key=lambda p: get(qapi, p[1])["queue_position"])
     assert [name for name, _ in order] == ["a", "b", "c", "a", "b", "a", "a"]
     # The positions hold the places of the keys that have not filled their rounds yet: c holds one
-    # in each of rounds 1 and 2, b one in round 2, so a's last agent (round 3) is 7th or later.
-    assert [get(qapi, i)["queue_position"] for _, i in order] == [1, 2, 3, 4, 5, 7, 10]
+    # in each of rounds 1 and 2, b one in round 2, and the blocker, which holds slots but has nothing
+    # queued, one in each round from the first: so a's last agent (round 3) is 13th or later.
+    assert [get(qapi, i)["queue_position"] for _, i in order] == [1, 2, 3, 5, 6, 9, 13]
     # When b queues again, its agent takes b's held place: nobody's position grows.
     before = {i: get(qapi, i)["queue_position"] for _, i in order}
     b3 = post(qapi, b, queue_timeout_seconds=60).json()
-    assert b3["queue_position"] == 8  # after a round-2 agent, and c's held place in round 1
+    assert b3["queue_position"] == 10  # after a round-2 agent, c's held place in round 1, the blocker's two
     assert all(get(qapi, i)["queue_position"] == before[i] for _, i in order if i != order[-1][1])
-    # A key that arrives late joins the round being served, not the end of the queue.
+    # So does the blocker's, whose key held a place in every round: it joins the round being served.
+    queued = [i for _, i in order] + [b3["id"]]
+    before = {i: get(qapi, i)["queue_position"] for i in queued}
+    again = post(qapi, blocker, queue_timeout_seconds=60).json()
+    assert again["queue_position"] == 4
+    assert all(get(qapi, i)["queue_position"] == before[i] for i in queued)
+    # A key that arrives late, with nothing running, joins the round being served, not the end of the
+    # queue: the one case where the positions behind it grow.
     d = qapi.key(max_concurrent_agents=10)
     late = post(qapi, d, queue_timeout_seconds=60).json()
-    assert late["queue_position"] == 4
+    assert late["queue_position"] == 5
 
 
 def test_a_queued_agent_expires_within_a_second_of_its_deadline(qapi: Api) -> None:

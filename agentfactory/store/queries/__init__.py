@@ -74,6 +74,7 @@ from agentfactory.store.queries.logs import read_log_page as read_log_page
 from agentfactory.store.queries.logs import seal_stored_lines as seal_stored_lines
 from agentfactory.store.queries.logs import store_log_chunks as store_log_chunks
 from agentfactory.store.queries.queue import CAPACITY_CURSOR as CAPACITY_CURSOR
+from agentfactory.store.queries.queue import QueueSnapshot as QueueSnapshot
 from agentfactory.store.queries.queue import claim_queued_agents as claim_queued_agents
 from agentfactory.store.queries.queue import count_agents_by_key as count_agents_by_key
 from agentfactory.store.queries.queue import count_cluster_active as count_cluster_active

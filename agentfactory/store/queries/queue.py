@@ -3,6 +3,8 @@ claimed fairly by compare-and-set, the pace of recent ends for the ETA."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -45,11 +47,27 @@ def next_queue_round(*, session: Session, key_id: str) -> int:
     return max(int(head or 0), int(last) + 1 if last is not None else 0)
 
 
-def queue_order(*, session: Session) -> list[tuple[int, str, int]]:
-    """(pk, key_id, round) of every queued agent in the order slots go to them: round, then arrival.
-    One statement, so one consistent snapshot of the queue."""
-    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round).where(AgentRow.status == "queued")
-    return [(pk, key, rnd or 0) for pk, key, rnd in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk))]
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue as one statement saw it: `order` is (pk, key_id, round) of every queued agent in the
+    order slots go to them (round, then arrival); `active_keys` the keys with an agent holding a slot."""
+
+    order: list[tuple[int, str, int]]
+    active_keys: frozenset[str]
+
+
+def queue_order(*, session: Session) -> QueueSnapshot:
+    """The queued agents and the keys holding slots, read in one statement: one consistent snapshot."""
+    q = select(AgentRow.pk, AgentRow.key_id, AgentRow.queue_round, AgentRow.status).where(
+        AgentRow.status.in_(("queued", *ACTIVE))
+    )
+    order, active = [], set()
+    for pk, key, rnd, status in session.execute(q.order_by(AgentRow.queue_round, AgentRow.pk)):
+        if status == "queued":
+            order.append((pk, key, rnd or 0))
+        else:
+            active.add(key)
+    return QueueSnapshot(order=order, active_keys=frozenset(active))
 
 
 def claim_queued_agents(
