@@ -19,7 +19,7 @@ from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 from tests.api.conftest import ADMIN, Api
 from tests.support.receiver import Receiver, always
-from tests.support.server import wait_until
+from tests.support.server import database_url, wait_until
 from tests.support.sse import iter_events
 
 FAST = {
@@ -33,7 +33,7 @@ FAST = {
 
 def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'af.db'}",
+        database_url=database_url(tmp_path / "af.db"),
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,

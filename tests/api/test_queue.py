@@ -20,7 +20,7 @@ from agentfactory.backends.fake import FakeBackend
 from agentfactory.settings import Settings
 from agentfactory.store import queries
 from tests.api.conftest import ADMIN, Api
-from tests.support.server import wait_until
+from tests.support.server import database_url, wait_until
 
 BLOCK = {"FAKE_RUN_UNTIL_STOPPED": "1"}
 
@@ -28,7 +28,7 @@ BLOCK = {"FAKE_RUN_UNTIL_STOPPED": "1"}
 @pytest.fixture
 def qapi(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'af.db'}",
+        database_url=database_url(tmp_path / "af.db"),
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,

@@ -16,6 +16,7 @@ from agentfactory.schemas import AgentCreate
 from agentfactory.settings import Settings
 from tests.api.conftest import ADMIN, Api
 from tests.api.test_agents_api import wait_status
+from tests.support.db import rows
 from tests.support.server import sqlite_only
 
 
@@ -32,7 +33,6 @@ def test_nan_or_infinity_in_metadata_is_422(api: Api, number: str) -> None:
     assert api.client.get("/agents", headers=api.admin).json()["items"] == []
 
 
-@sqlite_only
 def test_the_idempotency_fingerprint_is_keyed(api: Api) -> None:
     body = {"model": "echo", "prompt": "hi", "secrets": {"GH_TOKEN": "ghp_guessable"}}
     h = {**api.admin, "Idempotency-Key": "ci-7"}
@@ -41,8 +41,8 @@ def test_the_idempotency_fingerprint_is_keyed(api: Api) -> None:
     assert first.status_code == 201 and again.json()["id"] == first.json()["id"]
     other = api.client.post("/agents", json={**body, "secrets": {"GH_TOKEN": "ghp_other"}}, headers=h)
     assert other.status_code == 409
-    with database(api) as db:
-        (stored,) = db.execute("SELECT request_hash FROM agents").fetchone()
+    url = api.client.app.state.services.settings.database_url  # type: ignore[attr-defined]
+    ((stored,),) = rows(url, "SELECT request_hash FROM agents")
     bare = hashlib.sha256(json.dumps(AgentCreate.model_validate(body).model_dump(), sort_keys=True).encode())
     assert len(stored) == 64 and stored != bare.hexdigest(), "a bare hash lets anyone check a guessed secret"
 

@@ -26,6 +26,7 @@ from agentfactory.gateway.limits import GatewayLimits
 from agentfactory.observability.metrics import Metrics
 from agentfactory.store.engine import Store
 from agentfactory.store.tables import AgentRow
+from tests.support.server import database_url
 
 KEY_ENV = "FAKE_OPENAI_KEY"
 KEY_VALUE = "sk-fake-control-plane-key-6f1c"
@@ -69,7 +70,7 @@ class GatewayHarness:
         self.dir = Path(tempfile.mkdtemp(prefix="afgw-", dir="/tmp"))
         self.socket_dir = self.dir / "sock"
         self.socket_path = self.socket_dir / "gateway.sock"
-        self.store = Store(f"sqlite:///{self.dir / 'store.db'}")
+        self.store = Store(database_url(self.dir / "store.db"))
         self.store.migrate()
         self.metrics = Metrics()
         # The server runs the gateway on uvloop (uvicorn's choice when it is installed): so do tests.

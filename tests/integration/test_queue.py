@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
+from tests.support.db import rows
 from tests.support.server import ServerProcess, wait_terminal, wait_until
 from tests.support.sse import iter_events
 
@@ -192,8 +192,8 @@ def test_kill_9_with_50_agents_queued_loses_none_and_starts_none_twice(
         for a in [*holders, *queued]:
             final = wait_terminal(c, a["id"], timeout=180)
             assert final["status"] == "succeeded", final
-    db = sqlite3.connect(srv.workdir / "agentfactory.db")
-    starts = dict(db.execute("SELECT agent_id, count(*) FROM events WHERE type = 'agent.started' GROUP BY agent_id"))
+    sql = "SELECT agent_id, count(*) FROM events WHERE type = 'agent.started' GROUP BY agent_id"
+    starts = dict(rows(srv.env["AGENTFACTORY_DATABASE_URL"], sql))
     assert all(starts.get(a["id"]) == 1 for a in [*holders, *queued]), starts
     assert wait_until(lambda: not srv.containers(), timeout=30, what="containers removed")
 
@@ -246,6 +246,6 @@ def test_queue_timeout_delete_and_the_streamed_position(
         _out, err = cli.communicate(timeout=60)
         assert cli.returncode == 0, err
         assert re.search(r"ag_\w+ queued, position [2-4](, starts (in ~\d+ s|any moment))?$", err, re.M), err
-    db = sqlite3.connect(srv.workdir / "agentfactory.db")
-    started = {r[0] for r in db.execute("SELECT agent_id FROM events WHERE type = 'agent.started'")}
+    sql = "SELECT agent_id FROM events WHERE type = 'agent.started'"
+    started = {r[0] for r in rows(srv.env["AGENTFACTORY_DATABASE_URL"], sql)}
     assert timed["id"] not in started and cancelled["id"] not in started

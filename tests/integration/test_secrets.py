@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,7 +15,8 @@ import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
-from tests.support.server import ROOT, ServerProcess, all_log_lines, free_port, sqlite_only, wait_terminal, wait_until
+from tests.support.db import inserts_refused
+from tests.support.server import ROOT, ServerProcess, all_log_lines, free_port, wait_terminal, wait_until
 from tests.support.sse import read_stream
 
 pytestmark = pytest.mark.docker
@@ -91,22 +91,14 @@ def test_the_gateway_token_is_masked_after_a_restart(make_server: type[ServerPro
                 assert set(tokens) == {"AGENTFACTORY_GATEWAY_TOKEN=***"}, tokens[:3]
 
 
-@sqlite_only
 def test_a_database_error_during_create_logs_neither_secret_nor_prompt(server: ServerProcess) -> None:
     secret, prompt = "sk-live-Wq9TrXv2Lm7Np4Kd", "summarise the quarterly numbers of ACME-7731"
     seen = len(server.log_lines())
-    db = sqlite3.connect(server.env["AGENTFACTORY_DATABASE_URL"].removeprefix("sqlite:///"))
-    db.execute("CREATE TRIGGER refuse_agents BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    db.commit()
-    try:
+    with inserts_refused(server.env["AGENTFACTORY_DATABASE_URL"], "agents"):
         with server.client() as c:  # uvicorn closes the connection after an unhandled error
             r = c.post("/agents", json={"model": "echo", "prompt": prompt, "secrets": {"API_TOKEN": secret}})
         with server.client() as c:
             metrics = c.get("/metrics").text
-    finally:
-        db.execute("DROP TRIGGER refuse_agents")
-        db.commit()
-        db.close()
     assert r.status_code == 500 and r.json()["error"]["code"] == "E_INTERNAL", r.text
     assert secret not in r.text and prompt not in r.text and secret not in metrics
     during = server.log_lines()[seen:]

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.db import rows
 from tests.support.server import ServerProcess, wait_terminal, wait_until
 
 pytestmark = pytest.mark.docker
@@ -130,7 +131,10 @@ def test_keys_are_stored_hashed_and_revocation_is_immediate(server: ServerProces
         assert c.get("/agents").status_code == 200
         r = c.post("/agents", json={"model": "gpt-4o-mini", "prompt": "x"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "E_FORBIDDEN"
-    db = Path(server.env["AGENTFACTORY_DATABASE_URL"].removeprefix("sqlite:///"))
+    url = server.env["AGENTFACTORY_DATABASE_URL"]
+    stored = repr(rows(url, "SELECT * FROM api_keys"))
+    assert key not in stored and server.admin_key not in stored and key_id in stored
+    db = Path(url.removeprefix("sqlite:///"))  # SQLite: nor anywhere in the file, free pages included
     for f in (db, Path(f"{db}-wal")):
         if f.exists():
             assert key.encode() not in f.read_bytes() and server.admin_key.encode() not in f.read_bytes()

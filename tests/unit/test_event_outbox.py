@@ -10,6 +10,7 @@ import pytest
 from agentfactory.store import Store, queries
 from agentfactory.store.tables import AgentRow
 from agentfactory.vocabulary import AgentStatus, EventType
+from tests.support.server import database_url
 
 
 def agent(store: Store) -> AgentRow:
@@ -25,7 +26,7 @@ def agent(store: Store) -> AgentRow:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'o.db'}")
+    s = Store(database_url(tmp_path / "o.db"))
     s.migrate()
     return s
 

@@ -18,6 +18,7 @@ from agentfactory.runtime import logpump
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume, Seal
 from agentfactory.store import Store, queries
+from tests.support.server import database_url
 
 
 class Source:
@@ -50,6 +51,15 @@ class Source:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(database_url(tmp_path / "pump.db"))
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """Always SQLite, whatever the run's database: the test makes the database full with SQLite's own knob."""
     s = Store(f"sqlite:///{tmp_path / 'pump.db'}")
     s.migrate()
     yield s
@@ -89,8 +99,9 @@ def test_a_flooding_agent_waits_on_its_share_of_the_queue_and_a_neighbour_loses_
     asyncio.run(scenario())
 
 
-def test_a_full_store_is_retried_while_capture_waits_then_catches_up(store: Store) -> None:
+def test_a_full_store_is_retried_while_capture_waits_then_catches_up(sqlite_store: Store) -> None:
     """SQLite's max_page_count makes the database full; raising it is the disk freeing up."""
+    store = sqlite_store
     pages = {"max": 0}
 
     def limit(dbapi_conn: Any, _record: Any) -> None:
@@ -132,12 +143,27 @@ def test_a_full_store_is_retried_while_capture_waits_then_catches_up(store: Stor
 
 def test_lines_the_store_refuses_cost_only_their_agent_and_its_seal_is_of_the_store(store: Store) -> None:
     with store.engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_chunks WHEN NEW.text LIKE '%poison-7%' "
-                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        if store.is_sqlite:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_chunks WHEN NEW.text LIKE '%poison-7%' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
             )
-        )
+        else:  # PostgreSQL: a failed statement aborts its whole transaction, which the pump must survive
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF NEW.text LIKE '%poison-7%' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; "
+                    "END IF; RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_chunks "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+                )
+            )
     release = threading.Event()
 
     class Gated(Source):
