@@ -43,7 +43,12 @@ def delete_ui_sessions_of_key(*, session: Session, key_id: str) -> None:
 def usage_by_key(*, session: Session, since: float, bucket_seconds: int) -> list[tuple[str, int, int, int, int]]:
     """(key id, bucket start, agents, failures, tokens) of agents created since `since`, per key and
     time bucket (a whole multiple of `bucket_seconds` since the epoch): the dashboard's usage charts."""
-    bucket = (cast(AgentRow.created_at / bucket_seconds, BigInteger)) * bucket_seconds
+    start = AgentRow.created_at / bucket_seconds
+    if session.get_bind().dialect.name == "postgresql":
+        # PostgreSQL's cast of a float to an integer rounds (an agent of the bucket's second half
+        # landed in the next one, past the chart's end); SQLite's truncates, which is floor here (>= 0).
+        start = func.floor(start)
+    bucket = cast(start, BigInteger) * bucket_seconds
     q = (
         select(
             AgentRow.key_id,
