@@ -34,6 +34,7 @@ class Api:
 def api(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(
         database_url=database_url(tmp_path / "af.db"),
+        files_dir=tmp_path / "af.db.files",  # SQLite's default; PostgreSQL's would be the working directory's
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,

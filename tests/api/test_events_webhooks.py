@@ -35,6 +35,7 @@ def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
     settings = Settings(
         database_url=database_url(tmp_path / "af.db"),
         admin_key=ADMIN,
+        files_dir=tmp_path / "af.db.files",
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,
         **overrides,

@@ -30,6 +30,7 @@ def qapi(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(
         database_url=database_url(tmp_path / "af.db"),
         admin_key=ADMIN,
+        files_dir=tmp_path / "af.db.files",
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,
         max_running_agents=2,

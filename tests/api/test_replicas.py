@@ -85,6 +85,7 @@ def make(tmp_path: Path, name: str, backend: FakeBackend) -> Iterator[Rep]:
     settings = Settings(
         database_url=url_file.read_text(),
         admin_key=ADMIN,
+        files_dir=tmp_path / "files",
         gateway_socket_dir=tmp_path / f"gw-{name}",
         reaper_interval_seconds=3600,
         replica_id=name,

@@ -168,6 +168,7 @@ def test_replicas_on_separate_engines_never_mark_each_others_agents_lost(
         # Replicas on one machine share its gateway socket (one serves it, another takes over when
         # it dies): the far agent's model calls go on while `far` is down.
         "AGENTFACTORY_GATEWAY_SOCKET_DIR": str(tmp_path / "gw"),
+        "AGENTFACTORY_FILES_DIR": str(tmp_path / "files"),
     }
     near = make_server(catalog=catalog, env=env)
     far = make_server(catalog=catalog, env={**env, "DOCKER_HOST": engine.host})

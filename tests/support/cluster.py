@@ -61,6 +61,7 @@ class Cluster:
             "AGENTFACTORY_INSTANCE_ID": self.instance,
             "AGENTFACTORY_ADMIN_KEY": self.admin_key,
             "AGENTFACTORY_GATEWAY_SOCKET_DIR": str(root / "gw"),
+            "AGENTFACTORY_FILES_DIR": str(root / "files"),  # one blob store, as they share one database
             **(env or {}),
         }
         self.replicas: list[ServerProcess] = []

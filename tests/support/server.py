@@ -88,6 +88,10 @@ class ServerProcess:
             "AGENTFACTORY_REAPER_INTERVAL_SECONDS": "1",
             **(env or {}),
         }
+        if not self.env["AGENTFACTORY_DATABASE_URL"].startswith("sqlite"):
+            # The blob store's default off SQLite is ./agentfactory-files, the repository's: keep it in
+            # the work dir, where SQLite's default (<db>.files) puts it.
+            self.env.setdefault("AGENTFACTORY_FILES_DIR", str(workdir / "agentfactory.db.files"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> ServerProcess:
