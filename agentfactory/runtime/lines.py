@@ -83,7 +83,7 @@ class LineSplitter:
     """Per-stream maskers and partial-line buffers. Secrets are masked in the byte stream before it
     is split, so neither a read boundary, nor the cut of a very long line into MAX_LINE_BYTES pieces,
     nor a secret spanning lines lets one through (masking keeps the number of lines). Invalid UTF-8
-    is replaced with U+FFFD."""
+    is replaced with U+FFFD, and so is NUL."""
 
     def __init__(self, secrets: list[str]):
         self._partial: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
@@ -92,6 +92,8 @@ class LineSplitter:
     def _chunk(self, stream: int, raw: bytes, complete: bool) -> Chunk:
         """Chunk of raw lines joined by b"\\n" (no trailing newline)."""
         text = raw.decode("utf-8", "replace")
+        if "\x00" in text:  # no PostgreSQL text can hold NUL: repaired as invalid UTF-8 is, on every store
+            text = text.replace("\x00", "\ufffd")
         data = text.encode("utf-8") + b"\n" if "\ufffd" in text else raw + b"\n"
         n = data.count(b"\n")
         return Chunk(stream, data, n, raw.count(b"\n") + 1 if complete else 0)

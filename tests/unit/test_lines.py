@@ -41,6 +41,13 @@ def test_invalid_utf8_is_replaced() -> None:
     assert consistent(chunk)
 
 
+def test_nul_is_replaced_as_no_postgresql_text_holds_it() -> None:
+    """/proc/self/environ printed whole: NUL separated. The rest of the output must not be lost."""
+    (chunk,) = LineSplitter([]).feed(1, b"A=1\x00B=2\x00\nnext\n")
+    assert texts([chunk]) == ["A=1\ufffdB=2\ufffd", "next"]
+    assert consistent(chunk)
+
+
 def test_a_very_long_line_is_cut_without_splitting_utf8() -> None:
     data = b"short\n" + ("é" * MAX_LINE_BYTES).encode() + b"\nafter\n"
     chunks = LineSplitter([]).feed(1, data)
