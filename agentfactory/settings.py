@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     swarm_placement_seconds: float = Field(
         10,
         gt=0,
-        description="swarm backend: how long a launch waits for Swarm to place the task before it fails "
-        "with Swarm's reason (constraints no node meets, resources no node has)",
+        description="swarm backend: how long a launch waits for Swarm to place the task (constraints no node "
+        "meets, resources no node has); then an agent with queue_timeout_seconds goes back to the queue and is "
+        "tried again after as long, one without fails with Swarm's reason",
     )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")

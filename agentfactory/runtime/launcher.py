@@ -24,13 +24,14 @@ import structlog
 
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
-from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, NotPlacedError, RuntimeUnavailableError
 from agentfactory.observability.logging import describe_error
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume, Seal
 from agentfactory.runtime.masking import mask_text
 from agentfactory.runtime.outcome import classify_exit, never_ran
+from agentfactory.runtime.placement import requeue_or_fail
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
@@ -172,6 +173,9 @@ class Launcher:
             await self.store.run(queries.delete_agent, pk=row.pk)
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
+        except NotPlacedError as exc:  # the cluster is full: an agent that may wait is queued again
+            await requeue_or_fail(self, row, exc, [*row.secrets.values(), token])
+            return await self.load(row.pk) or row
         except AgentFactoryError as exc:
             # The engine's words may quote the container's environment.
             await self.fail_launch(row.pk, row.id, mask_text(exc.message, [*row.secrets.values(), token]))

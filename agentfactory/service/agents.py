@@ -54,7 +54,9 @@ async def create_agent(
     if row.status == AgentStatus.QUEUED:
         svc.hub.bump_events()  # `agent.queued` is in the log (and the dispatcher looks for a slot)
         return await present(svc, row), False
-    return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
+    launched = await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))
+    # Queued after all when the cluster could not place it (runtime/placement.py): with its position.
+    return await present(svc, launched), False
 
 
 async def present(svc: Services, row: AgentRow) -> AgentOut:

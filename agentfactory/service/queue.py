@@ -195,7 +195,7 @@ class QueueDispatcher(Loop):
             for pk, _key, _round in order:
                 self.hub.bump(pk)
         self._last_order = order
-        deadline = await self.store.run(queries.next_queue_deadline)
+        deadline = await self.store.run(queries.next_queue_deadline)  # or an unplaced agent's retry
         if deadline is not None:
             self.wake_in = max(0.0, deadline - self.clock())
 
@@ -213,7 +213,11 @@ class QueueDispatcher(Loop):
         """End queued agents past their deadline `expired`/`queue_timeout`; whether any ended."""
         pks = await self.store.run(queries.overdue_queued_agents, now=now)
         for pk in pks:
-            await end_queued(self, pk, AgentStatus.EXPIRED, Reason.QUEUE_TIMEOUT, "it did not get a slot in time")
+            why = "it did not get a slot in time"
+            row = await self.store.run(queries.get_agent_by_pk, pk=pk)
+            if row is not None and row.error:  # the cluster could not place it (runtime/placement.py)
+                why = f"{why} ({row.error})"
+            await end_queued(self, pk, AgentStatus.EXPIRED, Reason.QUEUE_TIMEOUT, why)
         return bool(pks)
 
     async def drain(self) -> None:

@@ -87,10 +87,13 @@ class AgentRow(Base):
     engine_id: Mapped[str | None] = mapped_column(String(200))
     engine_lost_at: Mapped[float | None] = mapped_column(Float)
     # The queue (SPEC §10): the agent's round-robin round while queued (its order is (round, pk)),
-    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued.
+    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued
+    # (but the deadline, set for any agent that asked to wait: it may go back to the queue when the
+    # cluster cannot place it, `queue_retry_at` then saying when it is tried again).
     queue_round: Mapped[int | None] = mapped_column(Integer)
     queue_deadline: Mapped[float | None] = mapped_column(Float)
     dequeued_at: Mapped[float | None] = mapped_column(Float)
+    queue_retry_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
