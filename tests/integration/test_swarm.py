@@ -22,10 +22,10 @@ import pytest
 from agentfactory.backends.swarm import SwarmBackend
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.test_hardening import ALLOWED_MOUNT_POINTS, EXPECTED, PROBE
-from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
+from tests.support.agents import UPSTREAM_KEY, prompt_as_shell, write_catalog
 from tests.support.server import ROOT, ServerProcess, all_log_lines, wait_terminal, wait_until
 from tests.support.sse import iter_events
-from tests.support.swarm_engine import PrivateSwarm
+from tests.support.swarm_engine import PrivateSwarm, swarm_env
 
 pytestmark = pytest.mark.docker
 
@@ -49,28 +49,9 @@ def seal_of(lines: list[dict[str, Any]]) -> tuple[int, int, str]:
 
 
 @pytest.fixture(scope="module")
-def swarm(docker_engine: None) -> Iterator[PrivateSwarm]:
-    engine = PrivateSwarm().start()
-    try:
-        yield engine
-    finally:
-        engine.destroy()
-
-
-@pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(prompt_as_shell()) as fake:
         yield fake
-
-
-def swarm_env(swarm: PrivateSwarm, **extra: str) -> dict[str, str]:
-    return {
-        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
-        "DOCKER_HOST": swarm.host,
-        "AGENTFACTORY_BACKEND": "swarm",
-        "AGENTFACTORY_SWARM_PLACEMENT_SECONDS": "3",
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")

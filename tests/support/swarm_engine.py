@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV
 from tests.support.server import wait_until
 
 RUNTIME_IMAGE = os.environ.get("AGENTFACTORY_RUNTIME_IMAGE", "agentfactory-runtime:latest")
@@ -94,3 +95,14 @@ class PrivateSwarm:
                 subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def swarm_env(swarm: PrivateSwarm, **extra: str) -> dict[str, str]:
+    """The environment of a control plane under test that runs its agents on `swarm`."""
+    return {
+        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+        "DOCKER_HOST": swarm.host,
+        "AGENTFACTORY_BACKEND": "swarm",
+        "AGENTFACTORY_SWARM_PLACEMENT_SECONDS": "3",
+        **extra,
+    }
