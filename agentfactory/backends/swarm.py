@@ -48,6 +48,7 @@ from agentfactory.backends.swarm_tasks import (
 from agentfactory.errors import NetworkPolicyError, NotPlacedError, RuntimeUnavailableError
 
 NANO_PER_CPU = 1_000_000_000
+SLOW_POLL_SECONDS = 0.25  # a task's state, read after its first second of waiting
 START_SECONDS = 60.0  # a placed task that does not run after this fails its launch (a stuck image, a node gone)
 
 
@@ -134,7 +135,8 @@ class SwarmBackend(DockerBackend):
         place the task (constraints no node meets, resources no node has) within the placement
         timeout: the launcher queues an agent that may wait (SPEC §10) and tries it again later.
         LaunchError when a node refuses to start it."""
-        placing_until = time.monotonic() + self.placement_timeout
+        began = time.monotonic()
+        placing_until = began + self.placement_timeout
         starting_until = placing_until + START_SECONDS
         while True:
             task = task_of(api.tasks(filters={"service": sid}))
@@ -154,7 +156,9 @@ class SwarmBackend(DockerBackend):
                 )
             if now > starting_until:
                 raise LaunchError(f"the agent's task did not start within {START_SECONDS:.0f}s (it is {state})")
-            time.sleep(POLL_SECONDS)
+            # Often at first (a task Swarm can place runs within a second); then gently, as a full swarm
+            # may have many agents waiting to be placed at once.
+            time.sleep(POLL_SECONDS if now - began < 1.0 else SLOW_POLL_SECONDS)
 
     def _output(self, api: docker.APIClient, sid: str) -> ServiceOutput:
         def open_logs(follow: bool) -> Any:
