@@ -19,6 +19,7 @@ import docker.errors
 import docker.utils
 import requests
 import structlog
+from docker.transport.unixconn import UnixHTTPAdapter
 
 from agentfactory.backends import egress
 from agentfactory.backends.base import (
@@ -83,6 +84,29 @@ def bridge_of(net: dict[str, Any]) -> egress.Bridge:
     return egress.Bridge(network=name, interface=interface, subnets=subnets)
 
 
+class _OnePoolAdapter(UnixHTTPAdapter):
+    """docker-py's Unix socket adapter keys its connection pools by the whole request URL, and keeps
+    25 of them: a call on a container's own path (`/containers/ID/start`, `.../wait`) never finds a
+    kept-alive connection, opens a new one, and evicts (closes) another path's pool. One socket, one
+    pool: every call reuses a connection."""
+
+    def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
+def keep_alive(api: docker.APIClient) -> docker.APIClient:
+    """`api` with one kept-alive connection pool for its Unix socket (other transports as they are)."""
+    adapter = getattr(api, "_custom_adapter", None)
+    if type(adapter) is UnixHTTPAdapter:
+        one = _OnePoolAdapter(
+            "http+unix://" + adapter.socket_path, adapter.timeout, max_pool_size=adapter.max_pool_size
+        )
+        api.mount("http+docker://", one)
+        api._custom_adapter = one  # type: ignore[attr-defined]
+        adapter.close()
+    return api
+
+
 class DockerBackend(Backend):
     """Agents as containers on the local (or DOCKER_HOST's) Docker Engine."""
 
@@ -111,7 +135,8 @@ class DockerBackend(Backend):
             if self._api is None:
                 try:
                     params = docker.utils.kwargs_from_env()
-                    self._api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                    api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                    self._api = keep_alive(api)
                 except docker.errors.DockerException as exc:
                     raise _unavailable(exc) from exc
             return self._api

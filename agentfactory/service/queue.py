@@ -174,6 +174,11 @@ class QueueDispatcher(Loop):
         self._last_order: list[tuple[int, str, int]] = []
 
     async def run_once(self) -> None:
+        if not self._last_order and not await self.store.run(queries.count_queued):
+            # Nothing queued, nothing to tell: one read, not the claim's write lock, on every start
+            # and end that wakes the dispatcher.
+            self.metrics.agents_queued.set(0)
+            return
         now = self.clock()
         moved = await self.expire_overdue(now)
         claimed = await self.store.run(
