@@ -24,7 +24,6 @@ import structlog
 
 from agentfactory.backends import egress
 from agentfactory.backends.base import (
-    LABEL_AGENT,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     STDERR,
@@ -40,6 +39,7 @@ from agentfactory.backends.base import (
     ResourceUsage,
 )
 from agentfactory.backends.docker_spec import build_create_args, container_name
+from agentfactory.backends.docker_warm import DockerSandboxes, agent_of
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 T = TypeVar("T")
@@ -146,6 +146,10 @@ class AttachOutput:
             del buf[:pos]
             for stream, payload in merged:
                 yield stream, bytes(payload)
+
+    def send(self, data: bytes) -> None:
+        """Write to the container's stdin (a warm sandbox's assignment, SPEC §10)."""
+        self._sock.sendall(data)
 
     def close(self) -> None:
         self._closed.set()
@@ -263,7 +267,8 @@ class DockerBackend(Backend):
             created = api.create_container(**args, host_config=host_config)
         cid = created["Id"]
         try:
-            raw = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            stdin = int(spec.warm_owner is not None)  # a warm sandbox's assignment comes this way (warm.py)
+            raw = api.attach_socket(cid, params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
             sock = getattr(raw, "_sock", raw)
             sock.settimeout(None)
             api.start(cid)
@@ -402,10 +407,11 @@ class DockerBackend(Backend):
             return [
                 ManagedContainer(
                     container_id=c["Id"],
-                    agent_id=c["Labels"].get(LABEL_AGENT, ""),
+                    agent_id=agent_id,
                     state=_STATES.get(c.get("State", ""), ContainerState.EXITED),
                 )
                 for c in api.containers(all=True, filters=filters)
+                if (agent_id := agent_of(c))  # an unclaimed warm sandbox is the pool's (docker_warm.py)
             ]
 
         return await self._run(list_managed)
@@ -427,6 +433,9 @@ class DockerBackend(Backend):
             )
 
         return await self._run(usage)
+
+    def sandboxes(self) -> DockerSandboxes:
+        return DockerSandboxes(self)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
