@@ -1002,14 +1002,15 @@ def supervise(spec: dict, files: dict) -> int:
     return code
 
 
-def await_assignment() -> bool:
+def await_assignment() -> None:
     """A warm sandbox's wait for its agent: read the assignment line from stdin and take its
-    environment. False when stdin ends first (the control plane went away: nothing to run)."""
+    environment. Stdin ending first means the control plane went away (a claim it could not finish
+    then fails its agent: never a silent success)."""
     data = bytearray()
     while not data.endswith(b"\n"):
         chunk = os.read(0, 1 << 16)
         if not chunk:
-            return False
+            raise Fatal(EXIT_SPEC, "bad spec: no assignment came (the control plane went away)")
         data += chunk
     try:
         env = json.loads(bytes(data))["env"]
@@ -1022,13 +1023,12 @@ def await_assignment() -> bool:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    return True
 
 
 def main() -> int:
     try:
-        if os.environ.get(WARM_ENV) == "1" and not await_assignment():
-            return EXIT_OK
+        if os.environ.get(WARM_ENV) == "1":
+            await_assignment()
         spec = load_spec(dict(os.environ))
         files = spec.get("files")
         if files:

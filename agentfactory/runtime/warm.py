@@ -198,7 +198,7 @@ class SandboxPool(Loop):
         dead replica's, and our own whose runtime is no longer running (it would fail its agent)."""
         self._swept_at = time.monotonic()
         held = {s.id: s for s in self._idle}
-        live = self.live_owners()
+        live = self.live_owners()  # empty while the leases are unknown: then only ours are removed
         for found in await self.sandboxes.idle():
             mine = found.owner == self.owner
             if found.sandbox_id in self._claiming:
@@ -208,7 +208,7 @@ class SandboxPool(Loop):
                     continue  # alive, or claimed meanwhile
                 self._idle.remove(held[found.sandbox_id])
                 held[found.sandbox_id].launched.output.close()
-            elif not mine and found.owner in live:
+            elif not mine and (not live or found.owner in live):
                 continue  # another live replica's
             elif self._starting and mine:
                 continue  # perhaps the one being started now

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import structlog
+
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.observability.metrics import Metrics
@@ -31,6 +33,7 @@ from agentfactory.store.bus import PgBus
 from agentfactory.store.server_key import ServerKey
 
 KEYS_CHANGED = "keys"
+log = structlog.get_logger("agentfactory.services")
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Services:
         )
         hub.on_events(queue.dispatcher.poke)  # every start and end may free or take a slot
         sandboxes = backend.sandboxes() if settings.warm_pool_size > 0 else None
+        if settings.warm_pool_size > 0 and sandboxes is None:
+            log.warning("warm_pool_unsupported", backend=settings.backend, detail="every agent starts cold")
         pool = None
         if sandboxes is not None:
             pool = SandboxPool(
