@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -150,6 +151,12 @@ class AttachOutput:
     def send(self, data: bytes) -> None:
         """Write to the container's stdin (a warm sandbox's assignment, SPEC §10)."""
         self._sock.sendall(data)
+
+    def quiet(self) -> bool:
+        """Nothing to read, and not at its end: what a warm sandbox's stream is before its claim
+        (its runtime prints nothing). Not so once its container exited or the engine cut it."""
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return not readable
 
     def close(self) -> None:
         self._closed.set()

@@ -37,6 +37,12 @@ NAME_PREFIX = container_name("")
 class Writable(Protocol):
     def send(self, data: bytes) -> None: ...
 
+    def quiet(self) -> bool: ...
+
+
+class SandboxGone(Exception):
+    """The sandbox's container exited, or its stream was cut (an engine restart): it cannot be given."""
+
 
 def agent_of(container: dict[str, Any]) -> str:
     """The agent a listed container runs: its label, or for a claimed warm sandbox its name; "" for
@@ -64,6 +70,8 @@ class DockerSandboxes(Sandboxes):
         output: Writable = launched.output  # type: ignore[assignment]  # AttachOutput
 
         def assign(api: docker.APIClient) -> None:
+            if not output.quiet():
+                raise SandboxGone(f"sandbox {sandbox_id}: its stream ended or it printed before its assignment")
             target = container_name(agent_id)
             try:
                 api.rename(launched.container_id, target)

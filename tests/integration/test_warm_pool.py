@@ -187,6 +187,20 @@ def test_the_hardening_probe_of_a_warm_agent_matches_a_cold_ones(servers: dict[s
     assert warm_probe == cold_probe
 
 
+def test_a_sandbox_that_died_while_idle_is_never_given_to_an_agent(servers: dict[str, ServerProcess]) -> None:
+    srv = servers["warm"]
+    wait_full(srv)
+    for name in sandboxes(srv):
+        docker("kill", name)  # its runtime gone: its stream ends
+    with srv.client() as c:
+        agents = [post(c, f"echo after-kill-{i}") for i in range(2)]
+        ends = [wait_terminal(c, a["id"], timeout=60) for a in agents]
+        outputs = [[line["text"] for line in all_log_lines(c, a["id"])] for a in agents]
+    assert [e["status"] for e in ends] == ["succeeded", "succeeded"], ends
+    assert all(f"after-kill-{i}" in out for i, out in enumerate(outputs)), outputs
+    wait_full(srv, "the pool refilled after its sandboxes died")
+
+
 def test_a_crash_leaves_sandboxes_the_next_start_removes_and_a_shutdown_leaves_none(
     servers: dict[str, ServerProcess],
 ) -> None:
