@@ -7,12 +7,9 @@ Docker and log following (in the log pump's own threads) never starves stop/remo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import select
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -27,8 +24,6 @@ from agentfactory.backends import egress
 from agentfactory.backends.base import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    STDERR,
-    STDOUT,
     AgentSpec,
     Backend,
     ContainerState,
@@ -39,6 +34,7 @@ from agentfactory.backends.base import (
     OutputSource,
     ResourceUsage,
 )
+from agentfactory.backends.docker_output import AttachOutput, LogsOutput, exit_confirmed
 from agentfactory.backends.docker_spec import build_create_args, container_name
 from agentfactory.backends.docker_warm import DockerSandboxes, agent_of
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
@@ -49,9 +45,6 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 EGRESS_RECHECK_SECONDS = 30.0  # a network launch reads the egress rules back when older than this
 _STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
-# How long the end of an output stream waits for the container's exit to be confirmed: the stream
-# of a container that exits closes a moment before the engine records the exit.
-ENDED_WAIT_SECONDS = 3
 
 
 class LaunchError(AgentFactoryError):
@@ -62,23 +55,6 @@ class LaunchError(AgentFactoryError):
 
 def _unavailable(exc: BaseException) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(f"the container engine is unreachable: {type(exc).__name__}")
-
-
-def _exited(api: docker.APIClient, container_id: str) -> Callable[[], bool]:
-    """`OutputSource.ended` of one container: its exit confirmed by the engine. False when the
-    engine does not answer (it went away: the stream was cut) or the container still runs (the
-    engine restarted with live-restore and dropped our stream)."""
-
-    def ended() -> bool:
-        try:
-            api.wait(container_id, timeout=ENDED_WAIT_SECONDS)
-            return True
-        except docker.errors.NotFound:
-            return True  # removed: its output is over (the watcher finds it missing)
-        except Exception:
-            return False
-
-    return ended
 
 
 def _epoch(value: str | None) -> float | None:
@@ -105,88 +81,6 @@ def bridge_of(net: dict[str, Any]) -> egress.Bridge:
         )
     subnets = tuple(c["Subnet"] for c in (net.get("IPAM") or {}).get("Config") or [] if ":" not in c.get("Subnet", ":"))
     return egress.Bridge(network=name, interface=interface, subnets=subnets)
-
-
-class AttachOutput:
-    """Docker's multiplexed attach stream (8-byte frame headers), read in large chunks.
-
-    Consecutive frames of one stream are merged before they are handed on: a flood of one-line
-    writes costs one Python object per socket read, not one per line.
-    """
-
-    def __init__(self, sock: socket.socket, ended: Callable[[], bool]):
-        self._sock = sock
-        self._closed = threading.Event()
-        self.ended = ended
-
-    def chunks(self) -> Iterator[tuple[int, bytes]]:
-        buf = bytearray()
-        while True:
-            try:
-                data = self._sock.recv(1 << 18)
-            except OSError:
-                if self._closed.is_set():
-                    return
-                raise
-            if not data:
-                return
-            buf += data
-            pos, n = 0, len(buf)
-            merged: list[tuple[int, bytearray]] = []
-            while n - pos >= 8:
-                size = int.from_bytes(buf[pos + 4 : pos + 8], "big")
-                if n - pos - 8 < size:
-                    break
-                stream = STDERR if buf[pos] == 2 else STDOUT
-                payload = buf[pos + 8 : pos + 8 + size]
-                if merged and merged[-1][0] == stream:
-                    merged[-1][1].extend(payload)
-                else:
-                    merged.append((stream, bytearray(payload)))
-                pos += 8 + size
-            del buf[:pos]
-            for stream, payload in merged:
-                yield stream, bytes(payload)
-
-    def send(self, data: bytes) -> None:
-        """Write to the container's stdin (a warm sandbox's assignment, SPEC §10)."""
-        self._sock.sendall(data)
-
-    def quiet(self) -> bool:
-        """Nothing to read, and not at its end: what a warm sandbox's stream is before its claim
-        (its runtime prints nothing). Not so once its container exited or the engine cut it."""
-        readable, _, _ = select.select([self._sock], [], [], 0)
-        return not readable
-
-    def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-
-
-class LogsOutput:
-    """`docker logs --follow` of a container from its start, demultiplexed frame by frame
-    (restart recovery). docker-py's own `logs()` drops which stream a frame came from."""
-
-    def __init__(self, response: Any, ended: Callable[[], bool]):
-        self._response = response
-        self.ended = ended
-
-    def chunks(self) -> Iterator[tuple[int, bytes]]:
-        raw = self._response.raw
-        while True:
-            header = raw.read(8)
-            if len(header) < 8:
-                return
-            size = int.from_bytes(header[4:8], "big")
-            payload = raw.read(size) if size else b""
-            if size and not payload:
-                return
-            yield (STDERR if header[0] == 2 else STDOUT), payload
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class DockerBackend(Backend):
@@ -284,7 +178,7 @@ class DockerBackend(Backend):
             if isinstance(exc, docker.errors.APIError):
                 raise LaunchError(f"the engine refused to start the container: {exc.explanation}") from exc
             raise
-        return Launched(container_id=cid, output=AttachOutput(sock, _exited(api, cid)))
+        return Launched(container_id=cid, output=AttachOutput(sock, exit_confirmed(api, cid)))
 
     async def prepare_network(self, network: str) -> None:
         await self._run(lambda api: self._ensure_network(api, network))
@@ -404,7 +298,7 @@ class DockerBackend(Backend):
             response = api._get(url, params=params, stream=True)  # type: ignore[attr-defined]
             sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
             api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
-            return LogsOutput(response, _exited(api, container_id))
+            return LogsOutput(response, exit_confirmed(api, container_id))
 
         return await self._run(logs)
 
