@@ -23,7 +23,6 @@ from docker.transport.unixconn import UnixHTTPAdapter
 
 from agentfactory.backends import egress
 from agentfactory.backends.base import (
-    LABEL_AGENT,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     AgentSpec,
@@ -38,6 +37,7 @@ from agentfactory.backends.base import (
 )
 from agentfactory.backends.docker_output import AttachOutput, LogsOutput, exit_confirmed
 from agentfactory.backends.docker_spec import build_create_args, container_name
+from agentfactory.backends.docker_warm import DockerSandboxes, agent_of
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 T = TypeVar("T")
@@ -193,7 +193,8 @@ class DockerBackend(Backend):
             created = api.create_container(**args, host_config=host_config)
         cid = created["Id"]
         try:
-            raw = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            stdin = int(spec.warm_owner is not None)  # a warm sandbox's assignment comes this way (warm.py)
+            raw = api.attach_socket(cid, params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
             sock = getattr(raw, "_sock", raw)
             sock.settimeout(None)
             api.start(cid)
@@ -332,10 +333,11 @@ class DockerBackend(Backend):
             return [
                 ManagedContainer(
                     container_id=c["Id"],
-                    agent_id=c["Labels"].get(LABEL_AGENT, ""),
+                    agent_id=agent_id,
                     state=_STATES.get(c.get("State", ""), ContainerState.EXITED),
                 )
                 for c in api.containers(all=True, filters=filters)
+                if (agent_id := agent_of(c))  # an unclaimed warm sandbox is the pool's (docker_warm.py)
             ]
 
         return await self._run(list_managed)
@@ -357,6 +359,9 @@ class DockerBackend(Backend):
             )
 
         return await self._run(usage)
+
+    def sandboxes(self) -> DockerSandboxes:
+        return DockerSandboxes(self)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

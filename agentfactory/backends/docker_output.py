@@ -5,6 +5,7 @@ Docker's 8-byte frame headers into (stream, bytes) chunks."""
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -77,6 +78,16 @@ class AttachOutput:
             del buf[:pos]
             for stream, payload in merged:
                 yield stream, bytes(payload)
+
+    def send(self, data: bytes) -> None:
+        """Write to the container's stdin (a warm sandbox's assignment, SPEC §10)."""
+        self._sock.sendall(data)
+
+    def quiet(self) -> bool:
+        """Nothing to read, and not at its end: what a warm sandbox's stream is before its claim
+        (its runtime prints nothing). Not so once its container exited or the engine cut it."""
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return not readable
 
     def close(self) -> None:
         self._closed.set()

@@ -33,6 +33,7 @@ from agentfactory.runtime.outcome import never_ran
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.runtime.transitions import Transitions
 from agentfactory.runtime.ttl import TtlTimers
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
 from agentfactory.store.server_key import ServerKey
@@ -78,6 +79,7 @@ class Launcher:
         self.stop_wait_seconds = 10.0  # past the grace, how long a stop waits for its watcher
         self._stopping: set[int] = set()  # stops in progress here
         self._abandoned: set[int] = set()  # adopted by another replica while watched here
+        self.pool: SandboxPool | None = None  # warm sandboxes (runtime/warm.py), asked first at each launch
         self.rows = Transitions(
             store=store,
             hub=hub,
@@ -103,6 +105,9 @@ class Launcher:
     def stopping(self, pk: int) -> bool:
         return pk in self._stopping
 
+    def launches_in_flight(self) -> int:
+        return len(self._launching)
+
     def watching(self, pk: int) -> bool:
         """Whether this process is launching or capturing the agent (the controller keeps off)."""
         return pk in self._watchers or pk in self._launching
@@ -124,9 +129,9 @@ class Launcher:
             # The engine it runs on, so that only replicas reaching that engine adopt it.
             engine_id = await self.backend.engine_id()
             await self.rows.cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING, engine_id=engine_id)
-            launched = await self.backend.launch(
-                agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
-            )
+            spec = agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
+            claimed = await self.pool.claim(spec) if self.pool is not None else None  # warm, or cold:
+            warm, launched = claimed is not None, claimed or await self.backend.launch(spec)
         except RuntimeUnavailableError:
             if keep_on_engine_down:
                 raise
@@ -144,13 +149,14 @@ class Launcher:
             EventType.STARTED,
             status=AgentStatus.RUNNING,
             container_id=launched.container_id,
+            warm=warm,
             started_at=started,
             expires_at=started + row.ttl_seconds,
         )
         admitted = row.dequeued_at or row.created_at  # a queued agent's launch begins when it leaves the queue
         self.metrics.launch_duration.observe(max(0.0, started - admitted))
         self.metrics.agents_running.inc()
-        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3))
+        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3), warm=warm)
         # The gateway token is in the container's environment: mask it like a secret if printed.
         self._watch(row.pk, row.id, launched.output, [*row.secrets.values(), token], Resume())
         self.ttl.arm(row.pk, started + row.ttl_seconds)

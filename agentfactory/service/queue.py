@@ -32,6 +32,7 @@ from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.runtime.outcome import never_ran
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.schemas import AgentOut, CapacityOut, KeyCapacity, WarmPool
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
@@ -256,6 +257,7 @@ class Queue:
     capacity: Capacity
     pace: Pace
     dispatcher: QueueDispatcher
+    pool: SandboxPool | None = None  # warm sandboxes: they hold slots while idle (runtime/warm.py)
 
 
 async def present(queue: Queue, store: Store, row: AgentRow) -> AgentOut:
@@ -298,6 +300,6 @@ async def capacity_view(queue: Queue, store: Store, *, admin: bool) -> CapacityO
         max_running=queue.capacity.max_running,
         running=sum(r for r, _q in by_key.values()),
         queued=sum(q for _r, q in by_key.values()),
-        warm=WarmPool(idle=0, target=0),
+        warm=WarmPool(idle=queue.pool.idle, target=queue.pool.size) if queue.pool else WarmPool(idle=0, target=0),
         keys=keys,
     )
