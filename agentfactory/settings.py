@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         description="agents the cluster runs at once (pending, starting and running together); unset: the "
         "engine's memory less a reserve (1 GiB and 10 %) divided by the catalog's memory_mb, at least 1",
     )
+    warm_pool_size: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="warm sandboxes kept started for the catalog's default profile (SPEC §10): an agent without "
+        "a network tool then starts in one, without a container start; each holds the catalog's memory_mb of the "
+        "capacity while idle. 0 (the default): every agent starts cold, nothing runs idle",
+    )
     queue_interval_seconds: float = Field(
         0.5, gt=0, description="seconds between passes of the queue dispatcher (it is also woken by every end)"
     )

@@ -364,6 +364,11 @@ class SwarmBackend(DockerBackend):
             self._engine_id = await self._run(cluster_id)
         return self._engine_id
 
+    def sandboxes(self) -> None:  # type: ignore[override]  # the base contract allows None: none here
+        """No warm sandboxes on a swarm (yet): the docker backend's are containers of one engine, not
+        services Swarm places, so every agent starts cold here (docs/swarm.md)."""
+        return None
+
     async def prepare_network(self, network: str) -> None:
         raise NetworkPolicyError(
             "the swarm backend does not run agents with a network yet (network tools are refused; docs/swarm.md)"

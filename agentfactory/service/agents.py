@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from agentfactory.errors import ConflictError, NotFoundError, SchemaError
+from agentfactory.runtime.network_gate import network_ready
 from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, LogLine, LogPage
 from agentfactory.service import admission, queue
 from agentfactory.service.auth import Caller
@@ -34,7 +35,8 @@ async def create_agent(
 ) -> tuple[AgentOut, bool]:
     """Admit and launch an agent. Returns (agent, replayed). E_RUNTIME leaves nothing behind."""
     ttl = admission.check_request(catalog=svc.catalog, settings=svc.settings, caller=caller, req=req)
-    await svc.launcher.network_ready(req.tools)  # E_CATALOG before anything is stored (SPEC §14)
+    # E_CATALOG before anything is stored (SPEC §14).
+    await network_ready(svc.backend, svc.catalog, svc.settings.agent_network, req.tools)
     row, replayed = await svc.store.run(
         admission.admit,
         catalog=svc.catalog,

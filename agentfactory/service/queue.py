@@ -32,6 +32,7 @@ from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.runtime.outcome import never_ran
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.schemas import AgentOut, CapacityOut, KeyCapacity, WarmPool
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
@@ -174,6 +175,11 @@ class QueueDispatcher(Loop):
         self._last_order: list[tuple[int, str, int]] = []
 
     async def run_once(self) -> None:
+        if not self._last_order and not await self.store.run(queries.count_queued):
+            # Nothing queued, nothing to tell: one read, not the claim's write lock, on every start
+            # and end that wakes the dispatcher.
+            self.metrics.agents_queued.set(0)
+            return
         now = self.clock()
         moved = await self.expire_overdue(now)
         claimed = await self.store.run(
@@ -255,6 +261,7 @@ class Queue:
     capacity: Capacity
     pace: Pace
     dispatcher: QueueDispatcher
+    pool: SandboxPool | None = None  # warm sandboxes: they hold slots while idle (runtime/warm.py)
 
 
 async def present(queue: Queue, store: Store, row: AgentRow) -> AgentOut:
@@ -297,6 +304,6 @@ async def capacity_view(queue: Queue, store: Store, *, admin: bool) -> CapacityO
         max_running=queue.capacity.max_running,
         running=sum(r for r, _q in by_key.values()),
         queued=sum(q for _r, q in by_key.values()),
-        warm=WarmPool(idle=0, target=0),
+        warm=WarmPool(idle=queue.pool.idle, target=queue.pool.size) if queue.pool else WarmPool(idle=0, target=0),
         keys=keys,
     )

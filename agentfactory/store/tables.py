@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agentfactory.vocabulary import ACTIVE, STDERR, STDOUT, TERMINAL
@@ -94,6 +106,8 @@ class AgentRow(Base):
     queue_deadline: Mapped[float | None] = mapped_column(Float)
     dequeued_at: Mapped[float | None] = mapped_column(Float)
     queue_retry_at: Mapped[float | None] = mapped_column(Float)
+    # Whether it started in a warm sandbox (SPEC §10).
+    warm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),
