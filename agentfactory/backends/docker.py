@@ -123,6 +123,10 @@ class DockerBackend(Backend):
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._api: docker.APIClient | None = None
+        # Confirms a container's exit on a connection of its own (docker-py's stock pools, one per
+        # path): an engine that stops refuses new connections before it stops its containers, so the
+        # end of a container it stops is never taken for the agent's own: it is `lost` (test_engine_restart).
+        self._confirm_api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
         self._network_lock = threading.Lock()
         self._engine_id: str | None = None
@@ -136,10 +140,16 @@ class DockerBackend(Backend):
                 try:
                     params = docker.utils.kwargs_from_env()
                     api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                    self._confirm_api = docker.APIClient(version=api.api_version, timeout=self._timeout, **params)
                     self._api = keep_alive(api)
                 except docker.errors.DockerException as exc:
                     raise _unavailable(exc) from exc
             return self._api
+
+    def _exit_confirmed(self, container_id: str) -> Callable[[], bool]:
+        self._client()
+        assert self._confirm_api is not None
+        return exit_confirmed(self._confirm_api, container_id)
 
     async def _run(self, fn: Callable[[docker.APIClient], T]) -> T:
         def call() -> T:
@@ -203,7 +213,7 @@ class DockerBackend(Backend):
             if isinstance(exc, docker.errors.APIError):
                 raise LaunchError(f"the engine refused to start the container: {exc.explanation}") from exc
             raise
-        return Launched(container_id=cid, output=AttachOutput(sock, exit_confirmed(api, cid)))
+        return Launched(container_id=cid, output=AttachOutput(sock, self._exit_confirmed(cid)))
 
     async def prepare_network(self, network: str) -> None:
         await self._run(lambda api: self._ensure_network(api, network))
@@ -323,7 +333,7 @@ class DockerBackend(Backend):
             response = api._get(url, params=params, stream=True)  # type: ignore[attr-defined]
             sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
             api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
-            return LogsOutput(response, exit_confirmed(api, container_id))
+            return LogsOutput(response, self._exit_confirmed(container_id))
 
         return await self._run(logs)
 
@@ -365,5 +375,6 @@ class DockerBackend(Backend):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._api is not None:
-            self._api.close()
+        for api in (self._api, self._confirm_api):
+            if api is not None:
+                api.close()

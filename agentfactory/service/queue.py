@@ -92,11 +92,22 @@ def queue_positions(snapshot: QueueSnapshot) -> dict[int, int]:
     as a key's queue empties and its agents end, and its held places go). It grows only when a key
     with nothing queued and nothing running joins. It is an upper bound of the slots handed out
     before this agent's: exact when every such key keeps queueing at least as fast."""
+    return _places(snapshot, holding=snapshot.active_keys)
+
+
+def expected_places(snapshot: QueueSnapshot) -> dict[int, int]:
+    """pk → the slots expected to be handed out up to this agent's, for its ETA: its position, but
+    with places held only for the keys with agents queued (a key that merely runs agents may never
+    queue again, and counting it would make every estimate late)."""
+    return _places(snapshot, holding=frozenset())
+
+
+def _places(snapshot: QueueSnapshot, *, holding: frozenset[str]) -> dict[int, int]:
     order = snapshot.order
     if not order:
         return {}
     head = order[0][2]
-    last: dict[str, int] = {key: head - 1 for key in snapshot.active_keys}
+    last: dict[str, int] = {key: head - 1 for key in holding}
     for _pk, key, rnd in order:
         last[key] = rnd  # rounds rise along the order
     lasts = sorted(last.values())
@@ -273,7 +284,8 @@ async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list
     """Agent documents; when any is queued, the queue is read once (one consistent snapshot)."""
     if not any(r.status == AgentStatus.QUEUED for r in rows):
         return [agent_out(r) for r in rows]
-    positions = queue_positions(await store.run(queries.queue_order))
+    snapshot = await store.run(queries.queue_order)
+    positions, expected = queue_positions(snapshot), expected_places(snapshot)
     out = []
     for r in rows:
         position = positions.get(r.pk) if r.status == AgentStatus.QUEUED else None
@@ -281,7 +293,7 @@ async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list
             fresh = await store.run(queries.get_agent_by_pk, pk=r.pk)
             out.append(agent_out(fresh or r))
             continue
-        eta = await queue.pace.estimate(position) if position is not None else None
+        eta = await queue.pace.estimate(expected.get(r.pk, position)) if position is not None else None
         out.append(agent_out(r, queue_position=position, estimated_start_at=eta))
     return out
 
