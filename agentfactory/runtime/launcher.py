@@ -23,14 +23,13 @@ import structlog
 
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
-from agentfactory.errors import AgentFactoryError, NotPlacedError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
 from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.capture_queue import Seal
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume
-from agentfactory.runtime.masking import mask_text
 from agentfactory.runtime.outcome import never_ran
-from agentfactory.runtime.placement import requeue_or_fail
+from agentfactory.runtime.placement import launch_refused
 from agentfactory.runtime.spec import agent_spec
 from agentfactory.runtime.transitions import Transitions
 from agentfactory.runtime.ttl import TtlTimers
@@ -139,12 +138,8 @@ class Launcher:
             await self.store.run(queries.delete_agent, pk=row.pk)
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
-        except NotPlacedError as exc:  # the cluster is full: an agent that may wait is queued again
-            await requeue_or_fail(self, row, exc, [*row.secrets.values(), token])
-            return await self.load(row.pk) or row
-        except AgentFactoryError as exc:
-            # The engine's words may quote the container's environment.
-            await self.fail_launch(row.pk, row.id, mask_text(exc.message, [*row.secrets.values(), token]))
+        except AgentFactoryError as exc:  # failed, or back to the queue when the cluster is full (placement.py)
+            await launch_refused(self, row, exc, [*row.secrets.values(), token])
             return await self.load(row.pk) or row
         started = self.clock()
         moved = await self.rows.transition(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agentfactory.errors import NotPlacedError
+from agentfactory.errors import AgentFactoryError, NotPlacedError
 from agentfactory.runtime.masking import mask_text
 from agentfactory.store import queries
 from agentfactory.store.tables import TERMINAL, AgentRow
@@ -26,9 +26,13 @@ log = structlog.get_logger("agentfactory.launcher")
 DEFAULT_RETRY_SECONDS = 5
 
 
-async def requeue_or_fail(launcher: Launcher, row: AgentRow, exc: NotPlacedError, masked: list[str]) -> None:
-    """Back to the queue (the backend has removed what it created), or `failed`/`launch_failed`."""
+async def launch_refused(launcher: Launcher, row: AgentRow, exc: AgentFactoryError, masked: list[str]) -> None:
+    """The backend refused the launch (it removed what it created): back to the queue when the
+    cluster could not place it and the agent may wait, else `failed`/`launch_failed` with its words."""
     why = mask_text(exc.message, masked)  # the engine's words may quote the agent's environment
+    if not isinstance(exc, NotPlacedError):
+        await launcher.fail_launch(row.pk, row.id, why)
+        return
     now = launcher.clock()
     retry_at = now + (exc.retry_after or DEFAULT_RETRY_SECONDS)
     requeued = await launcher.store.run(
