@@ -147,6 +147,10 @@ class SandboxPool(Loop):
     async def run_once(self) -> None:
         if self._closing:
             return
+        if self.size <= 0:  # no pool: one sweep, for what an earlier run with a pool left
+            if self._swept_at < 0:
+                await self.sweep()
+            return
         if time.monotonic() - self._swept_at >= SWEEP_SECONDS:
             await self.sweep()
         room = await self._room()

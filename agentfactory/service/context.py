@@ -107,7 +107,9 @@ class Services:
             ),
         )
         hub.on_events(queue.dispatcher.poke)  # every start and end may free or take a slot
-        sandboxes = backend.sandboxes() if settings.warm_pool_size > 0 else None
+        # Built whenever the backend keeps sandboxes, even with a size of 0: its first pass removes
+        # the sandboxes a crashed run with a pool left behind (no container is leaked).
+        sandboxes = backend.sandboxes()
         if settings.warm_pool_size > 0 and sandboxes is None:
             log.warning("warm_pool_unsupported", backend=settings.backend, detail="every agent starts cold")
         pool = None

@@ -213,5 +213,17 @@ def test_a_crash_leaves_sandboxes_the_next_start_removes_and_a_shutdown_leaves_n
     wait_full(srv, "the pool full again after the restart")
     wait_until(lambda: not before & set(sandboxes(srv)), timeout=30, what="the crashed run's sandboxes removed")
     assert len(sandboxes(srv)) == POOL
+    # A start without a pool removes them too: turning the pool off leaks nothing.
+    srv.kill()
+    srv.env["AGENTFACTORY_WARM_POOL_SIZE"] = "0"
+    try:
+        srv.start()
+        wait_until(lambda: sandboxes(srv) == [], timeout=30, what="a start without a pool removed them")
+        srv.stop()
+        srv.env["AGENTFACTORY_WARM_POOL_SIZE"] = str(POOL)
+        srv.start()
+        wait_full(srv, "the pool full again")
+    finally:
+        srv.env["AGENTFACTORY_WARM_POOL_SIZE"] = str(POOL)
     srv.stop()
     assert sandboxes(srv) == []
