@@ -155,6 +155,8 @@ def create_app(
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
             # After recovery: agents that had left the queue but not started are back in it.
             loops.append(loop.create_task(svc.queue.dispatcher.run(stop)))
+            if svc.pool is not None:  # its first pass removes sandboxes nobody holds, then fills
+                loops.append(loop.create_task(svc.pool.run(stop)))
         log.info("control_plane_started", version=__version__, backend=settings.backend, replica_id=svc.replica.id)
         try:
             async with mcp.session_manager.run():
@@ -165,6 +167,8 @@ def create_app(
                 await asyncio.wait(loops, timeout=10)
             await svc.webhook_deliverer.close()
             await svc.queue.dispatcher.drain()
+            if svc.pool is not None:
+                await svc.pool.drain()
             await svc.launcher.shutdown()
             if svc.replica.leasing:
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once

@@ -53,6 +53,15 @@ class QuotaError(AgentFactoryError):
     code, status = "E_QUOTA", 429
 
 
+class NotPlacedError(AgentFactoryError):
+    """The cluster has no node that can take the agent now (a swarm whose nodes lack the resources or
+    the labels its constraints ask for): an agent that may wait (`queue_timeout_seconds`) goes back
+    to the queue (SPEC §10) and is tried again after `retry_after` seconds; one that may not fails
+    its launch. The message is the cluster's own reason."""
+
+    code, status = "E_LAUNCH", 500
+
+
 class CapacityError(AgentFactoryError):
     """The cluster runs as many agents as it may (SPEC §10) and the request asked not to queue."""
 

@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     swarm_placement_seconds: float = Field(
         10,
         gt=0,
-        description="swarm backend: how long a launch waits for Swarm to place the task before it fails "
-        "with Swarm's reason (constraints no node meets, resources no node has)",
+        description="swarm backend: how long a launch waits for Swarm to place the task (constraints no node "
+        "meets, resources no node has); then an agent with queue_timeout_seconds goes back to the queue and is "
+        "tried again after as long, one without fails with Swarm's reason",
     )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
@@ -90,6 +91,14 @@ class Settings(BaseSettings):
         ge=1,
         description="agents the cluster runs at once (pending, starting and running together); unset: the "
         "engine's memory less a reserve (1 GiB and 10 %) divided by the catalog's memory_mb, at least 1",
+    )
+    warm_pool_size: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="warm sandboxes kept started for the catalog's default profile (SPEC §10): an agent without "
+        "a network tool then starts in one, without a container start; each holds the catalog's memory_mb of the "
+        "capacity while idle. 0 (the default): every agent starts cold, nothing runs idle",
     )
     queue_interval_seconds: float = Field(
         0.5, gt=0, description="seconds between passes of the queue dispatcher (it is also woken by every end)"

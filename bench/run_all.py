@@ -1,7 +1,7 @@
 """Every benchmark in one go, then one table: metric, ours, baseline, ratio, goal, met?
 
 Runs (each in its own process, output shown live and kept under bench/results/):
-launch.py, throughput.py, capture.py, fanout.py, stalled_client.py, footprint.py, gateway_overhead.py,
+launch.py, warm.py, throughput.py, capture.py, fanout.py, stalled_client.py, footprint.py, gateway_overhead.py,
 status_rate.py, tenancy.py and load.py.
 Needs a Docker Engine and the runtime image; when either is missing it runs scripts/setup.sh first.
 Takes about 17 minutes on a 2-core machine.
@@ -25,6 +25,7 @@ from common import ROOT, ensure_ready, machine_note
 RESULTS = ROOT / "bench" / "results"
 BENCHES = [
     "launch",
+    "warm",
     "throughput",
     "capture",
     "fanout",

@@ -8,6 +8,11 @@ one environment string may be (128 KiB on Linux). The environment holds only:
   AGENTFACTORY_GATEWAY_TOKEN  this agent's gateway token
   AGENTFACTORY_SCRATCH        where tools run (default: the working directory, /scratch in the image)
   AGENTFACTORY_SPEC           optional, for running the runtime by hand: the spec itself, not fetched
+  AGENTFACTORY_WARM           "1" in a warm sandbox (SPEC §10): the runtime first waits for its
+                              assignment, one JSON line {"env": {...}} on stdin (the agent's env,
+                              secrets and gateway token, written by the control plane at claim time),
+                              puts it in its environment, and then starts as above. It prints nothing
+                              before; stdin is /dev/null after, as in a cold agent.
 
 The spec is JSON: agent_id, model, prompt, tools [{id, description, network}], max_steps,
 tool_timeout_seconds, tool_output_limit (bytes the model gets back from one tool call); optional:
@@ -42,6 +47,7 @@ import time
 # here: they are imported where they are first used, so the `start` event is out before that.
 
 DEFAULT_SOCKET = "/run/agentfactory/gateway.sock"
+WARM_ENV = "AGENTFACTORY_WARM"
 EXIT_OK, EXIT_BUG, EXIT_SPEC, EXIT_BUDGET, EXIT_STEPS, EXIT_MODEL = 0, 1, 2, 3, 4, 5
 # An upstream failure the gateway reports (502/503, upstream rate limit) is retried this often.
 UPSTREAM_RETRY_DELAYS = (0.5, 1.0, 2.0)
@@ -996,8 +1002,33 @@ def supervise(spec: dict, files: dict) -> int:
     return code
 
 
+def await_assignment() -> None:
+    """A warm sandbox's wait for its agent: read the assignment line from stdin and take its
+    environment. Stdin ending first means the control plane went away (a claim it could not finish
+    then fails its agent: never a silent success)."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            raise Fatal(EXIT_SPEC, "bad spec: no assignment came (the control plane went away)")
+        data += chunk
+    try:
+        env = json.loads(bytes(data))["env"]
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ValueError("env must map names to strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Fatal(EXIT_SPEC, f"bad assignment on stdin: {exc}") from None
+    del os.environ[WARM_ENV]
+    os.environ.update(env)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
 def main() -> int:
     try:
+        if os.environ.get(WARM_ENV) == "1":
+            await_assignment()
         spec = load_spec(dict(os.environ))
         files = spec.get("files")
         if files:

@@ -25,6 +25,9 @@ LABEL_PREFIX = "io.agentfactory."
 LABEL_AGENT = LABEL_PREFIX + "agent_id"
 LABEL_MANAGED = LABEL_PREFIX + "managed"
 LABEL_INSTANCE = LABEL_PREFIX + "instance"
+# A warm sandbox (SPEC §10): started before its agent exists, so its labels name no agent; the value
+# is the replica that started it. Once claimed, its name carries the agent's id (labels cannot change).
+LABEL_WARM = LABEL_PREFIX + "warm"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class AgentSpec:
     gateway_socket_dir: Path | None = None
     instance: str = "local"
     constraints: tuple[str, ...] = ()  # placement on a cluster (Swarm syntax); a single engine ignores them
+    # A warm sandbox (SPEC §10): `agent_id` is the sandbox's id, `warm_owner` the replica that started
+    # it; it waits on its stdin for its assignment (runtime/warm.py).
+    warm_owner: str | None = None
 
 
 class ContainerState(enum.Enum):
@@ -105,6 +111,39 @@ class ResourceUsage:
 class EngineResources:
     cpus: int
     memory_bytes: int
+
+
+@dataclass(frozen=True)
+class IdleSandbox:
+    """An unclaimed warm sandbox found on the engine (SPEC §10)."""
+
+    sandbox_id: str
+    owner: str  # the replica that started it
+    running: bool
+
+
+class Sandboxes(abc.ABC):
+    """Warm sandboxes (SPEC §10) on an engine that can keep them: containers started ahead of demand
+    with a sandbox id for a name, each handed to one agent by `assign`, never reused."""
+
+    @abc.abstractmethod
+    async def start(self, spec: AgentSpec) -> Launched:
+        """`Backend.launch` of a sandbox's spec (`warm_owner` set): the same create, attach (with
+        its stdin) and start as an agent's; its runtime then waits for its assignment."""
+
+    @abc.abstractmethod
+    async def assign(self, sandbox_id: str, agent_id: str, launched: Launched, assignment: bytes) -> None:
+        """Give the sandbox to the agent: rename its container to the agent's (so every verb of the
+        backend finds it by the agent's id), then write `assignment` to its stdin. Raises on failure
+        (the caller removes the sandbox and starts the agent cold)."""
+
+    @abc.abstractmethod
+    async def remove(self, sandbox_id: str) -> None:
+        """Remove an unclaimed sandbox (forcefully). Idempotent."""
+
+    @abc.abstractmethod
+    async def idle(self) -> list[IdleSandbox]:
+        """Every unclaimed sandbox of this instance on the engine, whoever started it."""
 
 
 class Backend(abc.ABC):
@@ -168,6 +207,10 @@ class Backend(abc.ABC):
     async def resources(self) -> EngineResources | None:
         """What the engine (the cluster: every node together) has for agents, or None when it
         cannot say; the default capacity is derived from it (SPEC §10)."""
+        return None
+
+    def sandboxes(self) -> Sandboxes | None:
+        """Warm sandboxes on this backend (SPEC §10), or None when it keeps none (agents start cold)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release

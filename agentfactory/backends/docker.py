@@ -7,11 +7,9 @@ Docker and log following (in the log pump's own threads) never starves stop/remo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -21,14 +19,12 @@ import docker.errors
 import docker.utils
 import requests
 import structlog
+from docker.transport.unixconn import UnixHTTPAdapter
 
 from agentfactory.backends import egress
 from agentfactory.backends.base import (
-    LABEL_AGENT,
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    STDERR,
-    STDOUT,
     AgentSpec,
     Backend,
     ContainerState,
@@ -39,7 +35,9 @@ from agentfactory.backends.base import (
     OutputSource,
     ResourceUsage,
 )
+from agentfactory.backends.docker_output import AttachOutput, LogsOutput, exit_confirmed
 from agentfactory.backends.docker_spec import build_create_args, container_name
+from agentfactory.backends.docker_warm import DockerSandboxes, agent_of
 from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
 
 T = TypeVar("T")
@@ -48,9 +46,6 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 EGRESS_RECHECK_SECONDS = 30.0  # a network launch reads the egress rules back when older than this
 _STATES = {"created": ContainerState.CREATED, "running": ContainerState.RUNNING}
-# How long the end of an output stream waits for the container's exit to be confirmed: the stream
-# of a container that exits closes a moment before the engine records the exit.
-ENDED_WAIT_SECONDS = 3
 
 
 class LaunchError(AgentFactoryError):
@@ -61,23 +56,6 @@ class LaunchError(AgentFactoryError):
 
 def _unavailable(exc: BaseException) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(f"the container engine is unreachable: {type(exc).__name__}")
-
-
-def _exited(api: docker.APIClient, container_id: str) -> Callable[[], bool]:
-    """`OutputSource.ended` of one container: its exit confirmed by the engine. False when the
-    engine does not answer (it went away: the stream was cut) or the container still runs (the
-    engine restarted with live-restore and dropped our stream)."""
-
-    def ended() -> bool:
-        try:
-            api.wait(container_id, timeout=ENDED_WAIT_SECONDS)
-            return True
-        except docker.errors.NotFound:
-            return True  # removed: its output is over (the watcher finds it missing)
-        except Exception:
-            return False
-
-    return ended
 
 
 def _epoch(value: str | None) -> float | None:
@@ -106,76 +84,27 @@ def bridge_of(net: dict[str, Any]) -> egress.Bridge:
     return egress.Bridge(network=name, interface=interface, subnets=subnets)
 
 
-class AttachOutput:
-    """Docker's multiplexed attach stream (8-byte frame headers), read in large chunks.
+class _OnePoolAdapter(UnixHTTPAdapter):
+    """docker-py's Unix socket adapter keys its connection pools by the whole request URL, and keeps
+    25 of them: a call on a container's own path (`/containers/ID/start`, `.../wait`) never finds a
+    kept-alive connection, opens a new one, and evicts (closes) another path's pool. One socket, one
+    pool: every call reuses a connection."""
 
-    Consecutive frames of one stream are merged before they are handed on: a flood of one-line
-    writes costs one Python object per socket read, not one per line.
-    """
-
-    def __init__(self, sock: socket.socket, ended: Callable[[], bool]):
-        self._sock = sock
-        self._closed = threading.Event()
-        self.ended = ended
-
-    def chunks(self) -> Iterator[tuple[int, bytes]]:
-        buf = bytearray()
-        while True:
-            try:
-                data = self._sock.recv(1 << 18)
-            except OSError:
-                if self._closed.is_set():
-                    return
-                raise
-            if not data:
-                return
-            buf += data
-            pos, n = 0, len(buf)
-            merged: list[tuple[int, bytearray]] = []
-            while n - pos >= 8:
-                size = int.from_bytes(buf[pos + 4 : pos + 8], "big")
-                if n - pos - 8 < size:
-                    break
-                stream = STDERR if buf[pos] == 2 else STDOUT
-                payload = buf[pos + 8 : pos + 8 + size]
-                if merged and merged[-1][0] == stream:
-                    merged[-1][1].extend(payload)
-                else:
-                    merged.append((stream, bytearray(payload)))
-                pos += 8 + size
-            del buf[:pos]
-            for stream, payload in merged:
-                yield stream, bytes(payload)
-
-    def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+    def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
 
 
-class LogsOutput:
-    """`docker logs --follow` of a container from its start, demultiplexed frame by frame
-    (restart recovery). docker-py's own `logs()` drops which stream a frame came from."""
-
-    def __init__(self, response: Any, ended: Callable[[], bool]):
-        self._response = response
-        self.ended = ended
-
-    def chunks(self) -> Iterator[tuple[int, bytes]]:
-        raw = self._response.raw
-        while True:
-            header = raw.read(8)
-            if len(header) < 8:
-                return
-            size = int.from_bytes(header[4:8], "big")
-            payload = raw.read(size) if size else b""
-            if size and not payload:
-                return
-            yield (STDERR if header[0] == 2 else STDOUT), payload
-
-    def close(self) -> None:
-        self._response.close()
+def keep_alive(api: docker.APIClient) -> docker.APIClient:
+    """`api` with one kept-alive connection pool for its Unix socket (other transports as they are)."""
+    adapter = getattr(api, "_custom_adapter", None)
+    if type(adapter) is UnixHTTPAdapter:
+        one = _OnePoolAdapter(
+            "http+unix://" + adapter.socket_path, adapter.timeout, max_pool_size=adapter.max_pool_size
+        )
+        api.mount("http+docker://", one)
+        api._custom_adapter = one  # type: ignore[attr-defined]
+        adapter.close()
+    return api
 
 
 class DockerBackend(Backend):
@@ -194,6 +123,10 @@ class DockerBackend(Backend):
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._api: docker.APIClient | None = None
+        # Confirms a container's exit on a connection of its own (docker-py's stock pools, one per
+        # path): an engine that stops refuses new connections before it stops its containers, so the
+        # end of a container it stops is never taken for the agent's own: it is `lost` (test_engine_restart).
+        self._confirm_api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
         self._network_lock = threading.Lock()
         self._engine_id: str | None = None
@@ -206,10 +139,17 @@ class DockerBackend(Backend):
             if self._api is None:
                 try:
                     params = docker.utils.kwargs_from_env()
-                    self._api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                    api = docker.APIClient(version="auto", timeout=self._timeout, max_pool_size=64, **params)
+                    self._confirm_api = docker.APIClient(version=api.api_version, timeout=self._timeout, **params)
+                    self._api = keep_alive(api)
                 except docker.errors.DockerException as exc:
                     raise _unavailable(exc) from exc
             return self._api
+
+    def _exit_confirmed(self, container_id: str) -> Callable[[], bool]:
+        self._client()
+        assert self._confirm_api is not None
+        return exit_confirmed(self._confirm_api, container_id)
 
     async def _run(self, fn: Callable[[docker.APIClient], T]) -> T:
         def call() -> T:
@@ -263,7 +203,8 @@ class DockerBackend(Backend):
             created = api.create_container(**args, host_config=host_config)
         cid = created["Id"]
         try:
-            raw = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            stdin = int(spec.warm_owner is not None)  # a warm sandbox's assignment comes this way (warm.py)
+            raw = api.attach_socket(cid, params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
             sock = getattr(raw, "_sock", raw)
             sock.settimeout(None)
             api.start(cid)
@@ -272,7 +213,7 @@ class DockerBackend(Backend):
             if isinstance(exc, docker.errors.APIError):
                 raise LaunchError(f"the engine refused to start the container: {exc.explanation}") from exc
             raise
-        return Launched(container_id=cid, output=AttachOutput(sock, _exited(api, cid)))
+        return Launched(container_id=cid, output=AttachOutput(sock, self._exit_confirmed(cid)))
 
     async def prepare_network(self, network: str) -> None:
         await self._run(lambda api: self._ensure_network(api, network))
@@ -392,7 +333,7 @@ class DockerBackend(Backend):
             response = api._get(url, params=params, stream=True)  # type: ignore[attr-defined]
             sock = api._get_raw_response_socket(response)  # type: ignore[attr-defined]  # raises on error status
             api._disable_socket_timeout(sock)  # type: ignore[attr-defined]
-            return LogsOutput(response, _exited(api, container_id))
+            return LogsOutput(response, self._exit_confirmed(container_id))
 
         return await self._run(logs)
 
@@ -402,10 +343,11 @@ class DockerBackend(Backend):
             return [
                 ManagedContainer(
                     container_id=c["Id"],
-                    agent_id=c["Labels"].get(LABEL_AGENT, ""),
+                    agent_id=agent_id,
                     state=_STATES.get(c.get("State", ""), ContainerState.EXITED),
                 )
                 for c in api.containers(all=True, filters=filters)
+                if (agent_id := agent_of(c))  # an unclaimed warm sandbox is the pool's (docker_warm.py)
             ]
 
         return await self._run(list_managed)
@@ -428,7 +370,11 @@ class DockerBackend(Backend):
 
         return await self._run(usage)
 
+    def sandboxes(self) -> DockerSandboxes:
+        return DockerSandboxes(self)
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._api is not None:
-            self._api.close()
+        for api in (self._api, self._confirm_api):
+            if api is not None:
+                api.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentfactory.backends.base import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PREFIX, AgentSpec
+from agentfactory.backends.base import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PREFIX, LABEL_WARM, AgentSpec
 
 AGENT_UID = 10001
 SCRATCH = "/scratch"
@@ -41,6 +41,8 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
         LABEL_PREFIX + "key_id": spec.key_id,
         LABEL_INSTANCE: spec.instance,
     }
+    if spec.warm_owner is not None:  # a warm sandbox names no agent: it has none yet (SPEC §10)
+        labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: spec.instance, LABEL_WARM: spec.warm_owner}
     # Docker adds noexec to every tmpfs unless told `exec`: scratch is where agents build and run programs.
     scratch_opts = f"rw,exec,nosuid,nodev,uid={AGENT_UID},gid={AGENT_UID},mode=0700,size={spec.scratch_mb}m"
     tmp_opts = f"rw,noexec,nosuid,nodev,uid={AGENT_UID},gid={AGENT_UID},mode=0700,size=64m"
@@ -86,7 +88,10 @@ def build_create_args(spec: AgentSpec) -> dict[str, Any]:
         "labels": labels,
         "working_dir": SCRATCH,
         "network_disabled": spec.network is None,
-        "stdin_open": False,
+        # A warm sandbox's assignment comes on its stdin, written through the attach stream at claim
+        # time: never in its config. docker-py makes it StdinOnce (not detached): closed when that
+        # stream ends (the control plane went away), so an unclaimed sandbox then exits.
+        "stdin_open": spec.warm_owner is not None,
         "tty": False,
         "detach": True,
         "host_config": host_config,

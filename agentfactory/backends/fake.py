@@ -23,7 +23,7 @@ from agentfactory.backends.base import (
     ManagedContainer,
     ResourceUsage,
 )
-from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.errors import AgentFactoryError, NetworkPolicyError, NotPlacedError, RuntimeUnavailableError
 
 
 class FakeLaunchError(AgentFactoryError):
@@ -96,6 +96,7 @@ class FakeBackend(Backend):
         self.egress_refused: str | None = None  # set: agents with a network are refused for this reason
         self.network_checks = 0
         self.launches = 0
+        self.unplaced: dict[str, int] = {}  # agent id → launches refused for FAKE_NOT_PLACED
 
     def _check(self) -> None:
         if self.engine_down:
@@ -117,6 +118,10 @@ class FakeBackend(Backend):
         env = spec.env
         if env.get("FAKE_CRASH_AT_LAUNCH"):
             raise FakeLaunchError("fake: the engine refused to start the container")
+        unplaced = self.unplaced.get(spec.agent_id, 0)
+        if unplaced < int(env.get("FAKE_NOT_PLACED", "0")):  # a full cluster, its first N launches
+            self.unplaced[spec.agent_id] = unplaced + 1
+            raise NotPlacedError("fake: no suitable node (insufficient resources on 1 node)", retry_after=1)
         await asyncio.sleep(float(env.get("FAKE_START_DELAY", "0")))
         if env.get("FAKE_NEVER_STARTS"):
             await asyncio.Event().wait()

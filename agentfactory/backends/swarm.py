@@ -8,6 +8,7 @@ Capture is `swarm_logs.ServiceOutput`; the start-up check `swarm_tasks.verify_sw
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from typing import Any
@@ -44,9 +45,10 @@ from agentfactory.backends.swarm_tasks import (
     task_state,
     verify_swarm,
 )
-from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
+from agentfactory.errors import NetworkPolicyError, NotPlacedError, RuntimeUnavailableError
 
 NANO_PER_CPU = 1_000_000_000
+SLOW_POLL_SECONDS = 0.25  # a task's state, read after its first second of waiting
 START_SECONDS = 60.0  # a placed task that does not run after this fails its launch (a stuck image, a node gone)
 
 
@@ -129,10 +131,12 @@ class SwarmBackend(DockerBackend):
 
     def _wait_placed(self, api: docker.APIClient, sid: str) -> None:
         """Until the task runs (or has already ended), as the docker backend returns once the container
-        started: the agent's TTL counts from then. LaunchError with Swarm's reason when it cannot place
-        the task (constraints no node meets, resources no node has) within the placement timeout, or
-        when a node refuses to start it."""
-        placing_until = time.monotonic() + self.placement_timeout
+        started: the agent's TTL counts from then. NotPlacedError with Swarm's reason when it cannot
+        place the task (constraints no node meets, resources no node has) within the placement
+        timeout: the launcher queues an agent that may wait (SPEC §10) and tries it again later.
+        LaunchError when a node refuses to start it."""
+        began = time.monotonic()
+        placing_until = began + self.placement_timeout
         starting_until = placing_until + START_SECONDS
         while True:
             task = task_of(api.tasks(filters={"service": sid}))
@@ -145,13 +149,16 @@ class SwarmBackend(DockerBackend):
             now = time.monotonic()
             if state in PLACING and now > placing_until:
                 why = status.get("Err") or status.get("Message") or state
-                raise LaunchError(
+                raise NotPlacedError(
                     f"the swarm could not place the agent within {self.placement_timeout:.0f}s: {why}",
                     details=[{"swarm_state": state, "swarm_error": why}],
+                    retry_after=max(1, math.ceil(self.placement_timeout)),
                 )
             if now > starting_until:
                 raise LaunchError(f"the agent's task did not start within {START_SECONDS:.0f}s (it is {state})")
-            time.sleep(POLL_SECONDS)
+            # Often at first (a task Swarm can place runs within a second); then gently, as a full swarm
+            # may have many agents waiting to be placed at once.
+            time.sleep(POLL_SECONDS if now - began < 1.0 else SLOW_POLL_SECONDS)
 
     def _output(self, api: docker.APIClient, sid: str) -> ServiceOutput:
         def open_logs(follow: bool) -> Any:
@@ -356,6 +363,11 @@ class SwarmBackend(DockerBackend):
         if self._engine_id is None:
             self._engine_id = await self._run(cluster_id)
         return self._engine_id
+
+    def sandboxes(self) -> None:  # type: ignore[override]  # the base contract allows None: none here
+        """No warm sandboxes on a swarm (yet): the docker backend's are containers of one engine, not
+        services Swarm places, so every agent starts cold here (docs/swarm.md)."""
+        return None
 
     async def prepare_network(self, network: str) -> None:
         raise NetworkPolicyError(

@@ -54,6 +54,22 @@ class Metrics:
         self.max_running_agents = Gauge(
             p + "max_running_agents", "Agents the cluster may run at once (its capacity)", registry=r
         )
+        self.pool_sandboxes = Gauge(
+            p + "pool_sandboxes",
+            "Warm sandboxes of this process, by state (idle: ready to claim)",
+            ["state"],
+            registry=r,
+        )
+        self.pool_claims = Counter(
+            p + "pool_claims_total",
+            "Launches that got a warm sandbox (hit) or started cold (miss)",
+            ["outcome"],
+            registry=r,
+        )
+        for state in ("idle", "starting"):
+            self.pool_sandboxes.labels(state=state)
+        for outcome in ("hit", "miss"):
+            self.pool_claims.labels(outcome=outcome)
         self.queue_wait = Histogram(
             p + "queue_wait_seconds",
             "Time a queued agent waited for its slot (queued to dispatched)",

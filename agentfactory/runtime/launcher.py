@@ -8,9 +8,9 @@ truth); a terminal status never changes. The seal and the exit code are written 
 transaction as the terminal status, after the log pump has committed the agent's last line, so
 whoever sees a terminal agent sees its final seal. The reaper drives the same public operations.
 
-The transitions that start and end an agent append `agent.started` / `agent.finished` to the
-event log in their own transaction (the outbox, `queries.transition_agent`), with the agent's
-wire document built by `agent_document` (given by the service layer, which owns the wire views).
+Its writes on the row (the compare-and-sets, the outbox events of the transitions that start and
+end an agent, the terminal `finalize`) are `transitions.Transitions`; its TTL timers `ttl.TtlTimers`;
+the egress check of agents with network tools `network_gate`.
 """
 
 from __future__ import annotations
@@ -18,20 +18,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from agentfactory.backends.base import Backend, ContainerState, ContainerStatus, OutputSource
 from agentfactory.catalog import Catalog
-from agentfactory.errors import AgentFactoryError, NetworkPolicyError, RuntimeUnavailableError
-from agentfactory.observability.logging import describe_error
+from agentfactory.errors import AgentFactoryError, RuntimeUnavailableError
 from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.capture_queue import Seal
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume, Seal
-from agentfactory.runtime.masking import mask_text
-from agentfactory.runtime.outcome import classify_exit, never_ran
+from agentfactory.runtime.logpump import CaptureIncomplete, CaptureInterrupted, LogPump, Resume
+from agentfactory.runtime.outcome import never_ran
+from agentfactory.runtime.placement import launch_refused
 from agentfactory.runtime.spec import agent_spec
+from agentfactory.runtime.transitions import Transitions
+from agentfactory.runtime.ttl import TtlTimers
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
 from agentfactory.store.server_key import ServerKey
@@ -72,38 +74,23 @@ class Launcher:
         self.clock = clock
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._launching: set[int] = set()  # launches in flight here: the controller keeps off
-        self._ttl_timers: dict[int, asyncio.TimerHandle] = {}
+        # One clock for all the launcher's parts, read through `self.clock` (a test may set it).
+        self.ttl = TtlTimers(self.expire_if_due, lambda: self.clock())  # each running agent's expiry
         self.stop_wait_seconds = 10.0  # past the grace, how long a stop waits for its watcher
         self._stopping: set[int] = set()  # stops in progress here
         self._abandoned: set[int] = set()  # adopted by another replica while watched here
-
-    # -- reading and compare-and-set -------------------------------------------------------------
+        self.pool: SandboxPool | None = None  # warm sandboxes (runtime/warm.py), asked first at each launch
+        self.rows = Transitions(
+            store=store,
+            hub=hub,
+            metrics=metrics,
+            owner=replica_id,
+            agent_document=agent_document,
+            clock=lambda: self.clock(),
+        )
 
     async def load(self, pk: int) -> AgentRow | None:
-        return await self.store.run(queries.get_agent_by_pk, pk=pk)
-
-    async def _cas(self, pk: int, only_if: tuple[str, ...] | None, **values: Any) -> bool:
-        """A transition of an agent this replica owns (none of one another replica adopted)."""
-        return await self.store.run(
-            queries.update_agent, pk=pk, only_if_status=only_if, only_if_owner=self.replica_id, **values
-        )
-
-    async def _transition(self, pk: int, only_if: tuple[str, ...], event: EventType, **values: Any) -> bool:
-        """The compare-and-set (on status and owner), with `event` appended to the event log in its
-        transaction."""
-        changed = await self.store.run(
-            queries.transition_agent,
-            pk=pk,
-            only_if_status=only_if,
-            only_if_owner=self.replica_id,
-            event=event,
-            document=self.agent_document,
-            at=self.clock(),
-            **values,
-        )
-        if changed:
-            self.hub.bump_events()
-        return changed
+        return await self.rows.load(pk)
 
     async def active_agents(self) -> list[AgentRow]:
         """The active agents this replica owns."""
@@ -118,35 +105,14 @@ class Launcher:
     def stopping(self, pk: int) -> bool:
         return pk in self._stopping
 
+    def launches_in_flight(self) -> int:
+        return len(self._launching)
+
     def watching(self, pk: int) -> bool:
         """Whether this process is launching or capturing the agent (the controller keeps off)."""
         return pk in self._watchers or pk in self._launching
 
     # -- launching -------------------------------------------------------------------------------
-
-    async def network_ready(self, tools: list[str]) -> None:
-        """Raise NetworkPolicyError (E_CATALOG) naming the network tools among `tools` when their egress
-        policy (SPEC §14) cannot be enforced; the caller refuses the request before storing anything."""
-        network_tools = [t for t in tools if (tool := self.catalog.tool(t)) is not None and tool.network]
-        if not network_tools:
-            return
-        try:
-            await self.backend.prepare_network(self.settings.agent_network)
-        except NetworkPolicyError as exc:
-            raise NetworkPolicyError(
-                f"tool(s) {', '.join(network_tools)} need a network, and this server cannot hold agents with a "
-                f"network to the public internet: {exc.message}",
-                details=[{"field": "tools", "refused": network_tools, "reason": exc.message}],
-            ) from exc
-
-    async def recheck_egress(self) -> None:
-        """Read the egress rules back (as often as the backend's check allows) and put them back if
-        something flushed them (a firewall reload); the reaper calls it while network agents run."""
-        network = self.settings.agent_network
-        try:
-            await self.backend.prepare_network(network)
-        except NetworkPolicyError as exc:
-            log.error("agent_egress_not_enforced", network=network, reason=exc.message)
 
     async def launch(self, row: AgentRow, token: str, *, keep_on_engine_down: bool = False) -> AgentRow:
         """Start an admitted agent's container. RuntimeUnavailableError deletes the row (nothing is
@@ -162,37 +128,37 @@ class Launcher:
         try:
             # The engine it runs on, so that only replicas reaching that engine adopt it.
             engine_id = await self.backend.engine_id()
-            await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING, engine_id=engine_id)
-            launched = await self.backend.launch(
-                agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
-            )
+            await self.rows.cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.STARTING, engine_id=engine_id)
+            spec = agent_spec(row=row, token=token, catalog=self.catalog, settings=self.settings)
+            claimed = await self.pool.claim(spec) if self.pool is not None else None  # warm, or cold:
+            warm, launched = claimed is not None, claimed or await self.backend.launch(spec)
         except RuntimeUnavailableError:
             if keep_on_engine_down:
                 raise
             await self.store.run(queries.delete_agent, pk=row.pk)
             log.warning("agent_launch_engine_down", agent_id=row.id)
             raise
-        except AgentFactoryError as exc:
-            # The engine's words may quote the container's environment.
-            await self.fail_launch(row.pk, row.id, mask_text(exc.message, [*row.secrets.values(), token]))
+        except AgentFactoryError as exc:  # failed, or back to the queue when the cluster is full (placement.py)
+            await launch_refused(self, row, exc, [*row.secrets.values(), token])
             return await self.load(row.pk) or row
         started = self.clock()
-        moved = await self._transition(
+        moved = await self.rows.transition(
             row.pk,
             (AgentStatus.STARTING,),
             EventType.STARTED,
             status=AgentStatus.RUNNING,
             container_id=launched.container_id,
+            warm=warm,
             started_at=started,
             expires_at=started + row.ttl_seconds,
         )
         admitted = row.dequeued_at or row.created_at  # a queued agent's launch begins when it leaves the queue
         self.metrics.launch_duration.observe(max(0.0, started - admitted))
         self.metrics.agents_running.inc()
-        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3))
+        log.info("agent_started", agent_id=row.id, launch_seconds=round(started - admitted, 3), warm=warm)
         # The gateway token is in the container's environment: mask it like a secret if printed.
         self._watch(row.pk, row.id, launched.output, [*row.secrets.values(), token], Resume())
-        self.arm_ttl(row.pk, started + row.ttl_seconds)
+        self.ttl.arm(row.pk, started + row.ttl_seconds)
         if not moved:  # cancelled while it was starting: the watcher finalizes it
             await self.backend.stop(row.id, 0)
         self.hub.bump(row.pk)
@@ -202,7 +168,7 @@ class Launcher:
         """End an agent that never ran: `failed`/`launch_failed`, an empty seal, no container."""
         await self.backend.remove(agent_id)
         ended = never_ran(AgentStatus.FAILED, Reason.LAUNCH_FAILED, message, self.clock())
-        changed = await self._transition(pk, ACTIVE, EventType.FINISHED, **ended)
+        changed = await self.rows.transition(pk, ACTIVE, EventType.FINISHED, **ended)
         if changed:
             self.metrics.agents_finished.labels(status=AgentStatus.FAILED).inc()
             self.metrics.agents_finished_reason.labels(reason=Reason.LAUNCH_FAILED).inc()
@@ -211,29 +177,13 @@ class Launcher:
 
     # -- TTL -------------------------------------------------------------------------------------
 
-    def arm_ttl(self, pk: int, expires_at: float) -> None:
-        """Expire the agent at `expires_at` to the millisecond (the reaper's pass is the safety net)."""
-        loop = asyncio.get_running_loop()
-        old = self._ttl_timers.pop(pk, None)
-        if old is not None:
-            old.cancel()
-        delay = max(0.0, expires_at - self.clock())
-        self._ttl_timers[pk] = loop.call_later(delay, lambda: loop.create_task(self._ttl_due(pk)))
-
-    async def _ttl_due(self, pk: int) -> None:
-        self._ttl_timers.pop(pk, None)
-        try:
-            await self.expire_if_due(pk)
-        except Exception as exc:  # the reaper's next pass retries
-            log.warning("ttl_expiry_failed", agent_pk=pk, error=describe_error(exc))
-
     async def expire_if_due(self, pk: int) -> None:
         """Kill a running agent whose TTL has run out (re-read first: it may have been extended)."""
         row = await self.load(pk)
         if row is None or row.status != AgentStatus.RUNNING:
             return
         if row.expires_at > self.clock():  # extended meanwhile
-            self.arm_ttl(pk, row.expires_at)
+            self.ttl.arm(pk, row.expires_at)
             return
         log.info("agent_expiring", agent_id=row.id)
         # Past its TTL an agent is killed at once: the TTL was its grace.
@@ -244,7 +194,7 @@ class Launcher:
         the owner's timer re-reads the row when it fires, and its controller catches an earlier one."""
         await self.store.run(queries.update_agent, pk=row.pk, only_if_status=ACTIVE, expires_at=expires_at)
         if row.status == AgentStatus.RUNNING and self.owns(row):
-            self.arm_ttl(row.pk, expires_at)
+            self.ttl.arm(row.pk, expires_at)
         self.hub.bump(row.pk)
         return await self.load(row.pk) or row
 
@@ -266,9 +216,7 @@ class Launcher:
     def abandon(self, pk: int) -> None:
         """Another replica adopted this agent (our lease lapsed): stop capturing and timing it
         here, finalize nothing. The log writer already refuses our lines for it."""
-        timer = self._ttl_timers.pop(pk, None)
-        if timer is not None:
-            timer.cancel()
+        self.ttl.cancel(pk)
         if pk in self._watchers:
             self._abandoned.add(pk)
             self.metrics.agents_running.dec()
@@ -297,7 +245,7 @@ class Launcher:
             if st.state is ContainerState.RUNNING:  # its output ended but it runs on
                 await self._hand_over(pk, agent_id, "the output ended while the container runs")
                 return
-            row = await self.finalize(pk, st, seal, capture_error=capture_error)
+            row = await self.rows.finalize(pk, st, seal, capture_error=capture_error)
             if row is not None and row.status in TERMINAL:
                 await self.backend.remove(agent_id)
         except RuntimeUnavailableError:
@@ -316,69 +264,6 @@ class Launcher:
         self.metrics.agents_running.dec()
         await self.store.run(queries.mark_engine_lost, pks=[pk], at=self.clock())
         log.warning("agent_capture_handed_over", agent_id=agent_id, why=why)
-
-    async def finalize(
-        self, pk: int, st: ContainerStatus, seal: Seal | None = None, *, capture_error: str | None = None
-    ) -> AgentRow | None:
-        """Move the agent to its terminal status with exit code and seal (once). `seal` is the
-        capture's running one, given only when every line it covers is stored; without it (after a
-        restart, or when capture could not be completed: `capture_error`) the stored lines are
-        read back, so the seal always agrees with the store."""
-        row = await self.load(pk)
-        if row is None or row.status in TERMINAL:
-            return row
-        if st.state is ContainerState.RUNNING:
-            # With live-restore an engine reports a container it lost track of as exit code 0; a
-            # running container is never an end. The controller resumes it.
-            log.warning("finalize_refused_container_running", agent_id=row.id)
-            return row
-        status, reason, error = classify_exit(row, st)
-        if reason == Reason.EXIT and status == AgentStatus.FAILED:
-            # The runtime says why it stopped on its last stderr line: worth a CI log's first glance.
-            why = await self.store.run(queries.last_stderr_line, agent_pk=pk)
-            if why:
-                error = f"{error}: {why[:500]}"
-        if seal is None:
-            seal = await self.store.run(queries.seal_stored_lines, agent_pk=pk)
-        lines, nbytes, sha = seal
-        was_running = row.status == AgentStatus.RUNNING
-        changed = await self._transition(
-            pk,
-            ACTIVE,
-            EventType.FINISHED,
-            status=status,
-            reason=reason,
-            error=error,
-            exit_code=st.exit_code if st.state is not ContainerState.MISSING else None,
-            finished_at=self.clock(),
-            log_lines=lines,
-            log_bytes=nbytes,
-            log_sha256=sha,
-            capture_error=capture_error,
-            secrets={},
-            gateway_token_hash=None,
-        )
-        if changed:
-            if was_running:
-                self.metrics.agents_running.dec()
-            self.metrics.agents_finished.labels(status=status).inc()
-            self.metrics.agents_finished_reason.labels(reason=reason).inc()
-            if reason == Reason.OOM_KILLED:
-                self.metrics.agents_oom_killed.inc()
-            if status == AgentStatus.EXPIRED:  # counted at the one transition, whoever asked for it
-                self.metrics.reaper_expired.inc()
-            if row.log_dropped_bytes:
-                self.metrics.log_bytes_dropped.inc(row.log_dropped_bytes)
-            log.info(
-                "agent_finished",
-                agent_id=row.id,
-                status=status,
-                reason=reason,
-                exit_code=st.exit_code,
-                duration_seconds=round(self.clock() - row.created_at, 3),
-            )
-        self.hub.bump(pk)
-        return await self.load(pk)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -409,12 +294,12 @@ class Launcher:
                     await self._give_up(row, watcher)
             else:
                 st = await self.backend.wait(row.id, timeout=5)
-                fresh = await self.finalize(row.pk, st)
+                fresh = await self.rows.finalize(row.pk, st)
                 if fresh is not None and fresh.status in TERMINAL:
                     await self.backend.remove(row.id)
         elif watcher is None:  # pending or starting, and no launch in flight here
             await self.backend.remove(row.id)
-            await self.finalize(row.pk, ContainerStatus(ContainerState.EXITED, exit_code=None))
+            await self.rows.finalize(row.pk, ContainerStatus(ContainerState.EXITED, exit_code=None))
         return await self.load(row.pk) or row
 
     async def _stop_elsewhere(self, row: AgentRow, grace: float) -> AgentRow:
@@ -453,21 +338,11 @@ class Launcher:
         if fresh is None or fresh.status in TERMINAL:
             return
         st = await self.backend.status(row.id)
-        done = await self.finalize(row.pk, st)
+        done = await self.rows.finalize(row.pk, st)
         if done is not None and done.status in TERMINAL:
             await self.backend.remove(row.id)
 
     # -- reconciling -----------------------------------------------------------------------------
-
-    async def requeue(self, row: AgentRow) -> bool:
-        """An agent that had left the queue but whose launch had not begun (`pending`: no container
-        yet) when its launcher stopped goes back to the queue, keeping its place (SPEC §10)."""
-        if row.status != AgentStatus.PENDING or row.queue_round is None:
-            return False
-        if await self._cas(row.pk, (AgentStatus.PENDING,), status=AgentStatus.QUEUED, dequeued_at=None):
-            log.info("agent_requeued", agent_id=row.id)
-            return True
-        return False
 
     async def reconcile(self, row: AgentRow) -> None:
         """A running agent nobody here watches (after a restart, an adoption, an engine restart):
@@ -479,7 +354,7 @@ class Launcher:
             return
         st = await self.backend.status(row.id)
         if st.state is ContainerState.MISSING:
-            await self.finalize(row.pk, st)
+            await self.rows.finalize(row.pk, st)
             return
         await self.resume(fresh, st)
         if fresh.stop_reason is not None and st.state is ContainerState.RUNNING:
@@ -507,7 +382,7 @@ class Launcher:
         # The gateway token is derived again: only its hash is stored.
         masked = [*row.secrets.values(), self.server_key.gateway_token(row.id)]
         self._watch(row.pk, row.id, source, masked, resume)
-        self.arm_ttl(row.pk, row.expires_at)
+        self.ttl.arm(row.pk, row.expires_at)
         if st is not None and st.state is ContainerState.RUNNING and row.engine_lost_at is not None:
             # It outlived the engine's outage (live-restore): the outage is no longer its story.
             await self.store.run(queries.clear_engine_lost, pk=row.pk)
@@ -515,8 +390,7 @@ class Launcher:
 
     async def shutdown(self) -> None:
         """Stop watching (containers run on; the next start resumes them)."""
-        for timer in self._ttl_timers.values():
-            timer.cancel()
+        self.ttl.cancel_all()
         tasks = list(self._watchers.values())
         await asyncio.to_thread(self.pump.stop)
         if tasks:

@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -27,16 +26,18 @@ import structlog
 
 from agentfactory.backends.base import STDERR, STDOUT, OutputSource
 from agentfactory.observability.metrics import Metrics
+from agentfactory.runtime.capture_queue import (
+    Batch,
+    ChunkRow,
+    Done,
+    Seal,
+    WriteQueue,
+)
 from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.lines import Bounded, Chunk, LineSplitter
 from agentfactory.store import Store, describe_store_error, queries, store_cannot_write
 
 log = structlog.get_logger("agentfactory.logpump")
-BATCH_LINES = 50_000
-BATCH_BYTES = 8 * 1024 * 1024
-# Bytes read from agents and waiting for the writer: per agent, and in all.
-AGENT_QUEUE_BYTES = 4 * 1024 * 1024
-QUEUE_BYTES = 32 * 1024 * 1024
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 2.0
 # A group of batches refused this many times for a reason other than the store being unable to
@@ -44,33 +45,9 @@ RETRY_MAX_SECONDS = 2.0
 # capture, alone.
 REFUSALS_BEFORE_ISOLATING = 3
 
-ChunkRow = tuple[int, int, int, float, int, str]  # agent_pk, last_seq, first_seq, ts, stream, text
-
 
 class CaptureIncomplete(Exception):
     """Some of the agent's output could not be stored: its seal is computed from what was."""
-
-
-@dataclass
-class _Batch:
-    agent_pk: int
-    rows: list[ChunkRow]
-    lines: int
-    consumed: tuple[int, int]
-    dropped: tuple[int, int]
-    nbytes: int
-
-
-Seal = tuple[int, int, str]  # (lines, bytes, sha256 hex) over each stored line's UTF-8 text + b"\n"
-
-
-@dataclass
-class _Done:
-    agent_pk: int
-    notify: Callable[[BaseException | None, Seal | None], None]
-    error: BaseException | None
-    seal: Seal | None
-    nbytes: int = 0
 
 
 class CaptureInterrupted(Exception):
@@ -101,79 +78,6 @@ class Resume:
     dropped_bytes: int = 0
 
 
-class _Queue:
-    """Batches on their way to the writer, bounded in bytes: `put` blocks while the agent's own
-    share (or the whole queue) is full. A batch bigger than a share is let in alone, so no reader
-    waits forever. Bytes are counted until the writer takes them: what is held in all is at most
-    the queue plus the one group being committed (BATCH_BYTES, or one batch bigger than that)."""
-
-    def __init__(self, metrics: Metrics):
-        self._cond = threading.Condition()
-        self._items: deque[_Batch | _Done] = deque()
-        self._agent_bytes: dict[int, int] = {}
-        self._bytes = 0
-        self._metrics = metrics
-        self.refusing = False  # shutting down: readers are not waited for
-        self.closed = False  # no more items: the writer ends once the queue is empty
-
-    def put(self, item: _Batch | _Done) -> bool:
-        """Queue `item`, waiting for room; False when refused (shutting down)."""
-        n = item.nbytes
-        with self._cond:
-            while not self.refusing and n and self._full(item.agent_pk, n):
-                self._cond.wait()
-            if self.refusing and isinstance(item, _Batch):
-                return False
-            self._items.append(item)
-            if n:
-                self._agent_bytes[item.agent_pk] = self._agent_bytes.get(item.agent_pk, 0) + n
-                self._bytes += n
-                self._metrics.log_queue_bytes.set(self._bytes)
-            self._cond.notify_all()
-            return True
-
-    def _full(self, agent_pk: int, n: int) -> bool:
-        mine = self._agent_bytes.get(agent_pk, 0)
-        return bool(mine and mine + n > AGENT_QUEUE_BYTES) or bool(self._bytes and self._bytes + n > QUEUE_BYTES)
-
-    def take(self) -> list[_Batch | _Done] | None:
-        """What is queued now, up to one commit's worth (waiting for the first); None once closed
-        and empty. No waiting for more: a lone line is committed at once."""
-        with self._cond:
-            while not self._items and not self.closed:
-                self._cond.wait()
-            if not self._items:
-                return None
-            items: list[_Batch | _Done] = []
-            lines = nbytes = 0
-            while self._items and lines < BATCH_LINES and nbytes < BATCH_BYTES:
-                item = self._items.popleft()
-                items.append(item)
-                if isinstance(item, _Batch):
-                    lines += item.lines
-                    nbytes += item.nbytes
-                if item.nbytes:
-                    left = self._agent_bytes[item.agent_pk] - item.nbytes
-                    if left:
-                        self._agent_bytes[item.agent_pk] = left
-                    else:
-                        del self._agent_bytes[item.agent_pk]
-            self._bytes -= nbytes
-            self._metrics.log_queue_bytes.set(self._bytes)
-            self._cond.notify_all()
-            return items
-
-    def refuse(self) -> None:
-        with self._cond:
-            self.refusing = True
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
 class LogPump:
     """Owns the writer thread and the per-agent reader threads."""
 
@@ -183,7 +87,7 @@ class LogPump:
         self._hub = hub
         self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue = _Queue(metrics)
+        self._queue = WriteQueue(metrics)
         self._readers: dict[int, tuple[threading.Thread, OutputSource]] = {}
         # Agents some of whose lines the store refused: nothing more of theirs is stored (no gap
         # in their seqs), and their capture ends with CaptureIncomplete.
@@ -284,7 +188,7 @@ class LogPump:
                 consumed = (seen[STDOUT], seen[STDERR])
             if (rows or final) and agent_pk not in self._refused:
                 dropped = (bounded.dropped_lines, bounded.dropped_bytes)
-                self._queue.put(_Batch(agent_pk, rows, lines, consumed, dropped, nbytes))
+                self._queue.put(Batch(agent_pk, rows, lines, consumed, dropped, nbytes))
 
         error: BaseException | None = None
         try:
@@ -318,7 +222,7 @@ class LogPump:
             seal = (sealed_lines, sealed_bytes, digest.hexdigest()) if whole else None
             if not ended and not self.stopping:
                 error = CaptureInterrupted(f"the output stream was cut ({type(error).__name__ if error else 'EOF'})")
-            self._queue.put(_Done(agent_pk, notify, error, seal))
+            self._queue.put(Done(agent_pk, notify, error, seal))
 
     def close_reader(self, agent_pk: int) -> None:
         """Stop reading one agent (a watcher that cannot finish is given up): its capture ends."""
@@ -357,17 +261,17 @@ class LogPump:
                 log.exception("log_writer_failed")
                 self._refuse(items, exc)
             for it in items:
-                if isinstance(it, _Done):
+                if isinstance(it, Done):
                     self._settle(it)
 
-    def _settle(self, done: _Done) -> None:
+    def _settle(self, done: Done) -> None:
         refused = self._refused.pop(done.agent_pk, None)
         if refused is not None:
             done.notify(CaptureIncomplete(refused), None)
         else:
             done.notify(done.error, done.seal)
 
-    def _commit_until_stored(self, items: list[_Batch | _Done], *, isolate: bool = True) -> None:
+    def _commit_until_stored(self, items: list[Batch | Done], *, isolate: bool = True) -> None:
         """Commit the items' batches, retrying with backoff while the store cannot write; a group
         the store keeps refusing is committed batch by batch (`isolate`), and a batch refused alone
         is given up: its agent's capture is marked incomplete."""
@@ -398,31 +302,31 @@ class LogPump:
                 self.store_error = None
             return
 
-    def _isolate(self, items: list[_Batch | _Done], exc: BaseException) -> None:
+    def _isolate(self, items: list[Batch | Done], exc: BaseException) -> None:
         """Commit batch by batch, in order: each agent keeps every line before the one refused."""
-        batches = [it for it in items if isinstance(it, _Batch)]
+        batches = [it for it in items if isinstance(it, Batch)]
         if len(batches) == 1:
             self._refuse(batches, exc)
             return
         for batch in batches:
             self._commit_until_stored([batch], isolate=False)
 
-    def _refuse(self, items: list[_Batch] | list[_Batch | _Done], exc: BaseException) -> None:
+    def _refuse(self, items: list[Batch] | list[Batch | Done], exc: BaseException) -> None:
         for it in items:
-            if isinstance(it, _Batch) and it.agent_pk not in self._refused:
+            if isinstance(it, Batch) and it.agent_pk not in self._refused:
                 self._refused[it.agent_pk] = (
                     f"the store refused some of this agent's output ({type(exc).__name__}); "
                     "what was stored before is kept and sealed"
                 )
                 log.error("log_capture_refused", agent_pk=it.agent_pk, error=type(exc).__name__)
 
-    def _commit(self, items: list[_Batch | _Done]) -> None:
+    def _commit(self, items: list[Batch | Done]) -> None:
         rows: list[ChunkRow] = []
-        positions: dict[int, _Batch] = {}
+        positions: dict[int, Batch] = {}
         first_ts: dict[int, float] = {}
         lines = nbytes = 0
         for it in items:
-            if isinstance(it, _Batch) and it.agent_pk not in self._refused:
+            if isinstance(it, Batch) and it.agent_pk not in self._refused:
                 if it.rows:
                     rows.extend(it.rows)
                     first_ts.setdefault(it.agent_pk, it.rows[0][3])

@@ -3,7 +3,8 @@
 After Prefect's service loop and arq's burst mode: every periodic job can be driven one pass at a
 time (tests, `agentfactory reap --once`), and a failing pass never kills the loop. A loop that has
 work sooner than its interval is `poke()`d (the next pass starts at once) or sets `wake_in` during
-a pass (the next pass starts within that many seconds).
+a pass (the next pass starts within that many seconds). A loop with `settle` lets the pokes of a
+burst gather for that long after a pass, so that they make one pass, not one each.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ log = structlog.get_logger("agentfactory.loops")
 class Loop(abc.ABC):
     name = "loop"
 
-    def __init__(self, *, interval: float, max_backoff: float = 60.0):
+    def __init__(self, *, interval: float, max_backoff: float = 60.0, settle: float = 0.0):
         self.interval = interval
+        self.settle = settle
         self.max_backoff = max_backoff
         self.failures = 0
         self.wake_in: float | None = None
@@ -56,6 +58,9 @@ class Loop(abc.ABC):
                 continue
             if self.wake_in is not None:
                 delay = min(delay, max(0.005, self.wake_in))
+            if self.settle:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(self.settle, delay))
             waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._poked.wait())}
             _done, pending = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:

@@ -28,6 +28,7 @@ from agentfactory.errors import RuntimeUnavailableError
 from agentfactory.observability.logging import describe_error
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
+from agentfactory.runtime.network_gate import recheck_egress
 from agentfactory.runtime.replicas import Replica
 from agentfactory.store import queries
 from agentfactory.store.blobs import BlobStore
@@ -120,7 +121,11 @@ class Reaper(Loop):
                     if r.status in LAUNCHING and not lch.watching(r.pk)
                 ]
                 # While agents with a network run, their egress rules are read back and put back if flushed.
-                + ([lch.recheck_egress()] if any(lch.catalog.needs_network(r.tools) for r in running) else [])
+                + (
+                    [recheck_egress(lch.backend, lch.settings.agent_network)]
+                    if any(lch.catalog.needs_network(r.tools) for r in running)
+                    else []
+                )
             )
             await self._stop_overdue_elsewhere(now)
             await self.remove_orphans()
@@ -212,7 +217,7 @@ class Reaper(Loop):
         fresh = await self.launcher.load(row.pk)
         if fresh is None or fresh.status not in LAUNCHING or self.launcher.watching(row.pk):
             return
-        if why == INTERRUPTED and await self.launcher.requeue(fresh):
+        if why == INTERRUPTED and await self.launcher.rows.requeue(fresh):
             return  # it had left the queue but its launch had not begun: back in the queue, in its place
         await self.launcher.fail_launch(fresh.pk, fresh.id, why)
 

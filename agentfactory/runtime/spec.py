@@ -8,6 +8,7 @@ builds it with `runtime_spec`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from agentfactory.backends.base import AgentSpec
@@ -17,6 +18,7 @@ from agentfactory.store.tables import AgentFilesRow, AgentRow
 
 GATEWAY_SOCKET_IN_CONTAINER = "/run/agentfactory/gateway.sock"
 TOOL_OUTPUT_LIMIT = 16_384
+WARM_ENV = "AGENTFACTORY_WARM"  # set in a warm sandbox: the runtime reads its assignment from stdin
 
 
 def runtime_spec(row: AgentRow, catalog: Catalog, files: AgentFilesRow | None = None) -> dict[str, Any]:
@@ -48,7 +50,6 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
     """The backend's input for one agent: image, environment (env, secrets, the gateway's socket and
     token), limits from the catalog, and a network only for a network tool (with public resolvers: the
     egress policy blocks the host's own)."""
-    limits = catalog.limits
     network = settings.agent_network if catalog.needs_network(row.tools) else None
     env = {
         **row.env,
@@ -56,9 +57,48 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         "AGENTFACTORY_GATEWAY_SOCKET": GATEWAY_SOCKET_IN_CONTAINER,
         "AGENTFACTORY_GATEWAY_TOKEN": token,
     }
-    return AgentSpec(
+    return _spec(
         agent_id=row.id,
         key_id=row.key_id,
+        env=env,
+        network=network,
+        constraints=catalog.constraints(row.model, row.tools),
+        catalog=catalog,
+        settings=settings,
+    )
+
+
+def warm_spec(*, sandbox_id: str, owner: str, catalog: Catalog, settings: Settings) -> AgentSpec:
+    """A warm sandbox of the default profile (SPEC §10): an agent's spec with no network, and nothing
+    of any agent's: its environment says only where the gateway is and that it waits for its
+    assignment (on its stdin, runtime/warm.py)."""
+    env = {"AGENTFACTORY_GATEWAY_SOCKET": GATEWAY_SOCKET_IN_CONTAINER, WARM_ENV: "1"}
+    spec = _spec(
+        agent_id=sandbox_id, key_id="", env=env, network=None, constraints=(), catalog=catalog, settings=settings
+    )
+    return replace(spec, warm_owner=owner)
+
+
+def profile(spec: AgentSpec) -> AgentSpec:
+    """What a sandbox must share with an agent to serve it: the spec less who it is for and its
+    environment (which the assignment brings). Equal profiles: the same container, bar those."""
+    return replace(spec, agent_id="", key_id="", env={}, constraints=(), warm_owner=None)
+
+
+def _spec(
+    *,
+    agent_id: str,
+    key_id: str,
+    env: dict[str, str],
+    network: str | None,
+    constraints: tuple[str, ...],
+    catalog: Catalog,
+    settings: Settings,
+) -> AgentSpec:
+    limits = catalog.limits
+    return AgentSpec(
+        agent_id=agent_id,
+        key_id=key_id,
         image=settings.runtime_image,
         env=env,
         memory_mb=limits.memory_mb,
@@ -72,5 +112,5 @@ def agent_spec(*, row: AgentRow, token: str, catalog: Catalog, settings: Setting
         runtime=catalog.runtime or settings.container_runtime,
         gateway_socket_dir=settings.gateway_socket_dir,
         instance=settings.instance_id,
-        constraints=catalog.constraints(row.model, row.tools),
+        constraints=constraints,
     )

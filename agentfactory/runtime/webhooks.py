@@ -44,6 +44,7 @@ from agentfactory.vocabulary import DeliveryStatus
 from agentfactory.webhooks import sign
 
 log = structlog.get_logger("agentfactory.webhooks")
+DISPATCH_SETTLE_SECONDS = 0.1
 DISPATCH_BATCH = 500
 DELIVERY_BATCH = 50  # deliveries one lease sends before the webhook is offered again
 LEASE_MARGIN_SECONDS = 5.0
@@ -121,7 +122,8 @@ class WebhookDispatcher(Loop):
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ):
-        super().__init__(interval=interval)
+        # Every agent's start and end pokes it: a burst of them is fanned out in one transaction.
+        super().__init__(interval=interval, settle=DISPATCH_SETTLE_SECONDS)
         self.store = store
         self.metrics = metrics
         self.settings = settings

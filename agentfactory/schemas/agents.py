@@ -212,6 +212,7 @@ class AgentOut(BaseModel):
     estimated_start_at: Timestamp | None = Field(
         None, description="while queued: when it should start, from the queue's recent pace (null: no estimate yet)"
     )
+    warm: bool = Field(False, description="whether it started in a warm sandbox (SPEC §10) rather than cold")
     links: Links
 
 

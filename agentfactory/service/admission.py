@@ -103,6 +103,8 @@ def admit(
     cluster = queries.count_cluster_active(session=session)
     status, queue_round, queue_deadline = AgentStatus.PENDING, None, None
     if req.queue_timeout_seconds:
+        # Also when admitted at once: it may still wait for a node when the cluster cannot place it.
+        queue_deadline = now + req.queue_timeout_seconds
         if (
             active >= caller.max_concurrent_agents
             or cluster >= max_running
@@ -110,7 +112,6 @@ def admit(
         ):
             status = AgentStatus.QUEUED
             queue_round = queries.next_queue_round(session=session, key_id=caller.key_id)
-            queue_deadline = now + req.queue_timeout_seconds
     elif active >= caller.max_concurrent_agents:
         metrics.quota_rejections.labels(reason="concurrency").inc()
         raise QuotaError(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from agentfactory.errors import ConflictError, NotFoundError, SchemaError
+from agentfactory.runtime.network_gate import network_ready
 from agentfactory.schemas import AgentCreate, AgentList, AgentOut, AgentResult, LogLine, LogPage
 from agentfactory.service import admission, queue
 from agentfactory.service.auth import Caller
@@ -34,7 +35,8 @@ async def create_agent(
 ) -> tuple[AgentOut, bool]:
     """Admit and launch an agent. Returns (agent, replayed). E_RUNTIME leaves nothing behind."""
     ttl = admission.check_request(catalog=svc.catalog, settings=svc.settings, caller=caller, req=req)
-    await svc.launcher.network_ready(req.tools)  # E_CATALOG before anything is stored (SPEC §14)
+    # E_CATALOG before anything is stored (SPEC §14).
+    await network_ready(svc.backend, svc.catalog, svc.settings.agent_network, req.tools)
     row, replayed = await svc.store.run(
         admission.admit,
         catalog=svc.catalog,
@@ -54,7 +56,9 @@ async def create_agent(
     if row.status == AgentStatus.QUEUED:
         svc.hub.bump_events()  # `agent.queued` is in the log (and the dispatcher looks for a slot)
         return await present(svc, row), False
-    return agent_out(await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))), False
+    launched = await svc.launcher.launch(row, svc.server_key.gateway_token(row.id))
+    # Queued after all when the cluster could not place it (runtime/placement.py): with its position.
+    return await present(svc, launched), False
 
 
 async def present(svc: Services, row: AgentRow) -> AgentOut:

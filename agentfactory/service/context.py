@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import structlog
+
 from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog
 from agentfactory.observability.metrics import Metrics
@@ -17,6 +19,7 @@ from agentfactory.runtime.hub import EVENTS, Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
 from agentfactory.runtime.replicas import Replica, new_replica_id
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
 from agentfactory.service.auth import AuthCache, LocalRateLimiter, RateLimiter, SharedRateLimiter
 from agentfactory.service.leases import StreamLeases
@@ -30,6 +33,7 @@ from agentfactory.store.bus import PgBus
 from agentfactory.store.server_key import ServerKey
 
 KEYS_CHANGED = "keys"
+log = structlog.get_logger("agentfactory.services")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Services:
     blobs: BlobStore
     queue: Queue
     bus: PgBus | None = None
+    pool: SandboxPool | None = None  # warm sandboxes: AGENTFACTORY_WARM_POOL_SIZE > 0 on a backend that keeps them
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
     auth_cache: AuthCache = field(default_factory=AuthCache)
     followed_agents: GenerationMemo[FollowedAgent | None] = field(default_factory=followed_agent_memo)
@@ -102,6 +107,28 @@ class Services:
             ),
         )
         hub.on_events(queue.dispatcher.poke)  # every start and end may free or take a slot
+        # Built whenever the backend keeps sandboxes, even with a size of 0: its first pass removes
+        # the sandboxes a crashed run with a pool left behind (no container is leaked).
+        sandboxes = backend.sandboxes()
+        if settings.warm_pool_size > 0 and sandboxes is None:
+            log.warning("warm_pool_unsupported", backend=settings.backend, detail="every agent starts cold")
+        pool = None
+        if sandboxes is not None:
+            pool = SandboxPool(
+                size=settings.warm_pool_size,
+                sandboxes=sandboxes,
+                settings=settings,
+                catalog=catalog,
+                store=store,
+                metrics=metrics,
+                owner=replica.id,
+                max_running=lambda: capacity.max_running,
+                busy=lambda: launcher.launches_in_flight() > 0,
+                live_owners=lambda: {r.id for r in replica.live(replica.clock())},
+            )
+            launcher.pool = pool
+            queue.pool = pool
+            hub.on_events(pool.poke)  # an end frees room for a sandbox
         return cls(
             settings=settings,
             catalog=catalog,
@@ -120,6 +147,7 @@ class Services:
             webhook_deliverer=deliverer,
             blobs=LocalBlobs(settings.blob_dir()),
             queue=queue,
+            pool=pool,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

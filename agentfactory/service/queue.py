@@ -32,6 +32,7 @@ from agentfactory.runtime.hub import Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.loops import Loop
 from agentfactory.runtime.outcome import never_ran
+from agentfactory.runtime.warm import SandboxPool
 from agentfactory.schemas import AgentOut, CapacityOut, KeyCapacity, WarmPool
 from agentfactory.service.views import agent_out
 from agentfactory.settings import Settings
@@ -91,11 +92,22 @@ def queue_positions(snapshot: QueueSnapshot) -> dict[int, int]:
     as a key's queue empties and its agents end, and its held places go). It grows only when a key
     with nothing queued and nothing running joins. It is an upper bound of the slots handed out
     before this agent's: exact when every such key keeps queueing at least as fast."""
+    return _places(snapshot, holding=snapshot.active_keys)
+
+
+def expected_places(snapshot: QueueSnapshot) -> dict[int, int]:
+    """pk → the slots expected to be handed out up to this agent's, for its ETA: its position, but
+    with places held only for the keys with agents queued (a key that merely runs agents may never
+    queue again, and counting it would make every estimate late)."""
+    return _places(snapshot, holding=frozenset())
+
+
+def _places(snapshot: QueueSnapshot, *, holding: frozenset[str]) -> dict[int, int]:
     order = snapshot.order
     if not order:
         return {}
     head = order[0][2]
-    last: dict[str, int] = {key: head - 1 for key in snapshot.active_keys}
+    last: dict[str, int] = {key: head - 1 for key in holding}
     for _pk, key, rnd in order:
         last[key] = rnd  # rounds rise along the order
     lasts = sorted(last.values())
@@ -174,6 +186,11 @@ class QueueDispatcher(Loop):
         self._last_order: list[tuple[int, str, int]] = []
 
     async def run_once(self) -> None:
+        if not self._last_order and not await self.store.run(queries.count_queued):
+            # Nothing queued, nothing to tell: one read, not the claim's write lock, on every start
+            # and end that wakes the dispatcher.
+            self.metrics.agents_queued.set(0)
+            return
         now = self.clock()
         moved = await self.expire_overdue(now)
         claimed = await self.store.run(
@@ -195,7 +212,7 @@ class QueueDispatcher(Loop):
             for pk, _key, _round in order:
                 self.hub.bump(pk)
         self._last_order = order
-        deadline = await self.store.run(queries.next_queue_deadline)
+        deadline = await self.store.run(queries.next_queue_deadline)  # or an unplaced agent's retry
         if deadline is not None:
             self.wake_in = max(0.0, deadline - self.clock())
 
@@ -213,7 +230,11 @@ class QueueDispatcher(Loop):
         """End queued agents past their deadline `expired`/`queue_timeout`; whether any ended."""
         pks = await self.store.run(queries.overdue_queued_agents, now=now)
         for pk in pks:
-            await end_queued(self, pk, AgentStatus.EXPIRED, Reason.QUEUE_TIMEOUT, "it did not get a slot in time")
+            why = "it did not get a slot in time"
+            row = await self.store.run(queries.get_agent_by_pk, pk=pk)
+            if row is not None and row.error:  # the cluster could not place it (runtime/placement.py)
+                why = f"{why} ({row.error})"
+            await end_queued(self, pk, AgentStatus.EXPIRED, Reason.QUEUE_TIMEOUT, why)
         return bool(pks)
 
     async def drain(self) -> None:
@@ -251,6 +272,7 @@ class Queue:
     capacity: Capacity
     pace: Pace
     dispatcher: QueueDispatcher
+    pool: SandboxPool | None = None  # warm sandboxes: they hold slots while idle (runtime/warm.py)
 
 
 async def present(queue: Queue, store: Store, row: AgentRow) -> AgentOut:
@@ -262,7 +284,8 @@ async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list
     """Agent documents; when any is queued, the queue is read once (one consistent snapshot)."""
     if not any(r.status == AgentStatus.QUEUED for r in rows):
         return [agent_out(r) for r in rows]
-    positions = queue_positions(await store.run(queries.queue_order))
+    snapshot = await store.run(queries.queue_order)
+    positions, expected = queue_positions(snapshot), expected_places(snapshot)
     out = []
     for r in rows:
         position = positions.get(r.pk) if r.status == AgentStatus.QUEUED else None
@@ -270,7 +293,7 @@ async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list
             fresh = await store.run(queries.get_agent_by_pk, pk=r.pk)
             out.append(agent_out(fresh or r))
             continue
-        eta = await queue.pace.estimate(position) if position is not None else None
+        eta = await queue.pace.estimate(expected.get(r.pk, position)) if position is not None else None
         out.append(agent_out(r, queue_position=position, estimated_start_at=eta))
     return out
 
@@ -293,6 +316,6 @@ async def capacity_view(queue: Queue, store: Store, *, admin: bool) -> CapacityO
         max_running=queue.capacity.max_running,
         running=sum(r for r, _q in by_key.values()),
         queued=sum(q for _r, q in by_key.values()),
-        warm=WarmPool(idle=0, target=0),
+        warm=WarmPool(idle=queue.pool.idle, target=queue.pool.size) if queue.pool else WarmPool(idle=0, target=0),
         keys=keys,
     )

@@ -76,6 +76,7 @@ def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_sta
         log_sha256=row.log_sha256 if sealed else None,
         queue_position=queue_position,
         estimated_start_at=iso(estimated_start_at),
+        warm=bool(row.warm),
         links=Links(
             self=base,
             logs=f"{base}/logs",

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agentfactory.vocabulary import ACTIVE, STDERR, STDOUT, TERMINAL
@@ -87,10 +99,15 @@ class AgentRow(Base):
     engine_id: Mapped[str | None] = mapped_column(String(200))
     engine_lost_at: Mapped[float | None] = mapped_column(Float)
     # The queue (SPEC §10): the agent's round-robin round while queued (its order is (round, pk)),
-    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued.
+    # its queue deadline, and when it left the queue for a slot. All null for an agent never queued
+    # (but the deadline, set for any agent that asked to wait: it may go back to the queue when the
+    # cluster cannot place it, `queue_retry_at` then saying when it is tried again).
     queue_round: Mapped[int | None] = mapped_column(Integer)
     queue_deadline: Mapped[float | None] = mapped_column(Float)
     dequeued_at: Mapped[float | None] = mapped_column(Float)
+    queue_retry_at: Mapped[float | None] = mapped_column(Float)
+    # Whether it started in a warm sandbox (SPEC §10).
+    warm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_agents_idempotency"),

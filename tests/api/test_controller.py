@@ -117,7 +117,7 @@ def test_finalize_never_ends_a_running_container(api: Api) -> None:
     agent = running_agent(api)
     lch = state(api).services.launcher
     # What an engine with live-restore reports for a container it lost track of: exit code 0.
-    api.client.portal.call(lch.finalize, row(api, agent).pk, ContainerStatus(ContainerState.RUNNING, exit_code=0))  # type: ignore[union-attr]
+    api.client.portal.call(lch.rows.finalize, row(api, agent).pk, ContainerStatus(ContainerState.RUNNING, exit_code=0))  # type: ignore[union-attr]
     assert get(api, agent).json()["status"] == "running"
 
 

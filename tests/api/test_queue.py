@@ -172,6 +172,32 @@ def test_delete_of_a_queued_agent_cancels_it_and_it_never_starts(qapi: Api) -> N
     assert get(qapi, q["id"])["status"] == "cancelled"
 
 
+def test_an_agent_the_cluster_cannot_place_waits_queued_without_holding_a_slot(qapi: Api) -> None:
+    """SPEC §10/§13 (a swarm with no node that has room): an agent that may wait goes back to the
+    queue with the cluster's reason, frees its slot meanwhile, and is tried again; one that may not
+    fails its launch with that reason."""
+    key = qapi.key(max_concurrent_agents=10)
+    waiting = post(qapi, key, env={**BLOCK, "FAKE_NOT_PLACED": "2"}, queue_timeout_seconds=60).json()
+    assert waiting["status"] == "queued" and waiting["queue_position"] == 1, waiting
+    assert waiting["error"] == "waiting for a node: fake: no suitable node (insufficient resources on 1 node)"
+    # Its slot is free meanwhile: of the cluster's 2, both go to agents the cluster can place.
+    running = fill(qapi, key)
+    assert qapi.client.get("/capacity", headers=key).json()["queued"] == 1
+    for agent_id in running:
+        qapi.client.delete(f"/agents/{agent_id}", headers=key)
+    started = wait_until(
+        lambda: (g := get(qapi, waiting["id"]))["status"] == "running" and g, timeout=10, what="placed at last"
+    )
+    assert started["error"] is None and qapi.backend.unplaced[waiting["id"]] == 2
+    store = qapi.client.app.state.services.store  # type: ignore[attr-defined]
+    events = [e.type for e in store.call(queries.list_events, after=0, limit=100) if e.agent_id == waiting["id"]]
+    assert events == ["agent.queued", "agent.queued", "agent.started"]
+    qapi.client.delete(f"/agents/{waiting['id']}", headers=key)
+    failed = post(qapi, key, env={"FAKE_NOT_PLACED": "1"}).json()
+    assert (failed["status"], failed["reason"]) == ("failed", "launch_failed"), failed
+    assert failed["error"].startswith("fake: no suitable node (insufficient resources on 1 node)"), failed
+
+
 def test_queue_timeout_seconds_is_bounded(qapi: Api) -> None:
     key = qapi.key()
     for bad in (-1, 3601, "soon"):

@@ -9,6 +9,7 @@ import pytest
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
 from tests.support.server import ServerProcess
+from tests.support.swarm_engine import PrivateSwarm
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +30,14 @@ def shell_server(
     finally:
         srv.stop()
         srv.cleanup_containers()
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_engine: None) -> Iterator[PrivateSwarm]:
+    """A private single-node Docker Swarm (tests/support/swarm_engine.py), shared by the swarm modules:
+    its start, which loads the runtime image into it, is the costly part."""
+    engine = PrivateSwarm().start()
+    try:
+        yield engine
+    finally:
+        engine.destroy()

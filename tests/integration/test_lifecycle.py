@@ -88,6 +88,18 @@ def test_same_idempotency_key_in_parallel_creates_one_agent(shell_server: Server
         assert len(c.get("/agents", params={"limit": 500}).json()["items"]) == before + 1
 
 
+def test_the_agents_exit_code_and_last_stderr_line_are_its_end(shell_server: ServerProcess) -> None:
+    """The runtime killed under its tool (SIGTERM to the tool's parent): it says why on stderr and
+    exits 128 + 15; the agent ends failed/exit with that code and that line in `error`."""
+    with shell_server.client() as c:
+        final = wait_terminal(c, run(c, "kill -TERM $PPID; sleep 30")["id"], timeout=60)
+        assert (final["status"], final["reason"], final["exit_code"]) == ("failed", "exit", 143), final
+        assert final["error"] == "exited with code 143: terminated by signal 15", final
+        lines = all_log_lines(c, final["id"])
+        assert "terminated by signal 15" in [x["text"] for x in lines if x["stream"] == "stderr"], lines
+        assert final["log_lines"] == len(lines)
+
+
 def test_memory_hog_is_oom_killed(shell_server: ServerProcess) -> None:
     with shell_server.client() as c:
         hog = 'python3 -c "b=[]\nwhile True: b.append(bytearray(50*1024*1024))"'

@@ -22,9 +22,10 @@ import pytest
 from agentfactory.backends.swarm import SwarmBackend
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.test_hardening import ALLOWED_MOUNT_POINTS, EXPECTED, PROBE
-from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV, prompt_as_shell, write_catalog
+from tests.support.agents import UPSTREAM_KEY, prompt_as_shell, write_catalog
 from tests.support.server import ROOT, ServerProcess, all_log_lines, wait_terminal, wait_until
-from tests.support.swarm_engine import PrivateSwarm
+from tests.support.sse import iter_events
+from tests.support.swarm_engine import PrivateSwarm, swarm_env
 
 pytestmark = pytest.mark.docker
 
@@ -48,28 +49,9 @@ def seal_of(lines: list[dict[str, Any]]) -> tuple[int, int, str]:
 
 
 @pytest.fixture(scope="module")
-def swarm(docker_engine: None) -> Iterator[PrivateSwarm]:
-    engine = PrivateSwarm().start()
-    try:
-        yield engine
-    finally:
-        engine.destroy()
-
-
-@pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(prompt_as_shell()) as fake:
         yield fake
-
-
-def swarm_env(swarm: PrivateSwarm, **extra: str) -> dict[str, str]:
-    return {
-        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
-        "DOCKER_HOST": swarm.host,
-        "AGENTFACTORY_BACKEND": "swarm",
-        "AGENTFACTORY_SWARM_PLACEMENT_SECONDS": "3",
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +212,51 @@ def test_an_agent_swarm_cannot_place_fails_with_swarms_reason(srv: ServerProcess
     assert (agent["status"], agent["reason"]) == ("failed", "launch_failed"), agent
     assert "no suitable node" in agent["error"], agent["error"]
     assert f"agentfactory-{agent['id']}" not in swarm.cli("service", "ls", "--format", "{{.Name}}")
+
+
+def test_an_agent_no_node_has_room_for_waits_in_the_queue_until_one_has(
+    srv: ServerProcess, swarm: PrivateSwarm
+) -> None:
+    """SPEC §10/§13: a task Swarm cannot place (no node has the memory it reserves) is the cluster
+    being full: an agent that may wait goes back to the queue with Swarm's reason and starts once a
+    node has room; one whose queue timeout comes first ends expired/queue_timeout with that reason."""
+    wait_until(lambda: not swarm.services(srv.instance), timeout=30, what="no agent holds a reservation")
+    node_memory = int(swarm.cli("node", "inspect", "self", "--format", "{{.Description.Resources.MemoryBytes}}"))
+    image = swarm.cli("image", "inspect", "--format", "{{.Id}}", "agentfactory-runtime:latest").strip()
+    filler = f"filler-{srv.instance}"
+    swarm.cli(
+        "service", "create", "-d", "--no-resolve-image", "--restart-condition", "none", "--name", filler,
+        "--reserve-memory", str(node_memory - (256 << 20)), "--entrypoint", "sleep", image, "600",
+    )  # fmt: skip
+    try:
+        state = lambda: swarm.cli("service", "ps", filler, "--format", "{{.CurrentState}}")  # noqa: E731
+        wait_until(lambda: state().startswith("Running"), timeout=30, what="the filler holds the node's memory")
+        with srv.client() as c:
+            r = c.post(
+                "/agents",
+                json={"model": "sh", "tools": ["shell"], "prompt": "echo placed", "queue_timeout_seconds": 120},
+            )
+            assert r.status_code == 201, r.text
+            waiting = r.json()
+            assert waiting["status"] == "queued" and waiting["queue_position"] >= 1, waiting
+            assert "insufficient resources" in waiting["error"], waiting["error"]
+            r = c.post("/agents", json={"model": "echo", "prompt": "hi", "queue_timeout_seconds": 5})
+            assert r.status_code == 201, r.text
+            gave_up = wait_terminal(c, r.json()["id"], timeout=30)
+            assert (gave_up["status"], gave_up["reason"]) == ("expired", "queue_timeout"), gave_up
+            assert "insufficient resources" in gave_up["error"] and gave_up["started_at"] is None, gave_up
+            still = c.get(f"/agents/{waiting['id']}").json()
+            assert still["status"] in ("queued", "pending", "starting"), still
+            swarm.cli("service", "rm", filler)
+            placed = wait_terminal(c, waiting["id"], timeout=60)
+            assert (placed["status"], placed["error"]) == ("succeeded", None), placed
+            assert "placed" in texts(c, waiting["id"])
+            params = {"agent_id": waiting["id"], "after": 0, "follow": "false"}
+            with c.stream("GET", "/events", params=params) as events:
+                types = [ev.event for ev in iter_events(events)]
+    finally:
+        swarm.cli("service", "rm", filler, check=False)
+    assert types[0] == "agent.queued" and types[-2:] == ["agent.started", "agent.finished"], types
 
 
 def test_up_swarm_inits_a_swarm_and_the_server_refuses_one_without_no_new_privileges(

@@ -3,13 +3,11 @@
 rules. Tests that stop and restart an engine use one of these, never the machine's shared engine
 that other tests run on.
 
-The dockerd runs in a network namespace of its own (`ip netns add` + `nsenter --net`, like
-swarm_engine.py): whatever it does to interfaces (a dockerd started with `--bridge none` deletes the
-interface named docker0, moby's removeDefaultBridgeInterface) stays in that namespace, where there is
-no docker0; the machine's shared engine's bridge is never within its reach. Its agents reach the
-control plane's gateway by its Unix socket (the filesystem is shared), which crosses namespaces.
-Its bridge (`afb-…`) and address block are still its own, made in its namespace, and everything it
-made there goes with the namespace."""
+The dockerd is a `PrivateDockerd` (dockerd.py, as swarm_engine.py's): in a network namespace of its
+own, so whatever it does to interfaces stays there and the machine's shared engine's bridge is never
+within its reach. Its agents reach the control plane's gateway by its Unix socket (the filesystem is
+shared), which crosses namespaces. Its bridge (`afb-…`) and address block are still its own, made in
+its namespace, and everything it made there goes with the namespace."""
 
 from __future__ import annotations
 
@@ -17,19 +15,14 @@ import contextlib
 import fcntl
 import ipaddress
 import itertools
-import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.server import wait_until
+from tests.support.dockerd import PrivateDockerd
 
-RUNTIME_IMAGE = os.environ.get("AGENTFACTORY_RUNTIME_IMAGE", "agentfactory-runtime:latest")
 HOST_BRIDGE = Path("/sys/class/net/docker0")  # the machine's shared engine's bridge
 CLAIMS = Path("/tmp/afe-nets")  # one file per address block a live private engine holds: its pid
 BLOCKS = [ipaddress.IPv4Network(f"10.{a}.{b}.0/19") for a in range(200, 250) for b in range(0, 256, 32)]
@@ -120,40 +113,17 @@ def bridge_none_dockerds() -> list[str]:
     return found
 
 
-class PrivateEngine:
+class PrivateEngine(PrivateDockerd):
     def __init__(self, root: Path | None = None):
-        # Unix socket paths are limited to 107 bytes: a short directory under /tmp.
-        self.root = root or Path(tempfile.mkdtemp(prefix="afe-", dir="/tmp"))
-        self.socket = self.root / "docker.sock"
-        self.host = f"unix://{self.socket}"
-        self.pidfile = self.root / "docker.pid"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("afe-", root)  # its network namespace is made at the first start
         self.live_restore = False
         self.host_bridge_existed = HOST_BRIDGE.exists()
         # Interface names are at most 15 bytes: "afb-" and mkdtemp's 8 characters.
-        self.bridge = "afb-" + self.root.name.removeprefix("afe-")[-8:]
-        self.netns = "afe-" + self.root.name.removeprefix("afe-")[-8:]  # made at the first start
+        self.bridge = "afb-" + self.suffix
         self.block: ipaddress.IPv4Network | None = None
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> str:
-        out = subprocess.run(
-            ["docker", "-H", self.host, *args], capture_output=True, text=True, check=False, timeout=timeout
-        )
-        if check and out.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {out.stderr}")
-        return out.stdout
-
-    def answers(self) -> bool:
-        try:
-            cmd = ["docker", "-H", self.host, "version"]
-            return subprocess.run(cmd, capture_output=True, check=False, timeout=5).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
     def _make_bridge(self) -> None:
-        if not Path("/run/netns", self.netns).exists():
-            ip("netns", "add", self.netns)
-            ip("-n", self.netns, "link", "set", "lo", "up")
+        self.make_netns()
         if self.block is None:
             self.block = claim_block(os.getpid())
         if not link_exists(self.bridge, self.netns):
@@ -168,42 +138,11 @@ class PrivateEngine:
         self._make_bridge()
         assert self.block is not None
         pool = list(self.block.subnets(new_prefix=20))[1]  # the block's second half; its first /24 is the bridge's
-        config = {
-            "deprecated-key-path": str(self.root / "key.json"),
-            "live-restore": live_restore,
-            "default-address-pools": [{"base": str(pool), "size": 24}],
-        }
-        (self.root / "daemon.json").write_text(json.dumps(config))
-        self.pidfile.unlink(missing_ok=True)  # a stale pid file stops dockerd from starting
-        log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - kept open for the child's life
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.netns}",
-             "dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-             "--pidfile", str(self.pidfile), "-H", self.host, "--bridge", self.bridge, "--iptables=false",
-             "--ip-masq=false", "--ip-forward=false", "--config-file", str(self.root / "daemon.json")],
-            stdout=log, stderr=log,
-        )  # fmt: skip
-        wait_until(self.answers, timeout=timeout, interval=0.1, what="the private dockerd answers")
+        config = {"live-restore": live_restore, "default-address-pools": [{"base": str(pool), "size": 24}]}
+        flags = ["--bridge", self.bridge, "--iptables=false", "--ip-masq=false", "--ip-forward=false"]
+        self.run_dockerd(*flags, config=config, timeout=timeout)
         self.assert_host_bridge_intact()
         return time.time()
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM, as a service manager stops it (without live-restore it stops its containers)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def load_image(self, image: str = RUNTIME_IMAGE) -> None:
-        if self.cli("images", "-q", image).strip():
-            return
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", self.host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        save.wait(60)
 
     def engine_id(self) -> str:
         return self.cli("info", "--format", "{{.ID}}").strip()
@@ -229,12 +168,7 @@ class PrivateEngine:
         finally:
             self.stop()
             # A stopped dockerd leaves its networks' bridges: they are in its namespace, and go with it.
-            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+            self.remove_namespace_and_files()
             if self.block is not None:
                 release_block(self.block)
-            # dockerd leaves its data root mounted on itself after it stops.
-            mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-            for mount in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
-                subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-            shutil.rmtree(self.root, ignore_errors=True)
         self.assert_host_bridge_intact()

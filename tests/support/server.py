@@ -123,18 +123,16 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace").splitlines()
 
     def cleanup_containers(self) -> None:
-        """Remove every container this instance labelled (tests leave nothing behind)."""
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=io.agentfactory.instance={self.instance}"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split()  # fmt: skip
+        """Remove every container this instance labelled (tests leave nothing behind), on the
+        engine the server runs agents on (its DOCKER_HOST)."""
+        ids = self.containers()
         if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, env=self.env)
 
     def containers(self) -> list[str]:
         out = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=io.agentfactory.instance={self.instance}"],
-            capture_output=True, text=True, check=False,
+            capture_output=True, text=True, check=False, env=self.env,
         ).stdout  # fmt: skip
         return out.split()
 

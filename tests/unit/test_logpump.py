@@ -14,9 +14,10 @@ from sqlalchemy import event, text
 
 from agentfactory.backends.base import STDOUT
 from agentfactory.observability.metrics import Metrics
-from agentfactory.runtime import logpump
+from agentfactory.runtime import capture_queue
+from agentfactory.runtime.capture_queue import Seal
 from agentfactory.runtime.hub import Hub
-from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume, Seal
+from agentfactory.runtime.logpump import CaptureIncomplete, LogPump, Resume
 from agentfactory.store import Store, queries
 from tests.support.server import database_url
 
@@ -91,7 +92,7 @@ def test_a_flooding_agent_waits_on_its_share_of_the_queue_and_a_neighbour_loses_
         done = [await capture(pump, 1, flood), await capture(pump, 2, quiet)]
         seals = await asyncio.gather(*done)
         pump.stop()
-        assert max(flood.queued_at_read) <= logpump.QUEUE_BYTES
+        assert max(flood.queued_at_read) <= capture_queue.QUEUE_BYTES
         for pk, source, seal in ((1, flood, seals[0]), (2, quiet, seals[1])):
             assert stored(store, pk) == source.expected()
             assert seal == seal_of(store, pk)
@@ -128,7 +129,7 @@ def test_a_full_store_is_retried_while_capture_waits_then_catches_up(sqlite_stor
         await asyncio.sleep(0.5)
         # held back: read no further than its share of the queue and the group being retried
         read_bytes = 1000 * 61
-        assert source.taken <= (logpump.AGENT_QUEUE_BYTES + logpump.BATCH_BYTES) // read_bytes + 2
+        assert source.taken <= (capture_queue.AGENT_QUEUE_BYTES + capture_queue.BATCH_BYTES) // read_bytes + 2
         assert not done.done()
         pages["max"] = 10**7
         store.engine.dispose()  # the writer's next attempt gets a connection that may grow the file

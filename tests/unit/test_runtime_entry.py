@@ -355,3 +355,39 @@ def test_a_gateway_that_comes_up_late_is_waited_for(upstream: FakeOpenAI, tmp_pa
         h.stop()
     assert result.code == 0, result.stderr
     assert "42" in result.raw
+
+
+def test_a_warm_runtime_waits_silently_for_its_assignment_on_stdin_then_runs_as_a_cold_one(
+    harness: GatewayHarness, tmp_path: Path
+) -> None:
+    _, token = harness.add_agent("echo", prompt="warm hello", token_budget=100_000)
+    env = {
+        "PATH": os.environ["PATH"],
+        "AGENTFACTORY_WARM": "1",
+        "AGENTFACTORY_GATEWAY_SOCKET": str(harness.socket_path),
+        "AGENTFACTORY_SCRATCH": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(ENTRY)],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    with pytest.raises(subprocess.TimeoutExpired):  # it waits (and, below, printed nothing meanwhile)
+        proc.wait(0.5)
+    proc.stdin.write(json.dumps({"env": {"AGENTFACTORY_GATEWAY_TOKEN": token, "GREETING": "hi"}}).encode() + b"\n")
+    proc.stdin.flush()  # left open: the runtime reads one line and then has /dev/null for stdin
+    result = collect(proc, 60)
+    assert result.code == 0, result.stderr
+    assert result.lines[0][1].startswith('{"event": "start"'), result.lines[:2]  # its first line is the agent's
+    [start] = result.of("start")
+    assert start["prompt_chars"] == len("warm hello")
+    assert result.of("final")
+
+
+def test_a_warm_runtime_whose_stdin_ends_without_an_assignment_fails_and_prints_nothing(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "AGENTFACTORY_WARM": "1", "AGENTFACTORY_SCRATCH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(ENTRY)], env=env, input=b"", capture_output=True, timeout=30
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert b"no assignment" in proc.stderr

@@ -65,3 +65,11 @@ def test_constraints_come_from_the_model_and_its_tools_once_each() -> None:
     )
     assert catalog.constraints("m", ["t", "u"]) == ("node.labels.gpu==true", "node.labels.sandbox==true")
     assert catalog.constraints("m", []) == ("node.labels.gpu==true",)
+
+
+def test_the_swarm_keeps_no_warm_sandboxes() -> None:
+    """The docker backend's warm sandboxes are containers of one engine, not services Swarm places:
+    on a swarm every agent starts cold (the server logs warm_pool_unsupported when a pool is asked for)."""
+    from agentfactory.backends.swarm import SwarmBackend
+
+    assert SwarmBackend(instance="t").sandboxes() is None

@@ -85,6 +85,7 @@ from agentfactory.store.queries.queue import next_queue_round as next_queue_roun
 from agentfactory.store.queries.queue import overdue_queued_agents as overdue_queued_agents
 from agentfactory.store.queries.queue import queue_order as queue_order
 from agentfactory.store.queries.queue import recent_ends as recent_ends
+from agentfactory.store.queries.queue import requeue_unplaced as requeue_unplaced
 from agentfactory.store.queries.replicas import claim_agents as claim_agents
 from agentfactory.store.queries.replicas import claim_overdue_elsewhere as claim_overdue_elsewhere
 from agentfactory.store.queries.replicas import db_now as db_now

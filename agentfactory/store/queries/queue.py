@@ -3,18 +3,21 @@ claimed fairly by compare-and-set, the pace of recent ends for the ETA."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from agentfactory.store.queries.agents import update_agent
+from agentfactory.store.queries.events import transition_agent
 from agentfactory.store.tables import (
     ACTIVE,
     AgentRow,
     ApiKeyRow,
     CursorRow,
 )
+from agentfactory.vocabulary import EventType
 
 CAPACITY_CURSOR = "capacity"
 
@@ -74,16 +77,21 @@ def claim_queued_agents(
     *, session: Session, max_running: int, now: float, owner: str | None = None, scan: int = 1000
 ) -> list[AgentRow]:
     """Give free slots to queued agents, in queue order, skipping those whose key runs its
-    `max_concurrent_agents` already: each moves `queued → pending` by compare-and-set, so no agent
-    is started twice and, under the capacity lock, no slot is given twice. The claimed rows, now
-    owned by `owner` (the replica that launches them)."""
+    `max_concurrent_agents` already and, until their retry time, those the cluster could not place:
+    each moves `queued → pending` by compare-and-set, so no agent is started twice and, under the
+    capacity lock, no slot is given twice. The claimed rows, now owned by `owner` (the replica that
+    launches them)."""
     lock_capacity(session=session)
     free = max_running - count_cluster_active(session=session)
     if free <= 0:
         return []
     waiting = session.execute(
         select(AgentRow.pk, AgentRow.key_id)
-        .where(AgentRow.status == "queued", or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now))
+        .where(
+            AgentRow.status == "queued",
+            or_(AgentRow.queue_deadline.is_(None), AgentRow.queue_deadline > now),
+            or_(AgentRow.queue_retry_at.is_(None), AgentRow.queue_retry_at <= now),
+        )
         .order_by(AgentRow.queue_round, AgentRow.pk)
         .limit(scan)
     ).all()
@@ -107,7 +115,14 @@ def claim_queued_agents(
         if running.get(key, 0) >= limits.get(key, 0):
             continue
         if update_agent(
-            session=session, pk=pk, only_if_status=("queued",), status="pending", dequeued_at=now, owner=owner
+            session=session,
+            pk=pk,
+            only_if_status=("queued",),
+            status="pending",
+            dequeued_at=now,
+            owner=owner,
+            error=None,  # why the cluster could not place it last time: it is being tried again
+            queue_retry_at=None,
         ):
             claimed.append(pk)
             running[key] = running.get(key, 0) + 1
@@ -123,7 +138,49 @@ def overdue_queued_agents(*, session: Session, now: float) -> list[int]:
 
 
 def next_queue_deadline(*, session: Session) -> float | None:
-    return session.scalar(select(func.min(AgentRow.queue_deadline)).where(AgentRow.status == "queued"))
+    """The next time the queue changes by itself: a queued agent's deadline, or its retry time."""
+    queued = AgentRow.status == "queued"
+    deadline = session.scalar(select(func.min(AgentRow.queue_deadline)).where(queued))
+    retry = session.scalar(select(func.min(AgentRow.queue_retry_at)).where(queued))
+    return min((t for t in (deadline, retry) if t is not None), default=None)
+
+
+def requeue_unplaced(
+    *,
+    session: Session,
+    pk: int,
+    owner: str,
+    error: str,
+    retry_at: float,
+    at: float,
+    document: Callable[[AgentRow], str],
+) -> bool:
+    """An agent whose launch the cluster could not place (no node has the resources or the labels)
+    goes back to the queue, `starting → queued` by compare-and-set (on status and owner), with the
+    cluster's reason in `error`, not to be tried again before `retry_at`, and `agent.queued` in the
+    same transaction. It keeps its round (an agent admitted without queueing joins its key's next
+    one), so it goes first once the cluster has room. Only for an agent that asked to wait (its
+    queue deadline is set): False otherwise, or when it is no longer starting (cancelled)."""
+    row = session.get(AgentRow, pk, populate_existing=True)
+    if row is None or row.status != "starting" or row.owner != owner or row.queue_deadline is None:
+        return False
+    rnd = row.queue_round if row.queue_round is not None else next_queue_round(session=session, key_id=row.key_id)
+    return transition_agent(
+        session=session,
+        pk=pk,
+        only_if_status=("starting",),
+        only_if_owner=owner,
+        event=EventType.QUEUED,
+        document=document,
+        at=at,
+        status="queued",
+        error=error,
+        queue_round=rnd,
+        queue_retry_at=retry_at,
+        dequeued_at=None,
+        container_id=None,
+        engine_id=None,
+    )
 
 
 def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
