@@ -24,6 +24,7 @@ from agentfactory.settings import Settings
 from agentfactory.store import Store, queries
 from agentfactory.store.tables import AgentRow
 from agentfactory.vocabulary import AgentStatus
+from tests.support.server import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "catalog.json")
@@ -83,7 +84,7 @@ def spec_of(agent_id: str = "ag_1", tools: list[str] | None = None) -> AgentSpec
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    s = Store(database_url(tmp_path / "w.db"))
     s.migrate()
     return s
 
