@@ -21,7 +21,7 @@ test: setup    ## the whole test suite against the real engine (SQLite), then it
 	$(MAKE) --no-print-directory test-pg
 
 # The database-bound tests again with every server on PostgreSQL (a cluster the run starts from
-# Debian's binaries), chosen to add ~5 min, not the ~25 of the whole suite (`make test-pg-full`):
+# Debian's binaries), chosen to add ~5 min (7 on a loaded machine), not the ~45 of the whole suite (`make test-pg-full`):
 # every test that reaches a database without the engine (the in-process API tests: every route, the
 # controller, adoption and fencing, the events outbox, selectors; the outbox and log pump's stores;
 # the model gateway's token accounting), and the served paths where PostgreSQL behaves apart (row
@@ -43,8 +43,8 @@ PG_TESTS := tests/api tests/unit/test_event_outbox.py tests/unit/test_logpump.py
 test-pg: setup ## the database-bound tests on PostgreSQL only
 	AGENTFACTORY_TEST_DATABASE=postgres $(VENV)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PG_PYTEST_ARGS)
 
-# Issue 17's "the whole suite passes on PostgreSQL": every test, every server on PostgreSQL (~25 min
-# on 2 idle cores; not in CI, which runs the core above). Tests that read the SQLite file itself skip.
+# Issue 17's "the whole suite passes on PostgreSQL": every test, every server on PostgreSQL (~45 min
+# on 2 loaded cores; not in CI, which runs the core above). Tests that read the SQLite file skip.
 test-pg-full: setup ## the whole test suite on PostgreSQL
 	AGENTFACTORY_TEST_DATABASE=postgres $(VENV)/pytest -q -p no:cacheprovider $(PG_PYTEST_ARGS)
 
