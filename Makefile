@@ -21,8 +21,8 @@ test: setup    ## the whole test suite against the real engine (SQLite), then it
 	$(MAKE) --no-print-directory test-pg
 
 # The database-bound tests again with every server on PostgreSQL (a cluster the run starts from
-# Debian's binaries), chosen to add ~5 min (7 on a loaded machine), not the ~45 of the whole suite (`make test-pg-full`):
-# every test that reaches a database without the engine (the in-process API tests: every route, the
+# Debian's binaries), chosen to add ~5 min (7 on a loaded machine), not the ~45 of the whole suite
+# (`make test-pg-full`): every test that reaches a database without the engine (the in-process API tests: every route, the
 # controller, adoption and fencing, the events outbox, selectors; the outbox and log pump's stores;
 # the model gateway's token accounting), and the served paths where PostgreSQL behaves apart (row
 # locks, NOTIFY, types): capture resumed after a kill -9, TTLs, idempotency under a race,
