@@ -81,7 +81,7 @@ if [ "$base_python" != "$py_version" ]; then
 fi
 log "building $IMAGE on $BASE_IMAGE"
 previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q --network none \
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q --network none --force-rm \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   --build-arg "INPUTS_HASH=$image_inputs" \
   --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)" \

@@ -145,7 +145,7 @@ runtime_hash=$(cat runtime_image/Dockerfile runtime_image/*.py | sha256sum | cut
 current=$("$DOCKER_BIN" image inspect -f '{{ index .Config.Labels "io.agentfactory.inputs" }}' "$RUNTIME_IMAGE" 2>/dev/null || true)
 if [ "$current" != "$runtime_hash" ]; then
   log "building $RUNTIME_IMAGE"
-  DOCKER_BUILDKIT=0 "$DOCKER_BIN" build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  DOCKER_BUILDKIT=0 "$DOCKER_BIN" build -q --force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --label "io.agentfactory.inputs=$runtime_hash" -t "$RUNTIME_IMAGE" runtime_image >/dev/null
 fi
 if [ "${AGENTFACTORY_WITH_RUNSC:-0}" = 1 ]; then
