@@ -30,7 +30,8 @@ def test_docker_build_without_the_wheelhouse_names_make_image(tmp_path: Path, do
         shutil.copy(ROOT / name, context / name)
     started = time.monotonic()
     proc = subprocess.run(
-        ["docker", "build", "--network", "none", "--no-cache", "--force-rm", "-t", "agentfactory-build-hint:test", str(context)],
+        ["docker", "build", "--network", "none", "--no-cache", "--force-rm",
+         "-t", "agentfactory-build-hint:test", str(context)],
         capture_output=True, text=True, timeout=300, check=False, env={"PATH": "/usr/bin:/bin", "DOCKER_BUILDKIT": "0"},
     )  # fmt: skip
     assert proc.returncode != 0
