@@ -6,10 +6,15 @@ before the store is asked who the token belongs to, so a flood costs the gateway
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from agentfactory.settings import Settings
+
+T = TypeVar("T")
 
 REMEMBER_SECONDS = 600.0
 
@@ -62,7 +67,17 @@ class GatewayLimits:
 class TokenState:
     """One token's open connections, calls in flight and request allowance (a token bucket)."""
 
-    __slots__ = ("allowance", "budget_left", "connections", "ended", "in_flight", "quiet_until", "stamp", "suppressed")
+    __slots__ = (
+        "allowance",
+        "budget_left",
+        "connections",
+        "db_gate",
+        "ended",
+        "in_flight",
+        "quiet_until",
+        "stamp",
+        "suppressed",
+    )
 
     def __init__(self, burst: int, now: float) -> None:
         self.connections = 0
@@ -76,6 +91,17 @@ class TokenState:
         # used to refuse: admitting always asks the store.)
         self.ended: str | None = None
         self.budget_left: int | None = None
+        self.db_gate: asyncio.Semaphore | None = None  # its store work, one piece at a time (`serially`)
+
+    async def serially(self, work: Awaitable[T]) -> T:
+        """Run the store work of this token's calls one at a time: its calls in flight (as many as
+        the gateway has store threads) never hold every store thread, so a flooding agent's lookups
+        and reservations queue behind each other, not in front of the other agents' (on PostgreSQL
+        each is a round trip and a commit)."""
+        if self.db_gate is None:
+            self.db_gate = asyncio.Semaphore(1)
+        async with self.db_gate:
+            return await work
 
     def should_log(self, now: float) -> int | None:
         """At most one refusal logged per second: None to stay quiet, else how many were not logged."""

@@ -68,6 +68,7 @@ CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 SPEC_PATH = "/v1/agent/spec"
 # Store work of the gateway runs on threads of its own: a flood of calls cannot take the API's.
 DB_THREADS = 4
+Served = tuple[web.StreamResponse, Usage]  # a model call's response and what it used
 
 
 class ModelGateway:
@@ -237,7 +238,7 @@ class ModelGateway:
             try:
                 agent = await self._authenticate(digest, state)
                 label = agent.model
-                response, usage = await self._call(request, agent)
+                response, usage = await self._call(request, agent, state)
             finally:
                 state.in_flight -= 1
         except GatewayError as err:
@@ -300,7 +301,7 @@ class ModelGateway:
         return digest, state, slotted
 
     async def _authenticate(self, digest: str, state: TokenState) -> AgentGrant:
-        agent: AgentGrant | None = await self._db(self._ledger.find_agent, digest)
+        agent: AgentGrant | None = await state.serially(self._db(self._ledger.find_agent, digest))
         if agent is None:
             state.ended = "unknown gateway token"
             raise GatewayError(401, "E_AUTH", state.ended, outcome="auth")
@@ -312,7 +313,7 @@ class ModelGateway:
         state.budget_left = agent.token_budget - agent.tokens_used
         return agent
 
-    async def _call(self, request: web.Request, agent: AgentGrant) -> tuple[web.StreamResponse, Usage]:
+    async def _call(self, request: web.Request, agent: AgentGrant, state: TokenState) -> Served:
         model = self._catalog.model(agent.model)
         if model is None:
             raise GatewayError(
@@ -320,7 +321,7 @@ class ModelGateway:
             )
         raw = await self._read_body(request, agent)
         prepared = await self._prepare(model, raw)
-        held = await self._reserve(agent, len(raw), prepared)
+        held = await self._reserve(agent, len(raw), prepared, state)
         usage: Usage | None = None
         try:
             if prepared.stream:
@@ -330,10 +331,10 @@ class ModelGateway:
         finally:
             if usage is None:
                 # Failed (or cancelled): release the reservation even if this task is going away.
-                release = asyncio.get_running_loop().create_task(self._db(self._ledger.settle, agent, held, None))
+                release = asyncio.ensure_future(state.serially(self._db(self._ledger.settle, agent, held, None)))
                 with contextlib.suppress(Exception):
                     await asyncio.shield(release)
-        await self._db(self._ledger.settle, agent, held, usage)
+        await state.serially(self._db(self._ledger.settle, agent, held, usage))
         return response, usage
 
     async def _read_body(self, request: web.Request, agent: AgentGrant) -> bytes:
@@ -380,10 +381,10 @@ class ModelGateway:
         assert isinstance(result, PreparedBody)
         return result
 
-    async def _reserve(self, agent: AgentGrant, body_bytes: int, prepared: PreparedBody) -> Reservation:
-        prompt = self.limits.prompt_tokens_bound(body_bytes)
+    async def _reserve(self, agent: AgentGrant, size: int, prepared: PreparedBody, state: TokenState) -> Reservation:
+        prompt = self.limits.prompt_tokens_bound(size)  # `size`: the body's bytes
         want = prepared.max_tokens or self.limits.default_max_tokens
-        verdict, detail = await self._db(self._ledger.try_reserve, agent, prompt, want)
+        verdict, detail = await state.serially(self._db(self._ledger.try_reserve, agent, prompt, want))
         if verdict == "ok":
             return Reservation(tokens=prompt + detail, max_tokens=detail)
         if verdict == "spent":

@@ -127,14 +127,22 @@ class ServerProcess:
         engine the server runs agents on (its DOCKER_HOST)."""
         ids = self.containers()
         if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, env=self.env)
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, env=self._docker_env())
 
     def containers(self) -> list[str]:
         out = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=io.agentfactory.instance={self.instance}"],
-            capture_output=True, text=True, check=False, env=self.env,
+            capture_output=True, text=True, check=False, env=self._docker_env(),
         ).stdout  # fmt: skip
         return out.split()
+
+    def _docker_env(self) -> dict[str, str]:
+        """The test's environment with the server's engine (its DOCKER_HOST), not the server's PATH: a
+        test may give the server a PATH without docker (or iptables) on purpose."""
+        env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+        if "DOCKER_HOST" in self.env:
+            env["DOCKER_HOST"] = self.env["DOCKER_HOST"]
+        return env
 
 
 def wait_terminal(client: httpx.Client, agent_id: str, timeout: float = 30) -> dict[str, Any]:
