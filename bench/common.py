@@ -25,11 +25,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -42,6 +42,7 @@ TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 GATEWAY_MOUNT = "/run/agentfactory"
 # The launcher gives the model this much of a tool's output (agentfactory.runtime.launcher.TOOL_OUTPUT_LIMIT).
 TOOL_OUTPUT_LIMIT = 16_384
+T = TypeVar("T")
 
 
 # -- machine ---------------------------------------------------------------------------------------
@@ -415,6 +416,19 @@ def timed(label: str) -> Iterator[None]:
     started = time.monotonic()
     yield
     print(f"[bench] {label}: {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+def interleaved(sides: dict[str, Callable[[], T]], *, trials: int, warmup: int) -> dict[str, list[T]]:
+    """Run each side once a trial, in an order that rotates from trial to trial (drift on the machine
+    hits every side alike); the first `warmup` trials are not kept."""
+    results: dict[str, list[T]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(warmup + trials):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            value = sides[name]()
+            if i >= warmup:
+                results[name].append(value)
+    return results
 
 
 def print_rows(rows: Sequence[Row]) -> None:

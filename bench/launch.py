@@ -42,6 +42,7 @@ from common import (
     common_args,
     create_agent,
     ensure_ready,
+    interleaved,
     machine_note,
     print_rows,
     sse_events,
@@ -171,13 +172,7 @@ def main() -> None:
         sides = {"ours": lambda: ours(client), "docker": lambda: docker_run(sidecar)}
         if engine is not None:
             sides["engine"] = engine
-        names = list(sides)
-        for i in range(args.warmup + args.trials):
-            order = names[i % len(names) :] + names[: i % len(names)]
-            for name in order:
-                value = sides[name]()
-                if i >= args.warmup:
-                    results[name].append(value)
+        results.update(interleaved(sides, trials=args.trials, warmup=args.warmup))
         load_after = machine_note()
 
     def col(side: str, key: str) -> Summary:

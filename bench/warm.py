@@ -24,7 +24,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BenchServer, Report, Row, Sidecar, Summary, common_args, ensure_ready, machine_note, print_rows
+from common import (
+    BenchServer,
+    Report,
+    Row,
+    Sidecar,
+    Summary,
+    common_args,
+    ensure_ready,
+    interleaved,
+    machine_note,
+    print_rows,
+)
 from launch import docker_run, ours
 
 
@@ -65,13 +76,7 @@ def main() -> None:
             return value
 
         sides = {"warm": warm, "cold": lambda: ours(cc), "docker": lambda: docker_run(sidecar)}
-        names = list(sides)
-        for i in range(args.warmup + args.trials):
-            order = names[i % len(names) :] + names[: i % len(names)]
-            for name in order:
-                value = sides[name]()
-                if i >= args.warmup:
-                    results[name].append(value)
+        results.update(interleaved(sides, trials=args.trials, warmup=args.warmup))
         load_after = machine_note()
 
     def col(side: str, key: str) -> Summary:
