@@ -62,7 +62,9 @@ def test_bad_input_creates_no_container(server: ServerProcess) -> None:
             assert (r.status_code, r.json()["error"]["code"]) == (status, code)
         r = c.get("/no/such/route")
         assert r.status_code == 404 and r.json()["error"]["code"] == "E_NOT_FOUND" and r.json()["request_id"]
-        assert set(server.containers()) == before
+        # A container an earlier test removed may still be going away (a swarm task ends
+        # asynchronously), so the check is that no new one appeared.
+        assert set(server.containers()) <= before
 
 
 def test_engine_unreachable_gives_503_fast(make_server: type[ServerProcess]) -> None:
