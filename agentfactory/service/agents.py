@@ -71,13 +71,15 @@ async def load_agent(svc: Services, caller: Caller, agent_id: str) -> AgentRow:
 
     On SQLite the row is read on the event loop by the store's point reader (well under a
     millisecond, never waiting for a lock in WAL mode): a hop to a thread and back would cost
-    more than the read. PostgreSQL's reads go through a thread."""
+    more than the read. PostgreSQL's is one round trip on the event loop (store/pgpoint.py)."""
     if len(agent_id) > MAX_ID_LENGTH:
         raise NotFoundError(f"no agent {agent_id[:MAX_ID_LENGTH]!r}")
     key_id = None if caller.admin else caller.key_id
-    reader = svc.store.point_reader
+    reader, pg_point = svc.store.point_reader, svc.store.pg_point
     if reader is not None:
         row = reader.get_agent(agent_id=agent_id, key_id=key_id)
+    elif pg_point is not None:
+        row = await pg_point.get_agent(agent_id=agent_id, key_id=key_id)
     else:
         row = await svc.store.run(queries.get_agent, agent_id=agent_id, key_id=key_id)
     if row is None:

@@ -206,6 +206,9 @@ class AuthCache:
             self._entries.clear()
 
 
+LEASES_KEPT = 1000  # past this many keys' leases, the expired ones are forgotten
+
+
 class RateLimiter(abc.ABC):
     """Token bucket per key: capacity = the key's per-minute rate, refilled continuously."""
 
@@ -216,13 +219,48 @@ class RateLimiter(abc.ABC):
 
 class SharedRateLimiter(RateLimiter):
     """The buckets in the database (PostgreSQL), each taken under its row lock with the
-    database's clock: exact however many replicas share the key's traffic."""
+    database's clock: exact however many replicas share the key's traffic.
+
+    A key with a high rate would cost a round trip per request: a replica takes the tokens of up to
+    LEASE_SECONDS of the key's rate at once (one token when that rounds to less) and spends them
+    itself for at most that long; what it has not spent by then is dropped. Every admitted request
+    spent a token of the shared bucket, so the keys' rates are never exceeded; a replica's unspent
+    tokens (at most LEASE_SECONDS of the rate) are what the others may miss."""
+
+    LEASE_SECONDS = 0.05
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._clock = time.monotonic
+        self._leases: dict[tuple[str, int], tuple[int, float]] = {}  # (key, rate) -> (tokens, until)
 
     async def take(self, key_id: str, per_minute: int) -> int | None:
+        lease = (key_id, per_minute)
+        left, until = self._leases.get(lease, (0, 0.0))
+        if left > 0 and self._clock() < until:
+            self._leases[lease] = (left - 1, until)
+            return None
+        point = self._store.pg_point
+        if point is not None:  # one round trip; a key's first request creates its bucket below
+            want = max(1, math.floor(per_minute / 60.0 * self.LEASE_SECONDS))
+            taken = await point.take_rate_tokens(key_id=key_id, per_minute=per_minute, want=want)
+            if taken is not None:
+                granted, tokens = taken
+                if granted == 0:
+                    return max(1, math.ceil((1 - tokens) / (per_minute / 60.0)))
+                if granted > 1:  # with what is left of a lease taken meanwhile by another request
+                    now = self._clock()
+                    left, until = self._leases.get(lease, (0, 0.0))
+                    self._leases[lease] = ((left if until > now else 0) + granted - 1, now + self.LEASE_SECONDS)
+                if len(self._leases) > LEASES_KEPT:
+                    self._forget_expired()
+                return None
         return await self._store.run(queries.take_rate_token, key_id=key_id, per_minute=per_minute)
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for lease in [k for k, (_, until) in self._leases.items() if until <= now]:
+            del self._leases[lease]
 
 
 class LocalRateLimiter(RateLimiter):

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agentfactory.store.pgpoint import PgPointStore
 from agentfactory.store.point import AgentPointReader
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -72,7 +73,9 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # The reads every API request makes, without a Session's cost (store/point.py, store/pgpoint.py).
         self.point_reader = AgentPointReader(self.engine) if self.is_sqlite else None
+        self.pg_point = None if self.is_sqlite else PgPointStore(self.engine)
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision. On PostgreSQL, replicas that start
@@ -126,4 +129,6 @@ class Store:
     def dispose(self) -> None:
         if self.point_reader is not None:
             self.point_reader.close()
+        if self.pg_point is not None:
+            self.pg_point.close()
         self.engine.dispose()

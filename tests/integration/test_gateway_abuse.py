@@ -148,7 +148,8 @@ class Flooder:
     """
 
     def __init__(self, socket_path: Path, token: str) -> None:
-        flood = [sys.executable, "-m", "tests.support.gateway_flood", str(socket_path), token, "--serve"]
+        # "--": a token may begin with a "-", which argparse would take for an option.
+        flood = [sys.executable, "-m", "tests.support.gateway_flood", "--serve", "--", str(socket_path), token]
         self.proc = subprocess.Popen(
             ["nice", "-n", "10", *flood],
             cwd=ROOT,
