@@ -167,7 +167,11 @@ async def authenticate(*, store: Store, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthError("the Authorization header must be 'Bearer <api key>'")
     digest = queries.hash_api_key(key.strip())
-    row = await store.run(queries.get_api_key_by_hash, key_hash=digest)
+    point = store.pg_point  # one round trip on PostgreSQL (store/pgpoint.py)
+    if point is not None:
+        row = await point.get_api_key_by_hash(key_hash=digest)
+    else:
+        row = await store.run(queries.get_api_key_by_hash, key_hash=digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         raise AuthError("unknown API key")
     if row.revoked_at is not None:

@@ -1,5 +1,5 @@
 """The reads every API request makes on PostgreSQL, one round trip each: the key's shared rate
-bucket (SPEC §13) and `GET /agents/{id}`'s row.
+bucket (SPEC §13), `GET /agents/{id}`'s row, and the key itself when the auth cache has let it go.
 
 Through a Session each costs a pool checkout with its liveness ping, BEGIN, the statements and
 COMMIT: five round trips for the bucket (SELECT … FOR UPDATE, then UPDATE), four for the row, and
@@ -19,12 +19,15 @@ import asyncio
 import json
 import threading
 import weakref
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import JSON, inspect
 from sqlalchemy.engine import Engine
 
-from agentfactory.store.tables import AgentRow
+from agentfactory.store.tables import AgentRow, ApiKeyRow
+
+T = TypeVar("T", AgentRow, ApiKeyRow)
 
 KEEP_CONNECTIONS = 8  # idle connections kept; more are opened while more requests read at once
 
@@ -48,6 +51,20 @@ RETURNING g.n, g.tokens
 """
 
 
+@dataclass(frozen=True)
+class _Select(Generic[T]):
+    cls: type[T]
+    sql: str
+    attrs: list[tuple[str, bool]]  # (attribute, is JSON) in the order of the SELECT's columns
+
+
+def _select(cls: type[T], where: str) -> _Select[T]:
+    mapper = inspect(cls)
+    attrs = [(attr.key, isinstance(attr.columns[0].type, JSON)) for attr in mapper.column_attrs]
+    columns = ", ".join(f'"{attr.columns[0].name}"' for attr in mapper.column_attrs)
+    return _Select(cls, f"SELECT {columns} FROM {cls.__tablename__} WHERE {where}", attrs)
+
+
 class PgPointStore:
     """Async, on the event loop's own thread: no hop to a thread and back, no GIL handed over."""
 
@@ -58,11 +75,9 @@ class PgPointStore:
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._closing: set[asyncio.Task[None]] = set()
-        mapper = inspect(AgentRow)
-        self._attrs = [(attr.key, isinstance(attr.columns[0].type, JSON)) for attr in mapper.column_attrs]
-        columns = ", ".join(f'"{attr.columns[0].name}"' for attr in mapper.column_attrs)
-        self._by_id = f"SELECT {columns} FROM agents WHERE id = %(agent_id)s"
-        self._by_id_and_key = self._by_id + " AND key_id = %(key_id)s"
+        self._agent = _select(AgentRow, "id = %(agent_id)s")
+        self._agent_of_key = _select(AgentRow, "id = %(agent_id)s AND key_id = %(key_id)s")
+        self._api_key = _select(ApiKeyRow, "key_hash = %(key_hash)s")
 
     async def take_rate_tokens(self, *, key_id: str, per_minute: int, want: int) -> tuple[int, float] | None:
         """Up to `want` whole tokens from the key's bucket: (how many, the bucket's tokens before), or
@@ -76,16 +91,22 @@ class PgPointStore:
     async def get_agent(self, *, agent_id: str, key_id: str | None = None) -> AgentRow | None:
         """The agent, or None; with key_id, only when that key owns it (as `queries.get_agent`)."""
         if key_id is None:
-            found = await self._fetch(self._by_id, {"agent_id": agent_id})
-        else:
-            found = await self._fetch(self._by_id_and_key, {"agent_id": agent_id, "key_id": key_id})
+            return await self._one(self._agent, {"agent_id": agent_id})
+        return await self._one(self._agent_of_key, {"agent_id": agent_id, "key_id": key_id})
+
+    async def get_api_key_by_hash(self, *, key_hash: str) -> ApiKeyRow | None:
+        """As `queries.get_api_key_by_hash` (an API request whose key the auth cache does not hold)."""
+        return await self._one(self._api_key, {"key_hash": key_hash})
+
+    async def _one(self, select: _Select[T], params: dict[str, Any]) -> T | None:
+        found = await self._fetch(select.sql, params)
         if not found:
             return None
         values = {
             attr: (json.loads(value) if is_json and isinstance(value, (str, bytes)) else value)
-            for (attr, is_json), value in zip(self._attrs, found[0], strict=True)
+            for (attr, is_json), value in zip(select.attrs, found[0], strict=True)
         }
-        return AgentRow(**values)
+        return select.cls(**values)
 
     async def _fetch(self, statement: str, params: dict[str, Any]) -> list[Any]:
         import psycopg

@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text, update
 from agentfactory.service.auth import SharedRateLimiter
 from agentfactory.store import Store, queries
 from agentfactory.store.pgpoint import PgPointStore
-from agentfactory.store.tables import AgentRow
+from agentfactory.store.tables import AgentRow, ApiKeyRow
 from tests.support.postgres import LocalPostgres
 
 
@@ -55,6 +55,23 @@ def test_point_reads_match_the_orm_and_see_every_commit(store: Store) -> None:
 
     asyncio.run(reads())
     asyncio.run(reads())  # another event loop: the first loop's connections are not used on it
+
+
+def test_a_key_read_matches_the_orm(store: Store) -> None:
+    row = store.call(
+        queries.insert_api_key, id="key_a", name="k", key_hash="a" * 64, prefix="af_a", admin=False,
+        models=["echo"], tools=["shell"], max_concurrent_agents=2, max_requests_per_minute=5,
+        max_ttl_seconds=60, max_streams=3, created_at=1.5, revoked_at=None,
+    )  # fmt: skip
+    point = store.pg_point
+    assert point is not None
+    got = asyncio.run(point.get_api_key_by_hash(key_hash=row.key_hash))
+    want = store.call(queries.get_api_key_by_hash, key_hash=row.key_hash)
+    assert got is not None and want is not None
+    assert {a.key: getattr(got, a.key) for a in inspect(ApiKeyRow).column_attrs} == {
+        a.key: getattr(want, a.key) for a in inspect(ApiKeyRow).column_attrs
+    }
+    assert asyncio.run(point.get_api_key_by_hash(key_hash="0" * 64)) is None
 
 
 def test_a_dropped_connection_is_replaced(store: Store) -> None:
