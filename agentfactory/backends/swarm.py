@@ -64,8 +64,10 @@ class SwarmBackend(DockerBackend):
         placement_timeout: float = 10.0,
         timeout: int = 20,
         workers: int = 32,
+        relay: bool = False,
     ):
         super().__init__(instance=instance, network_name=network_name, timeout=timeout, workers=workers)
+        self.relay = relay  # agents reach the gateway through their node's relay (swarm_relay.py)
         self.stop_grace_seconds = stop_grace_seconds
         self.placement_timeout = placement_timeout
         self._node_id: str | None = None
@@ -109,7 +111,8 @@ class SwarmBackend(DockerBackend):
             )
         if spec.network:
             raise NetworkPolicyError("the swarm backend does not run agents with a network yet")
-        body = build_service(spec, stop_grace_seconds=self.stop_grace_seconds)
+        relay = self.instance if self.relay else None
+        body = build_service(spec, stop_grace_seconds=self.stop_grace_seconds, relay=relay)
         body["TaskTemplate"]["ContainerSpec"]["Image"] = image_ref(api, spec.image)
         name = service_name(spec.agent_id)
         try:
