@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import structlog
 
+from agentfactory.app import build_backend
 from agentfactory.backends.base import AgentSpec
 from agentfactory.backends.swarm_spec import build_service, relay_volume
 from agentfactory.gateway.relay_door import RelayCredentials, RelayDoor, split_address
 from agentfactory.observability.metrics import Metrics
 from agentfactory.relay import GREETING, NodeRelay
+from agentfactory.settings import Settings
 
 
 async def echo_gateway(path: Path) -> asyncio.AbstractServer:
@@ -173,3 +175,9 @@ def test_addresses_are_host_and_port(bad: str) -> None:
     assert split_address("10.0.0.1:8001") == ("10.0.0.1", 8001) and split_address("[::1]:80") == ("::1", 80)
     with pytest.raises(ValueError, match="host:port"):
         split_address(bad)
+
+
+def test_the_relay_is_refused_without_the_swarm_backend() -> None:
+    settings = Settings(admin_key="af_admin_" + "x" * 32, swarm_relay=True, backend="docker")
+    with pytest.raises(ValueError, match="AGENTFACTORY_SWARM_RELAY is for AGENTFACTORY_BACKEND=swarm"):
+        build_backend(settings)
