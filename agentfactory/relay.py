@@ -36,7 +36,9 @@ def client_context(cert: str) -> ssl.SSLContext:
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then pass the end on (a half-close where the transport has one)."""
+    """Copy until end of stream, then pass the end on: a half-close where the transport has one (a Unix
+    socket), else a close (TLS here has no half-close: an HTTP/1.1 client never half-closes, and a
+    connection its agent left must not hold one of the gateway's connections until its idle timeout)."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
@@ -91,10 +93,10 @@ class NodeRelay:
         await splice((reader, writer), (up_reader, up_writer))
 
     async def close(self) -> None:
+        """Stop listening. The socket file stays: a relay of the next start may have bound the path
+        already (a new service's task can start before the old one stops), and it removes a stale one."""
         if self.server is not None:
             self.server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
 
 
 async def main() -> int:

@@ -155,6 +155,40 @@ def test_the_door_serves_nothing_without_the_relay_secret(
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+# In the agent's shell tool: waits until the gateway stops answering through the node's relay (the
+# control plane is killed), then until it answers again (through the new relay), so the agent's next
+# model call comes after the restart, however long that takes on a loaded machine.
+ACROSS_THE_RESTART = """python3 -c '
+import socket, time
+def answers():
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("/run/agentfactory/gateway.sock")
+        s.sendall(b"GET /health HTTP/1.1\\r\\nHost: g\\r\\nConnection: close\\r\\n\\r\\n")
+        return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+    finally:
+        s.close()
+while answers():
+    time.sleep(0.2)
+print("gateway gone", flush=True)
+while not answers():
+    time.sleep(0.2)
+'
+"""
+
+
+def start_shell(c: httpx.Client, command: str) -> str:
+    r = c.post("/agents", json={"model": "sh", "tools": ["shell"], "prompt": command})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def texts(c: httpx.Client, agent_id: str) -> list[str]:
+    return [x["text"] for x in all_log_lines(c, agent_id)]
+
+
 def relay_things(swarm: PrivateSwarm) -> dict[str, list[str]]:
     return {
         kind: swarm.cli(kind, "ls", "-q", "--filter", RELAY_LABEL).split() for kind in ("service", "secret", "config")
@@ -166,6 +200,9 @@ def test_a_start_sweeps_a_killed_servers_relay_and_a_stop_leaves_none(
 ) -> None:
     killed = relay_things(swarm)
     assert [len(killed[k]) for k in ("service", "secret", "config")] == [1, 2, 1], killed
+    with srv.client() as c:
+        across = start_shell(c, "echo before\n" + ACROSS_THE_RESTART + "echo after")
+        wait_until(lambda: "before" in texts(c, across), timeout=60, what="the agent's first model call done")
     srv.kill()  # no shutdown: its relay service and secrets stay behind
     assert relay_things(swarm) == killed
     srv.start()
@@ -176,6 +213,10 @@ def test_a_start_sweeps_a_killed_servers_relay_and_a_stop_leaves_none(
         r = c.post("/agents", json={"model": "echo", "prompt": "after the restart"})
         assert r.status_code == 201, r.text
         assert wait_terminal(c, r.json()["id"], timeout=60)["status"] == "succeeded"
+        # The agent that ran through the restart reached its model again through the new relay.
+        agent = wait_terminal(c, across, timeout=90)
+        lines = texts(c, across)
+        assert agent["status"] == "succeeded" and {"gateway gone", "after"} <= set(lines), (agent, lines[-5:])
     srv.stop()
     assert relay_things(swarm) == {"service": [], "secret": [], "config": []}
     with pytest.raises(OSError):
