@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import secrets
 import time
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+from structlog.typing import FilteringBoundLogger
 
 from agentfactory import relay as node_relay
 from agentfactory.backends.base import LABEL_INSTANCE
@@ -41,7 +41,7 @@ READY_SECONDS = 30.0  # the relay's tasks running on every node; past it the sta
 class SwarmRelayService:
     """`RelayNodes` (gateway/relay_door.py) on the swarm the DOCKER_HOST's engine manages."""
 
-    def __init__(self, *, instance: str, image: str, socket_name: str, logger: Any) -> None:
+    def __init__(self, *, instance: str, image: str, socket_name: str, logger: FilteringBoundLogger) -> None:
         self.instance = instance
         self.image = image
         self.socket_name = socket_name
@@ -68,8 +68,8 @@ class SwarmRelayService:
             )
         return str(addr)
 
-    async def start(self, *, connect: str, credentials: Any) -> None:
-        await asyncio.to_thread(self._start, connect, credentials.cert_pem, credentials.secret)
+    async def start(self, *, connect: str, cert_pem: bytes, secret: bytes) -> None:
+        await asyncio.to_thread(self._start, connect, cert_pem, secret)
 
     async def stop(self) -> None:
         removed = await asyncio.to_thread(self.sweep)
@@ -104,17 +104,11 @@ class SwarmRelayService:
         code = Path(node_relay.__file__).read_bytes()
         cert_id = api.create_secret(f"{name}-cert-{tag}", cert_pem, labels=self.labels)["ID"]
         secret_id = api.create_secret(f"{name}-secret-{tag}", secret, labels=self.labels)["ID"]
-        code_id = self._create_config(api, f"{name}-code-{tag}", code)
+        code_id = api.create_config(f"{name}-code-{tag}", code, labels=self.labels)["ID"]
         body = self._body(api, connect, tag, cert_id=cert_id, secret_id=secret_id, code_id=code_id)
         sid = create_service(api, body)
         nodes = self._wait_running(api, sid)
         self._log.info("swarm_relay_started", service=name, connect=connect, nodes=nodes)
-
-    def _create_config(self, api: docker.APIClient, name: str, data: bytes) -> str:
-        body = {"Name": name, "Data": b64encode(data).decode(), "Labels": self.labels}
-        response = api._post_json(api._url("/configs/create"), data=body)  # type: ignore[attr-defined]
-        api._raise_for_status(response)  # type: ignore[attr-defined]
-        return str(response.json()["ID"])
 
     def _body(self, api: docker.APIClient, connect: str, tag: str, **ids: str) -> dict[str, Any]:
         name = relay_name(self.instance)

@@ -193,7 +193,7 @@ class RelayNodes(Protocol):
         """The address the nodes reach the control plane on (the manager's swarm address)."""
         ...
 
-    async def start(self, *, connect: str, credentials: RelayCredentials) -> None: ...
+    async def start(self, *, connect: str, cert_pem: bytes, secret: bytes) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -212,7 +212,7 @@ class GatewayRelay:
         await self.door.start(credentials)
         connect = self.address or (f"[{host}]:{self.door.port}" if ":" in host else f"{host}:{self.door.port}")
         try:
-            await self.nodes.start(connect=connect, credentials=credentials)
+            await self.nodes.start(connect=connect, cert_pem=credentials.cert_pem, secret=credentials.secret)
         except BaseException:
             await self.door.stop()
             raise
