@@ -32,6 +32,7 @@ from agentfactory.backends.base import (
 )
 from agentfactory.backends.docker import DockerBackend, LaunchError
 from agentfactory.backends.swarm_logs import WATCH_SECONDS, ServiceOutput
+from agentfactory.backends.swarm_relay import sweep_relay
 from agentfactory.backends.swarm_spec import build_service, scratch_volume, service_name
 from agentfactory.backends.swarm_tasks import (
     ENDED,
@@ -79,6 +80,8 @@ class SwarmBackend(DockerBackend):
         except RuntimeUnavailableError as exc:
             raise SwarmRefused(f"AGENTFACTORY_BACKEND=swarm: cannot check the swarm: {exc.message}") from exc
         self._node_id = verify_swarm(api, image=image, instance=self.instance, timeout=timeout) or None
+        if not self.relay:  # a node relay a killed control plane left when it had AGENTFACTORY_SWARM_RELAY on
+            sweep_relay(api, self.instance)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

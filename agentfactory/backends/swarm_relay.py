@@ -38,6 +38,22 @@ CODE = "/agentfactory-relay.py"
 READY_SECONDS = 30.0  # the relay's tasks running on every node; past it the start goes on, with a warning
 
 
+def sweep_relay(api: docker.APIClient, instance: str) -> int:
+    """Remove the instance's relay service, then its secrets and configs (a secret in use by a service
+    cannot be removed before it): at every start (with the relay on or off) and stop. The count removed."""
+    filters = {"label": [f"{LABEL_RELAY}=true", f"{LABEL_INSTANCE}={instance}"]}
+    removed = sum(remove_service(api, s["ID"]) for s in api.services(filters=filters))
+    for secret in api.secrets(filters=filters):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_secret(secret["ID"])
+            removed += 1
+    for config in api.configs(filters=filters):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_config(config["ID"])
+            removed += 1
+    return removed
+
+
 class SwarmRelayService:
     """`RelayNodes` (gateway/relay_door.py) on the swarm the DOCKER_HOST's engine manages."""
 
@@ -79,20 +95,7 @@ class SwarmRelayService:
             self._api = None
 
     def sweep(self) -> int:
-        """Remove this instance's relay service, then its secrets and configs (a secret in use by a
-        service cannot be removed before it). The count of things removed."""
-        api = self._client()
-        filters = {"label": [f"{LABEL_RELAY}=true", f"{LABEL_INSTANCE}={self.instance}"]}
-        removed = sum(remove_service(api, s["ID"]) for s in api.services(filters=filters))
-        for secret in api.secrets(filters=filters):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_secret(secret["ID"])
-                removed += 1
-        for config in api.configs(filters=filters):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_config(config["ID"])
-                removed += 1
-        return removed
+        return sweep_relay(self._client(), self.instance)
 
     def _start(self, connect: str, cert_pem: bytes, secret: bytes) -> None:
         api = self._client()

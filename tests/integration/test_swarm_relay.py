@@ -221,4 +221,12 @@ def test_a_start_sweeps_a_killed_servers_relay_and_a_stop_leaves_none(
     assert relay_things(swarm) == {"service": [], "secret": [], "config": []}
     with pytest.raises(OSError):
         socket.create_connection(door, timeout=5).close()
+    # Killed with the relay on, started again with it off: the relay it left goes too.
+    srv.start()
+    srv.kill()
+    assert [len(v) for v in relay_things(swarm).values()] == [1, 2, 1]
+    srv.env["AGENTFACTORY_SWARM_RELAY"] = "0"
+    srv.start()
+    assert relay_things(swarm) == {"service": [], "secret": [], "config": []}
+    srv.stop()
     wait_until(lambda: not swarm.cli("ps", "-q", "--filter", RELAY_LABEL).split(), timeout=30, what="relay gone")
