@@ -89,28 +89,30 @@ class DbBlobReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._size:
-            return 0
+    def _part(self, size: int) -> bytes:
+        """Up to `size` bytes from the position, within the chunk it falls in (fetched if need be)."""
+        if self._pos >= self._size or size <= 0:
+            return b""
         n, offset = divmod(self._pos, self._chunk_bytes)
         if n != self._n:
+            self._chunk = b""  # the old chunk goes before the next one comes
             with self._store.session() as s:
                 data = queries.get_blob_chunk(session=s, key=self._key, n=n)
             if data is None:
                 raise FileNotFoundError(f"blob {self._key!r} lost its chunk {n}")
             self._n, self._chunk = n, bytes(data)
-        part = self._chunk[offset : offset + len(buffer)]
-        buffer[: len(part)] = part
+        part = self._chunk[offset : offset + size]  # the whole chunk: the same object, not a copy
         self._pos += len(part)
+        return part
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        part = self._part(len(buffer))
+        buffer[: len(part)] = part
         return len(part)
 
     def read(self, size: int | None = -1) -> bytes:
-        """At most `size` bytes (up to the end of the current chunk: never more than a chunk copied)."""
-        if size is None or size < 0:
-            size = self._size - self._pos
-        buf = bytearray(min(size, self._chunk_bytes, max(0, self._size - self._pos)))
-        got = self.readinto(memoryview(buf))
-        return bytes(buf[:got])
+        """At most `size` bytes, up to the end of the chunk the position is in (a short read)."""
+        return self._part(self._size - self._pos if size is None or size < 0 else size)
 
 
 class DbBlobs:

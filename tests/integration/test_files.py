@@ -29,7 +29,7 @@ from tests.support.server import ServerProcess, all_log_lines, wait_terminal, wa
 from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.docker
-MAX_ARTIFACT_BYTES = 32 * MIB
+MAX_ARTIFACT_BYTES = 64 * MIB
 MAX_ENTRIES = 20_000  # the default is 100,000; tarfile reads ~10k headers a second on a busy CI machine
 
 
@@ -184,8 +184,8 @@ def test_artifacts_survive_ttl_expiry_and_delete(srv: ServerProcess) -> None:
 
 
 def test_artifacts_past_the_bound_are_listed_as_dropped(srv: ServerProcess) -> None:
-    # 4 files of 16 MiB: twice the catalog's 32 MiB bound.
-    command = "mkdir -p big && for i in 1 2 3 4; do head -c 16777216 /dev/urandom > big/f$i.bin; done"
+    # 4 files of 32 MiB: twice the catalog's 64 MiB bound.
+    command = "mkdir -p big && for i in 1 2 3 4; do head -c 33554432 /dev/urandom > big/f$i.bin; done"
     assert srv.proc is not None
     before = rss_mb(srv.proc.pid)
     with srv.client(new_key(srv), timeout=60) as c, PeakRss(srv.proc.pid) as rss:
@@ -194,8 +194,8 @@ def test_artifacts_past_the_bound_are_listed_as_dropped(srv: ServerProcess) -> N
         manifest = c.get(f"/agents/{agent['id']}/artifacts").json()
         assert [i["path"] for i in manifest["items"]] == ["big/f1.bin", "big/f2.bin"]
         assert manifest["dropped"] == [
-            {"path": "big/f3.bin", "bytes": 16 * MIB},
-            {"path": "big/f4.bin", "bytes": 16 * MIB},
+            {"path": "big/f3.bin", "bytes": 32 * MIB},
+            {"path": "big/f4.bin", "bytes": 32 * MIB},
         ]
         for item in manifest["items"]:  # served back a chunk at a time
             with c.stream("GET", f"/agents/{agent['id']}/artifacts/{item['path']}") as r:
@@ -203,9 +203,10 @@ def test_artifacts_past_the_bound_are_listed_as_dropped(srv: ServerProcess) -> N
                 for data in r.iter_bytes():
                     digest.update(data)
             assert digest.hexdigest() == item["sha256"]
-    # Neither the 64 MiB stream nor the 32 MiB kept is ever held whole (README, "Memory bounds").
+    # Neither the 128 MiB written nor the 64 MiB kept is ever held whole (README, "Memory bounds"): the
+    # server grows by what its threads' allocations keep (~25 MB on PostgreSQL), far below the bound.
     print(f"2 x max_artifact_bytes: server RSS {before:.0f} MB before, {rss.peak:.0f} MB at its peak")
-    assert rss.peak < RSS_BOUND_MB and rss.peak - before < MAX_ARTIFACT_BYTES / MIB, (before, rss.peak)
+    assert rss.peak < RSS_BOUND_MB and rss.peak - before < MAX_ARTIFACT_BYTES / MIB * 3 / 4, (before, rss.peak)
     metrics = httpx.get(srv.url + "/metrics").text
     assert "agentfactory_artifacts_dropped_total 2.0" in metrics
 
