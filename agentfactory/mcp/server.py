@@ -51,7 +51,8 @@ RECENT_AGENT_RESOURCES = 20
 INSTRUCTIONS = (
     "agentfactory launches short-lived, sandboxed AI agents, each in its own container. "
     "list_catalog shows the models and tools; launch_agent starts one; wait_agent waits for its end "
-    "and returns its result and last lines; read_logs pages through everything it printed. "
+    "and returns its result and last lines; read_logs pages through everything it printed; read_artifact "
+    "(or the resource agentfactory://agents/{agent_id}/artifacts/{path}) reads a file it handed back. "
     "Errors carry a code: E_SCHEMA, E_CATALOG, E_FORBIDDEN, E_NOT_FOUND, E_QUOTA, E_RATE_LIMIT, E_RUNTIME."
 )
 
