@@ -73,10 +73,16 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(100, ge=1, description="largest workspace archive POST /uploads accepts (SPEC §9)")
     max_upload_entries: int = Field(100_000, ge=1, description="most entries a workspace archive may hold")
     upload_ttl_hours: float = Field(24, description="an upload no agent used is purged after this")
+    files_store: Literal["auto", "fs", "db"] = Field(
+        "auto",
+        description="where uploads' and artifacts' bytes are kept: fs (files under AGENTFACTORY_FILES_DIR), db "
+        "(the database, in 1 MiB chunks: every replica on one PostgreSQL serves them with no shared directory); "
+        "auto: db on PostgreSQL, fs on SQLite",
+    )
     files_dir: Path | None = Field(
         None,
-        description="where uploads and artifacts are kept (the local blob store); default: next to a SQLite "
-        "database (<db>.files), else ./agentfactory-files",
+        description="where uploads and artifacts are kept (the local blob store; with the db store, only writes "
+        "being staged); default: next to a SQLite database (<db>.files), else ./agentfactory-files",
     )
     artifact_grace_seconds: float = Field(
         10, description="how long an agent with artifacts is given to hand them back when it is stopped or expires"
@@ -219,6 +225,12 @@ class Settings(BaseSettings):
         if value in ("host", "bridge", "default", "none") or value.startswith("container:"):
             raise ValueError(f"{value!r} is not an isolated user-defined network")
         return value
+
+    def files_in_database(self) -> bool:
+        """Whether the blob store is the database (AGENTFACTORY_FILES_STORE, SPEC §9)."""
+        if self.files_store == "auto":
+            return not self.database_url.startswith("sqlite")
+        return self.files_store == "db"
 
     def blob_dir(self) -> Path:
         """The local blob store's directory (SPEC §9)."""

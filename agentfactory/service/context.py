@@ -30,6 +30,7 @@ from agentfactory.settings import Settings
 from agentfactory.store import Store
 from agentfactory.store.blobs import BlobStore, LocalBlobs
 from agentfactory.store.bus import PgBus
+from agentfactory.store.dbblobs import DbBlobs
 from agentfactory.store.server_key import ServerKey
 
 KEYS_CHANGED = "keys"
@@ -145,7 +146,7 @@ class Services:
             streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
-            blobs=LocalBlobs(settings.blob_dir()),
+            blobs=blob_store(settings, store),
             queue=queue,
             pool=pool,
         )
@@ -185,3 +186,11 @@ class Services:
         self.auth_cache.clear()
         if self.bus is not None:
             self.bus.publish([KEYS_CHANGED])
+
+
+def blob_store(settings: Settings, store: Store) -> BlobStore:
+    """The blob store AGENTFACTORY_FILES_STORE names (SPEC §9); writes to the database are staged in
+    the files directory's `.tmp`."""
+    if settings.files_in_database():
+        return DbBlobs(store, settings.blob_dir() / ".tmp")
+    return LocalBlobs(settings.blob_dir())

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -323,6 +324,29 @@ class ArtifactRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     dropped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class BlobRow(Base):
+    """A blob of the database blob store (AGENTFACTORY_FILES_STORE=db, SPEC §9): its key ("uploads/up_x",
+    "artifacts/12/3") and size; its bytes are `blob_chunks` rows of `chunk_bytes` each (the last one
+    shorter), written in the same transaction as this row."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class BlobChunkRow(Base):
+    """The `n`th chunk of a blob's bytes."""
+
+    __tablename__ = "blob_chunks"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class UiSessionRow(Base):

@@ -21,6 +21,12 @@ from agentfactory.store.queries.agents import metadata_matches as metadata_match
 from agentfactory.store.queries.agents import save_resource_usage as save_resource_usage
 from agentfactory.store.queries.agents import set_stop_reason as set_stop_reason
 from agentfactory.store.queries.agents import update_agent as update_agent
+from agentfactory.store.queries.blobs import count_blobs as count_blobs
+from agentfactory.store.queries.blobs import delete_blobs as delete_blobs
+from agentfactory.store.queries.blobs import get_blob as get_blob
+from agentfactory.store.queries.blobs import get_blob_chunk as get_blob_chunk
+from agentfactory.store.queries.blobs import insert_blob as insert_blob
+from agentfactory.store.queries.blobs import insert_blob_chunk as insert_blob_chunk
 from agentfactory.store.queries.dashboard import count_agents_by_status as count_agents_by_status
 from agentfactory.store.queries.dashboard import delete_ui_session as delete_ui_session
 from agentfactory.store.queries.dashboard import delete_ui_sessions_of_key as delete_ui_sessions_of_key
@@ -41,6 +47,7 @@ from agentfactory.store.queries.files import get_upload as get_upload
 from agentfactory.store.queries.files import insert_agent_files as insert_agent_files
 from agentfactory.store.queries.files import insert_upload as insert_upload
 from agentfactory.store.queries.files import list_artifacts as list_artifacts
+from agentfactory.store.queries.files import list_recent_artifacts as list_recent_artifacts
 from agentfactory.store.queries.files import purge_unused_uploads as purge_unused_uploads
 from agentfactory.store.queries.files import purge_used_uploads_of_gone_agents as purge_used_uploads_of_gone_agents
 from agentfactory.store.queries.files import store_artifacts as store_artifacts
