@@ -8,9 +8,11 @@ write (`runtime/rejections.py`); the page reads every replica's.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,10 +102,19 @@ def test_a_flood_of_refusals_is_one_bounded_write(tmp_path: Path) -> None:
         tally.note(f"key_{i % 5}", "streams")  # 5 keys, room for 2 more entries
     assert len(tally) == 3 and tally.lost == 3 * 4000
     flusher = RejectionFlusher(store=store, tally=tally)
-    import asyncio
+    writes: list[str] = []
+    run = store.run
 
+    def counted(fn: Any, **kwargs: Any) -> Any:
+        writes.append(fn.__name__)
+        return run(fn, **kwargs)
+
+    store.run = counted  # type: ignore[method-assign]
     asyncio.run(flusher.run_once())
+    assert writes == ["add_quota_rejections", "purge_quota_rejections_before"]  # the purge: once an hour
     assert len(tally) == 0 and tally.lost == 0
+    asyncio.run(flusher.run_once())
+    assert writes == ["add_quota_rejections", "purge_quota_rejections_before"]  # nothing tallied: no write
     with store.session() as s:
         rows = queries.quota_rejections_by_key(session=s, since=0, bucket_seconds=86_400)
     assert sorted((k, r, n) for k, _b, r, n in rows) == [
