@@ -54,6 +54,20 @@ class Settings(BaseSettings):
         "meets, resources no node has); then an agent with queue_timeout_seconds goes back to the queue and is "
         "tried again after as long, one without fails with Swarm's reason",
     )
+    swarm_relay: bool = Field(
+        False,
+        description="swarm backend: agents reach the model gateway through a relay on their node (a global service "
+        "of the runtime image, through a TLS door of the gateway with a secret of its own), so they may run on any "
+        "node; off, the nodes' gateway directory is the control plane's own socket (one node)",
+    )
+    swarm_relay_listen: str = Field(
+        "0.0.0.0:8001", description="swarm relay: host:port where the gateway's TLS door for the node relays listens"
+    )
+    swarm_relay_address: str | None = Field(
+        None,
+        description="swarm relay: host:port the node relays dial to reach that door; default: the manager's swarm "
+        "address with the listen port",
+    )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_upload_mb: int = Field(100, ge=1, description="largest workspace archive POST /uploads accepts (SPEC §9)")

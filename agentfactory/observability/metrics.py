@@ -155,6 +155,15 @@ class Metrics:
             "Gateway connections closed unserved: over the connection cap, or evicted to make room",
             registry=r,
         )
+        self.gateway_relay_connections = Counter(
+            p + "gateway_relay_connections_total",
+            "Connections the node relays opened to the gateway's relay door: accepted (piped to the gateway) "
+            "or refused (no relay secret)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("accepted", "refused"):
+            self.gateway_relay_connections.labels(outcome)
         self.webhook_deliveries = Counter(
             p + "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
         )
