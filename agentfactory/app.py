@@ -5,6 +5,7 @@ created at import time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +176,7 @@ def create_app(
             loops.append(loop.create_task(svc.replica.run(stop)))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
+            loops.append(loop.create_task(svc.rejections.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
             # After recovery: agents that had left the queue but not started are back in it.
@@ -194,6 +196,8 @@ def create_app(
             if svc.pool is not None:
                 await svc.pool.drain()
             await svc.launcher.shutdown()
+            with contextlib.suppress(Exception):  # the last seconds' refusals
+                await svc.rejections.run_once()
             if svc.replica.leasing:
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once
             if serve_gateway:

@@ -18,6 +18,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import EVENTS, Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
+from agentfactory.runtime.rejections import RejectionFlusher
 from agentfactory.runtime.replicas import Replica, new_replica_id
 from agentfactory.runtime.warm import SandboxPool
 from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
@@ -53,6 +54,7 @@ class Services:
     webhook_deliverer: WebhookDeliverer
     blobs: BlobStore
     queue: Queue
+    rejections: RejectionFlusher  # each key's quota refusals, to the database every few seconds
     bus: PgBus | None = None
     pool: SandboxPool | None = None  # warm sandboxes: AGENTFACTORY_WARM_POOL_SIZE > 0 on a backend that keeps them
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
@@ -129,6 +131,7 @@ class Services:
             )
             launcher.pool = pool
             queue.pool = pool
+            replica.warm = lambda: (pool.idle, pool.size)
             hub.on_events(pool.poke)  # an end frees room for a sandbox
         return cls(
             settings=settings,
@@ -148,6 +151,7 @@ class Services:
             webhook_deliverer=deliverer,
             blobs=blob_store(settings, store),
             queue=queue,
+            rejections=RejectionFlusher(store=store, tally=metrics.rejections_by_key),
             pool=pool,
         )
 

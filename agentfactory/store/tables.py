@@ -37,6 +37,7 @@ __all__ = [
     "DeliveryRow",
     "EventRow",
     "LogChunkRow",
+    "QuotaRejectionRow",
     "RateBucketRow",
     "ReplicaRow",
     "UiSessionRow",
@@ -148,6 +149,9 @@ class ReplicaRow(Base):
     engine_id: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    # Its warm pool at its last heartbeat (the dashboard sums them for the cluster); NULL: none.
+    warm_idle: Mapped[int | None] = mapped_column(Integer)
+    warm_target: Mapped[int | None] = mapped_column(Integer)
 
 
 class RateBucketRow(Base):
@@ -360,3 +364,15 @@ class UiSessionRow(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class QuotaRejectionRow(Base):
+    """Requests of a key refused by a quota (SPEC §10, §12), per hour and reason: every replica adds
+    its own counts, tallied in memory and added every few seconds (never a write per refusal)."""
+
+    __tablename__ = "quota_rejections"
+
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # the hour's start, epoch seconds
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(20), primary_key=True)
+    refused: Mapped[int] = mapped_column(BigInteger)

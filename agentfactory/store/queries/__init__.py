@@ -21,17 +21,23 @@ from agentfactory.store.queries.agents import metadata_matches as metadata_match
 from agentfactory.store.queries.agents import save_resource_usage as save_resource_usage
 from agentfactory.store.queries.agents import set_stop_reason as set_stop_reason
 from agentfactory.store.queries.agents import update_agent as update_agent
+<<<<<<< HEAD
 from agentfactory.store.queries.blobs import count_blobs as count_blobs
 from agentfactory.store.queries.blobs import delete_blobs as delete_blobs
 from agentfactory.store.queries.blobs import get_blob as get_blob
 from agentfactory.store.queries.blobs import get_blob_chunk as get_blob_chunk
 from agentfactory.store.queries.blobs import insert_blob as insert_blob
 from agentfactory.store.queries.blobs import insert_blob_chunk as insert_blob_chunk
+=======
+from agentfactory.store.queries.dashboard import add_quota_rejections as add_quota_rejections
+>>>>>>> h/ui2
 from agentfactory.store.queries.dashboard import count_agents_by_status as count_agents_by_status
 from agentfactory.store.queries.dashboard import delete_ui_session as delete_ui_session
 from agentfactory.store.queries.dashboard import delete_ui_sessions_of_key as delete_ui_sessions_of_key
 from agentfactory.store.queries.dashboard import get_ui_session as get_ui_session
 from agentfactory.store.queries.dashboard import insert_ui_session as insert_ui_session
+from agentfactory.store.queries.dashboard import purge_quota_rejections_before as purge_quota_rejections_before
+from agentfactory.store.queries.dashboard import quota_rejections_by_key as quota_rejections_by_key
 from agentfactory.store.queries.dashboard import usage_by_key as usage_by_key
 from agentfactory.store.queries.events import EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from agentfactory.store.queries.events import CursorMoved as CursorMoved
@@ -96,10 +102,12 @@ from agentfactory.store.queries.queue import recent_ends as recent_ends
 from agentfactory.store.queries.queue import requeue_unplaced as requeue_unplaced
 from agentfactory.store.queries.replicas import claim_agents as claim_agents
 from agentfactory.store.queries.replicas import claim_overdue_elsewhere as claim_overdue_elsewhere
+from agentfactory.store.queries.replicas import count_agents_by_owner as count_agents_by_owner
 from agentfactory.store.queries.replicas import db_now as db_now
 from agentfactory.store.queries.replicas import delete_replicas_lapsed_before as delete_replicas_lapsed_before
 from agentfactory.store.queries.replicas import get_agent_owners as get_agent_owners
 from agentfactory.store.queries.replicas import heartbeat_replica as heartbeat_replica
+from agentfactory.store.queries.replicas import list_live_replicas as list_live_replicas
 from agentfactory.store.queries.replicas import owned_among as owned_among
 from agentfactory.store.queries.replicas import (
     purge_agents_finished_before_with_pks as purge_agents_finished_before_with_pks,
