@@ -21,16 +21,13 @@ from agentfactory.store.queries.agents import metadata_matches as metadata_match
 from agentfactory.store.queries.agents import save_resource_usage as save_resource_usage
 from agentfactory.store.queries.agents import set_stop_reason as set_stop_reason
 from agentfactory.store.queries.agents import update_agent as update_agent
-<<<<<<< HEAD
 from agentfactory.store.queries.blobs import count_blobs as count_blobs
 from agentfactory.store.queries.blobs import delete_blobs as delete_blobs
 from agentfactory.store.queries.blobs import get_blob as get_blob
 from agentfactory.store.queries.blobs import get_blob_chunk as get_blob_chunk
 from agentfactory.store.queries.blobs import insert_blob as insert_blob
 from agentfactory.store.queries.blobs import insert_blob_chunk as insert_blob_chunk
-=======
 from agentfactory.store.queries.dashboard import add_quota_rejections as add_quota_rejections
->>>>>>> h/ui2
 from agentfactory.store.queries.dashboard import count_agents_by_status as count_agents_by_status
 from agentfactory.store.queries.dashboard import delete_ui_session as delete_ui_session
 from agentfactory.store.queries.dashboard import delete_ui_sessions_of_key as delete_ui_sessions_of_key

@@ -1,7 +1,7 @@
 """quota_rejections (each key's refused requests per hour and reason) and each replica's warm pool
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0015
 """
 
 import sqlalchemy as sa
