@@ -27,10 +27,11 @@ test: setup    ## the whole test suite against the real engine (SQLite), then it
 # the model gateway's token accounting), and the served paths where PostgreSQL behaves apart (row
 # locks, NOTIFY, types): capture resumed after a kill -9, TTLs, idempotency under a race,
 # quotas/rate/revocation, webhooks pending at a kill -9, MCP's wait, a database error's log, and
-# schemathesis (it found a PostgreSQL-only 500). The replicas' acceptance tests
+# schemathesis (it found a PostgreSQL-only 500), files in and out (there in the database blob store,
+# PostgreSQL's default; ~1 min). The replicas' acceptance tests
 # (tests/integration/test_replicas.py) run on PostgreSQL always, in `test`.
 PG_TESTS := tests/api tests/unit/test_event_outbox.py tests/unit/test_logpump.py tests/unit/test_store_usage.py \
-	tests/unit/test_warm_pool.py \
+	tests/unit/test_warm_pool.py tests/integration/test_files.py \
 	tests/integration/test_gateway.py tests/integration/test_gateway_limits.py \
 	tests/integration/test_tenancy.py tests/integration/test_schemathesis.py \
 	tests/integration/test_lifecycle.py::test_restart_resumes_capture_without_loss_or_repeat \

@@ -5,6 +5,7 @@ created at import time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from agentfactory.backends.base import Backend
 from agentfactory.catalog import Catalog, load_catalog
 from agentfactory.errors import NetworkPolicyError, RuntimeUnavailableError
 from agentfactory.gateway.limits import GatewayLimits
+from agentfactory.gateway.relay_door import GatewayRelay, RelayDoor, split_address
 from agentfactory.gateway.seat import GatewaySeat
 from agentfactory.gateway.server import ModelGateway
 from agentfactory.mcp.server import build_mcp
@@ -37,6 +39,8 @@ log = structlog.get_logger("agentfactory.app")
 
 
 def build_backend(settings: Settings) -> Backend:
+    if settings.swarm_relay and settings.backend != "swarm":
+        raise ValueError("AGENTFACTORY_SWARM_RELAY is for AGENTFACTORY_BACKEND=swarm")
     if settings.backend == "swarm":
         from agentfactory.backends.swarm import SwarmBackend
 
@@ -45,6 +49,7 @@ def build_backend(settings: Settings) -> Backend:
             network_name=settings.agent_network,
             stop_grace_seconds=settings.stop_grace_seconds,
             placement_timeout=settings.swarm_placement_seconds,
+            relay=settings.swarm_relay,
         )
         # Refuses (SwarmRefused, a ValueError) a swarm that would run agents with less than the sandbox.
         swarm.verify(settings.runtime_image)
@@ -52,6 +57,26 @@ def build_backend(settings: Settings) -> Backend:
     from agentfactory.backends.docker import DockerBackend
 
     return DockerBackend(instance=settings.instance_id, network_name=settings.agent_network)
+
+
+def build_relay(settings: Settings, gateway: ModelGateway, metrics: Metrics) -> GatewayRelay:
+    """The swarm's node relay: the gateway's TLS door and the global service that reaches it."""
+    from agentfactory.backends.swarm_relay import SwarmRelayService
+
+    split_address(settings.swarm_relay_listen)  # ValueError (refusing to start) when it is no host:port
+    if settings.swarm_relay_address:
+        split_address(settings.swarm_relay_address)
+    logger = structlog.get_logger("agentfactory.gateway")
+    door = RelayDoor(
+        gateway_socket=gateway.socket_path, listen=settings.swarm_relay_listen, metrics=metrics, logger=logger
+    )
+    nodes = SwarmRelayService(
+        instance=settings.instance_id,
+        image=settings.runtime_image,
+        socket_name=gateway.socket_path.name,
+        logger=logger,
+    )
+    return GatewayRelay(door, nodes, address=settings.swarm_relay_address)
 
 
 async def prepare_agent_network(backend: Backend, catalog: Catalog, network: str) -> None:
@@ -100,7 +125,7 @@ def create_app(
         limits=GatewayLimits.from_settings(settings),
         blobs=svc.blobs,
     )
-    seat = GatewaySeat(gateway)
+    seat = GatewaySeat(gateway, relay=build_relay(settings, gateway, metrics) if settings.swarm_relay else None)
     reaper = Reaper(
         launcher=svc.launcher,
         replica=svc.replica,
@@ -151,6 +176,7 @@ def create_app(
             loops.append(loop.create_task(svc.replica.run(stop)))
             loops.append(loop.create_task(reaper.run(stop)))
             loops.append(loop.create_task(sampler.run(stop)))
+            loops.append(loop.create_task(svc.rejections.run(stop)))
             loops.append(loop.create_task(svc.webhook_dispatcher.run(stop)))
             loops.append(loop.create_task(svc.webhook_deliverer.run(stop)))
             # After recovery: agents that had left the queue but not started are back in it.
@@ -170,6 +196,8 @@ def create_app(
             if svc.pool is not None:
                 await svc.pool.drain()
             await svc.launcher.shutdown()
+            with contextlib.suppress(Exception):  # the last seconds' refusals
+                await svc.rejections.run_once()
             if svc.replica.leasing:
                 await svc.replica.release()  # after capture stopped: our agents are adopted at once
             if serve_gateway:

@@ -54,15 +54,35 @@ class Settings(BaseSettings):
         "meets, resources no node has); then an agent with queue_timeout_seconds goes back to the queue and is "
         "tried again after as long, one without fails with Swarm's reason",
     )
+    swarm_relay: bool = Field(
+        False,
+        description="swarm backend: agents reach the model gateway through a relay on their node (a global service "
+        "of the runtime image, through a TLS door of the gateway with a secret of its own), so they may run on any "
+        "node; off, the nodes' gateway directory is the control plane's own socket (one node)",
+    )
+    swarm_relay_listen: str = Field(
+        "0.0.0.0:8001", description="swarm relay: host:port where the gateway's TLS door for the node relays listens"
+    )
+    swarm_relay_address: str | None = Field(
+        None,
+        description="swarm relay: host:port the node relays dial to reach that door; default: the manager's swarm "
+        "address with the listen port",
+    )
     stop_grace_seconds: float = Field(3, description="SIGTERM → SIGKILL grace when an agent is stopped")
     max_body_bytes: int = Field(1_048_576, description="largest request body accepted")
     max_upload_mb: int = Field(100, ge=1, description="largest workspace archive POST /uploads accepts (SPEC §9)")
     max_upload_entries: int = Field(100_000, ge=1, description="most entries a workspace archive may hold")
     upload_ttl_hours: float = Field(24, description="an upload no agent used is purged after this")
+    files_store: Literal["auto", "fs", "db"] = Field(
+        "auto",
+        description="where uploads' and artifacts' bytes are kept: fs (files under AGENTFACTORY_FILES_DIR), db "
+        "(the database, in 1 MiB chunks: every replica on one PostgreSQL serves them with no shared directory); "
+        "auto: db on PostgreSQL, fs on SQLite",
+    )
     files_dir: Path | None = Field(
         None,
-        description="where uploads and artifacts are kept (the local blob store); default: next to a SQLite "
-        "database (<db>.files), else ./agentfactory-files",
+        description="where uploads and artifacts are kept (the local blob store; with the db store, only writes "
+        "being staged); default: next to a SQLite database (<db>.files), else ./agentfactory-files",
     )
     artifact_grace_seconds: float = Field(
         10, description="how long an agent with artifacts is given to hand them back when it is stopped or expires"
@@ -205,6 +225,12 @@ class Settings(BaseSettings):
         if value in ("host", "bridge", "default", "none") or value.startswith("container:"):
             raise ValueError(f"{value!r} is not an isolated user-defined network")
         return value
+
+    def files_in_database(self) -> bool:
+        """Whether the blob store is the database (AGENTFACTORY_FILES_STORE, SPEC §9)."""
+        if self.files_store == "auto":
+            return not self.database_url.startswith("sqlite")
+        return self.files_store == "db"
 
     def blob_dir(self) -> Path:
         """The local blob store's directory (SPEC §9)."""

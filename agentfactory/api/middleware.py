@@ -121,7 +121,7 @@ class EdgeMiddleware:
                 scope["state"]["caller"] = caller
                 wait = await ctx.limiter.take(caller.key_id, caller.max_requests_per_minute)
                 if wait is not None:
-                    ctx.metrics.quota_rejections.labels(reason="rate").inc()
+                    ctx.metrics.quota_rejected("rate", caller.key_id)
                     log.info("quota_rejected", reason="rate", key_id=caller.key_id)
                     raise RateLimitError(
                         f"this key's rate of {caller.max_requests_per_minute} requests per minute is exceeded",
@@ -143,7 +143,7 @@ class EdgeMiddleware:
     def _limit_body(scope: Scope, receive: Receive, limit: int, ctx: Any) -> Receive:
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > limit:
-                ctx.metrics.quota_rejections.labels(reason="body_size").inc()
+                ctx.metrics.quota_rejected("body_size", None)  # before authentication: no key yet
                 raise TooLargeError(f"the request body is over {limit} bytes")
         seen = 0
 
@@ -153,7 +153,8 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    ctx.metrics.quota_rejections.labels(reason="body_size").inc()
+                    caller = scope["state"].get("caller")
+                    ctx.metrics.quota_rejected("body_size", caller.key_id if caller is not None else None)
                     # An HTTPException, not TooLargeError: FastAPI turns anything else raised while it
                     # reads a body into "400 error parsing the body" (a chunked body has no length
                     # to refuse it by up front).

@@ -32,6 +32,7 @@ from agentfactory.backends.base import (
 )
 from agentfactory.backends.docker import DockerBackend, LaunchError
 from agentfactory.backends.swarm_logs import WATCH_SECONDS, ServiceOutput
+from agentfactory.backends.swarm_relay import sweep_relay
 from agentfactory.backends.swarm_spec import build_service, scratch_volume, service_name
 from agentfactory.backends.swarm_tasks import (
     ENDED,
@@ -64,8 +65,10 @@ class SwarmBackend(DockerBackend):
         placement_timeout: float = 10.0,
         timeout: int = 20,
         workers: int = 32,
+        relay: bool = False,
     ):
         super().__init__(instance=instance, network_name=network_name, timeout=timeout, workers=workers)
+        self.relay = relay  # agents reach the gateway through their node's relay (swarm_relay.py)
         self.stop_grace_seconds = stop_grace_seconds
         self.placement_timeout = placement_timeout
         self._node_id: str | None = None
@@ -77,6 +80,8 @@ class SwarmBackend(DockerBackend):
         except RuntimeUnavailableError as exc:
             raise SwarmRefused(f"AGENTFACTORY_BACKEND=swarm: cannot check the swarm: {exc.message}") from exc
         self._node_id = verify_swarm(api, image=image, instance=self.instance, timeout=timeout) or None
+        if not self.relay:  # a node relay a killed control plane left when it had AGENTFACTORY_SWARM_RELAY on
+            sweep_relay(api, self.instance)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -109,7 +114,8 @@ class SwarmBackend(DockerBackend):
             )
         if spec.network:
             raise NetworkPolicyError("the swarm backend does not run agents with a network yet")
-        body = build_service(spec, stop_grace_seconds=self.stop_grace_seconds)
+        relay = self.instance if self.relay else None
+        body = build_service(spec, stop_grace_seconds=self.stop_grace_seconds, relay=relay)
         body["TaskTemplate"]["ContainerSpec"]["Image"] = image_ref(api, spec.image)
         name = service_name(spec.agent_id)
         try:

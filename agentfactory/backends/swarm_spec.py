@@ -22,6 +22,7 @@ from agentfactory.backends.base import LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGE
 from agentfactory.backends.docker_spec import AGENT_UID, FORBIDDEN_NETWORKS, GATEWAY_MOUNT, SCRATCH
 
 NANO = 1_000_000_000
+LABEL_RELAY = LABEL_PREFIX + "relay"
 # A task's reservation is what Swarm's scheduler counts to place and spread agents over nodes. As in
 # SPEC §10's capacity (a node's memory divided by memory_mb), memory is reserved whole and CPU not at
 # all: agents mostly wait on their model. (A CPU reservation of a quarter of `cpus` capped a 2-core node
@@ -36,9 +37,31 @@ def scratch_volume(agent_id: str) -> str:
     return f"agentfactory-scratch-{agent_id}"
 
 
-def build_service(spec: AgentSpec, *, stop_grace_seconds: float) -> dict[str, Any]:
+def relay_name(instance: str) -> str:
+    """The node relay's service name (swarm_relay.py), and its node-local volume's."""
+    return f"agentfactory-relay-{instance}"
+
+
+def relay_volume(instance: str) -> str:
+    return relay_name(instance)
+
+
+def relay_mount(instance: str) -> dict[str, Any]:
+    """An agent's read-only mount of its node's relay volume where it expects the gateway's socket:
+    created empty on a node where it is not yet (no copy of the image's files into it)."""
+    return {
+        "Type": "volume",
+        "Source": relay_volume(instance),
+        "Target": GATEWAY_MOUNT,
+        "ReadOnly": True,
+        "VolumeOptions": {"NoCopy": True, "Labels": {LABEL_RELAY: "true", LABEL_INSTANCE: instance}},
+    }
+
+
+def build_service(spec: AgentSpec, *, stop_grace_seconds: float, relay: str | None = None) -> dict[str, Any]:
     """The JSON body of `POST /services/create`: one task (replicated, 1 replica) that is never
-    restarted, labelled like the docker backend's containers (service and container both)."""
+    restarted, labelled like the docker backend's containers (service and container both). With
+    `relay` (the instance whose node relay runs), the gateway is its node's relay volume."""
     if spec.network is not None and (spec.network in FORBIDDEN_NETWORKS or spec.network.startswith("container:")):
         raise ValueError(f"agents may not join network {spec.network!r}: use an isolated swarm-scoped bridge")
     labels = {
@@ -67,7 +90,9 @@ def build_service(spec: AgentSpec, *, stop_grace_seconds: float) -> dict[str, An
         # The service API's tmpfs is noexec,nosuid,nodev and world-writable (sticky): what /tmp should be.
         {"Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 64 * 1024 * 1024}},
     ]
-    if spec.gateway_socket_dir is not None:
+    if spec.gateway_socket_dir is not None and relay is not None:
+        mounts.append(relay_mount(relay))
+    elif spec.gateway_socket_dir is not None:
         # The same host path on every node: the gateway's socket there (docs/swarm.md, the node relay).
         gateway = {"Type": "bind", "Source": str(spec.gateway_socket_dir), "Target": GATEWAY_MOUNT, "ReadOnly": True}
         mounts.append(gateway)

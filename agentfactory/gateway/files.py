@@ -8,7 +8,6 @@ claimed later fetches it the same way when its runtime starts.
 from __future__ import annotations
 
 import asyncio
-import os
 import tarfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,13 +57,14 @@ class GatewayFiles:
         files = await db(self.agent_files, agent.pk)
         if files is None or files.workspace is None:
             raise GatewayError(404, "E_NOT_FOUND", "this agent has no workspace", outcome="bad_request")
+        key = f"uploads/{files.workspace}"
         try:
-            blob = await asyncio.to_thread(self._blobs.open, f"uploads/{files.workspace}")
+            size = await asyncio.to_thread(self._blobs.size, key)
+            blob = await asyncio.to_thread(self._blobs.open, key)
         except FileNotFoundError:
             raise GatewayError(404, "E_NOT_FOUND", "the workspace is gone", outcome="bad_request") from None
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         try:
-            size = os.fstat(blob.fileno()).st_size
             response.content_length = size
             await response.prepare(request)
             while data := await asyncio.to_thread(blob.read, CHUNK):

@@ -338,7 +338,7 @@ class ConnectionGuard:
 
     def _refuse_request(self, state: TokenState | None, refusal: Refusal, outcome: str) -> bytes:
         assert self._loop is not None
-        self._metrics.gateway_requests.labels(UNKNOWN_MODEL, outcome).inc()
+        self._metrics.gateway_refused(UNKNOWN_MODEL, outcome, state.key_id if state is not None else None)
         suppressed = (state or self._quiet).should_log(self._loop.time())
         if suppressed is not None:
             self._log.info(

@@ -32,6 +32,7 @@ class AgentGrant:
     token_budget: int
     tokens_used: int
     tokens_reserved: int
+    key_id: str = ""  # the key that launched it: a budget refusal is counted against it
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class TokenState:
         "db_gate",
         "ended",
         "in_flight",
+        "key_id",
         "quiet_until",
         "stamp",
         "suppressed",
@@ -91,6 +92,7 @@ class TokenState:
         # used to refuse: admitting always asks the store.)
         self.ended: str | None = None
         self.budget_left: int | None = None
+        self.key_id: str | None = None  # its agent's key, once looked up (budget refusals count against it)
         self.db_gate: asyncio.Semaphore | None = None  # its store work, one piece at a time (`serially`)
 
     async def serially(self, work: Awaitable[T]) -> T:

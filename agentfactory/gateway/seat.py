@@ -18,14 +18,19 @@ from pathlib import Path
 
 import structlog
 
+from agentfactory.gateway.relay_door import GatewayRelay
 from agentfactory.gateway.server import ModelGateway
 
 log = structlog.get_logger("agentfactory.gateway")
 
 
 class GatewaySeat:
-    def __init__(self, gateway: ModelGateway, *, retry: float = 0.5):
+    """`relay` (a swarm's node relay, relay_door.py) is started with the gateway and stopped before it:
+    the replica that serves the socket is the one the node relays reach."""
+
+    def __init__(self, gateway: ModelGateway, *, retry: float = 0.5, relay: GatewayRelay | None = None):
         self.gateway = gateway
+        self.relay = relay
         self.lock_path = Path(str(gateway.socket_path) + ".lock")
         self.retry = retry
         self._fd: int | None = None
@@ -50,6 +55,12 @@ class GatewaySeat:
             return False
         try:
             await self.gateway.start()
+            if self.relay is not None:
+                try:
+                    await self.relay.start()
+                except BaseException:
+                    await self.gateway.stop()
+                    raise
         except BaseException:
             self._unlock()
             raise
@@ -70,6 +81,11 @@ class GatewaySeat:
 
     async def release(self) -> None:
         if self.serving:
+            if self.relay is not None:
+                try:
+                    await self.relay.stop()
+                except Exception as exc:  # the next start sweeps what is left
+                    log.warning("gateway_relay_stop_failed", error=repr(exc))
             await self.gateway.stop()
             self.serving = False
         self._unlock()

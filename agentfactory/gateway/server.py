@@ -243,7 +243,7 @@ class ModelGateway:
                 state.in_flight -= 1
         except GatewayError as err:
             elapsed = time.perf_counter() - started
-            self._metrics.gateway_requests.labels(label, err.outcome).inc()
+            self._metrics.gateway_refused(label, err.outcome, agent.key_id if agent is not None else None)
             if agent is not None:
                 self._metrics.gateway_request_duration.labels(label).observe(elapsed)
             # A flood is thousands of refusals a second: one line a second per token says it.
@@ -310,7 +310,7 @@ class ModelGateway:
             if agent.status in TERMINAL:
                 state.ended = message
             raise GatewayError(401, "E_AUTH", message, outcome="auth")
-        state.budget_left = agent.token_budget - agent.tokens_used
+        state.budget_left, state.key_id = agent.token_budget - agent.tokens_used, agent.key_id
         return agent
 
     async def _call(self, request: web.Request, agent: AgentGrant, state: TokenState) -> Served:

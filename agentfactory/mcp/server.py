@@ -1,5 +1,6 @@
-"""The MCP endpoint of the control plane: the tools of `agentfactory.mcp.tools` and a resource
-template for an agent's log, over the streamable HTTP transport at `/mcp`.
+"""The MCP endpoint of the control plane: the tools of `agentfactory.mcp.tools` and resource
+templates for an agent's log and its artifacts (`agentfactory.mcp.artifacts`), over the streamable
+HTTP transport at `/mcp`.
 
 Authentication is the edge middleware's, as for every other route: it checks the request's
 `Authorization: Bearer <api key>` (401 envelope without one), applies the key's rate limit and
@@ -36,6 +37,8 @@ from starlette.types import Receive, Scope, Send
 from agentfactory import __version__
 from agentfactory.errors import AgentFactoryError, AuthError, SchemaError
 from agentfactory.errors import error_body as envelope_body
+from agentfactory.mcp.artifacts import TEMPLATE as ARTIFACT_TEMPLATE
+from agentfactory.mcp.artifacts import list_artifact_resources, read_artifact_resource
 from agentfactory.mcp.tools import MAX_LOG_PAGE, TOOLS, ReadLogs, ToolDef, input_schema, read_logs
 from agentfactory.service import agents
 from agentfactory.service.auth import Caller
@@ -48,7 +51,8 @@ RECENT_AGENT_RESOURCES = 20
 INSTRUCTIONS = (
     "agentfactory launches short-lived, sandboxed AI agents, each in its own container. "
     "list_catalog shows the models and tools; launch_agent starts one; wait_agent waits for its end "
-    "and returns its result and last lines; read_logs pages through everything it printed. "
+    "and returns its result and last lines; read_logs pages through everything it printed; read_artifact "
+    "(or the resource agentfactory://agents/{agent_id}/artifacts/{path}) reads a file it handed back. "
     "Errors carry a code: E_SCHEMA, E_CATALOG, E_FORBIDDEN, E_NOT_FOUND, E_QUOTA, E_RATE_LIMIT, E_RUNTIME."
 )
 
@@ -196,7 +200,7 @@ class McpEndpoint:
             content=[types.TextContent(type="text", text=text)], structured_content=body, is_error=True
         )
 
-    # -- resources: an agent's log -----------------------------------------------------------------
+    # -- resources: an agent's log and artifacts -----------------------------------------------------------------
 
     async def _list_resource_templates(
         self, rctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -208,15 +212,16 @@ class McpEndpoint:
             description=f"A page (at most {MAX_LOG_PAGE} lines) of what an agent printed, as read_logs returns it.",
             mime_type="application/json",
         )
-        return types.ListResourceTemplatesResult(resource_templates=[template])
+        return types.ListResourceTemplatesResult(resource_templates=[template, ARTIFACT_TEMPLATE])
 
     async def _list_resources(
         self, rctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        """The logs of the caller's most recent agents."""
+        """The logs of the caller's most recent agents, and their artifacts."""
         with rpc_errors(rctx):
             caller = caller_of(rctx)
             page = await agents.list_agents(self.svc, caller, status=None, limit=RECENT_AGENT_RESOURCES, cursor=None)
+            artifacts = await list_artifact_resources(self.svc, caller)
         resources = [
             types.Resource(
                 uri=f"agentfactory://agents/{a.id}/logs",
@@ -226,15 +231,23 @@ class McpEndpoint:
             )
             for a in page.items
         ]
-        return types.ListResourcesResult(resources=resources)
+        return types.ListResourcesResult(resources=resources + artifacts)
 
     async def _read_resource(
         self, rctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
+        with rpc_errors(rctx):
+            artifact = await read_artifact_resource(self.svc, caller_of(rctx), uri)
+        if artifact is not None:
+            return artifact
         match = LOG_URI.match(uri)
         if match is None:
-            raise MCPError(types.INVALID_PARAMS, f"no resource {uri!r}; agent logs are {LOG_URI_TEMPLATE}")
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"no resource {uri[:300]!r}; agent logs are {LOG_URI_TEMPLATE}, "
+                f"artifacts {ARTIFACT_TEMPLATE.uri_template}",
+            )
         query = {k: v[-1] for k, v in parse_qs(match["query"] or "").items()}
         with rpc_errors(rctx):
             caller = caller_of(rctx)

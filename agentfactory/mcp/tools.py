@@ -8,7 +8,6 @@ checks, views and paging as HTTP, which is another adapter over the same functio
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -199,12 +198,7 @@ async def extend_ttl(svc: Services, caller: Caller, args: ExtendTtl) -> AgentOut
 
 async def read_artifact(svc: Services, caller: Caller, args: ReadArtifact) -> ArtifactText:
     """The first max_bytes of one artifact, as text (SPEC §9)."""
-    art = await files.open_artifact(svc, caller, args.agent_id, args.path, f"bytes=0-{args.max_bytes - 1}")
-
-    def read() -> bytes:
-        return b"".join(art.chunks)
-
-    data = await asyncio.to_thread(read) if art.size else b""
+    art, data = await files.read_head(svc, caller, args.agent_id, args.path, args.max_bytes)
     text = data.decode("utf-8", "replace")
     return ArtifactText(path=art.path, bytes=art.size, sha256=art.sha256, text=text, truncated=len(data) < art.size)
 

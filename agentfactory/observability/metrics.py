@@ -18,11 +18,12 @@ from prometheus_client import (
 )
 
 from agentfactory import __version__
+from agentfactory.observability.rejections import RejectionTally
 from agentfactory.vocabulary import TERMINAL, Reason
 
 STATUSES = TERMINAL
 REASONS = tuple(Reason)
-QUOTA_REASONS = ("concurrency", "capacity", "rate", "body_size", "streams")
+QUOTA_REASONS = ("concurrency", "capacity", "rate", "body_size", "streams", "budget")
 TOKEN_KINDS = ("prompt", "completion")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # An attempt's outcome: a 2xx; a failure with a retry scheduled; a failure out of retries.
@@ -126,6 +127,7 @@ class Metrics:
         self.quota_rejections = Counter(
             p + "quota_rejections_total", "Requests refused by a quota", ["reason"], registry=r
         )
+        self.rejections_by_key = RejectionTally()  # the same refusals per key, for the dashboard
         self.gateway_tokens = Counter(
             p + "gateway_tokens_total", "Model tokens through the gateway", ["model", "kind"], registry=r
         )
@@ -153,6 +155,15 @@ class Metrics:
             "Gateway connections closed unserved: over the connection cap, or evicted to make room",
             registry=r,
         )
+        self.gateway_relay_connections = Counter(
+            p + "gateway_relay_connections_total",
+            "Connections the node relays opened to the gateway's relay door: accepted (piped to the gateway) "
+            "or refused (no relay secret)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("accepted", "refused"):
+            self.gateway_relay_connections.labels(outcome)
         self.webhook_deliveries = Counter(
             p + "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
         )
@@ -179,6 +190,18 @@ class Metrics:
             self.agents_finished_reason.labels(reason=reason)
         for q in QUOTA_REASONS:
             self.quota_rejections.labels(reason=q)
+
+    def quota_rejected(self, reason: str, key_id: str | None) -> None:
+        """A request refused by a quota: counted by reason here, and per key (when known) for the store."""
+        self.quota_rejections.labels(reason=reason).inc()
+        if key_id is not None:
+            self.rejections_by_key.note(key_id, reason)
+
+    def gateway_refused(self, model: str, outcome: str, key_id: str | None) -> None:
+        """A model gateway call refused; one over its agent's token budget is a quota refusal too."""
+        self.gateway_requests.labels(model, outcome).inc()
+        if outcome == "budget":
+            self.quota_rejected("budget", key_id)
 
     def prepare_models(self, model_ids: list[str]) -> None:
         """Create the per-model series of the catalog's models at 0."""

@@ -5,10 +5,11 @@ dispatcher wait on that."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
 EVENTS = "e"  # the bus item that says the event log grew
+MAX_TRACKED_AGENTS = 65536  # agents whose last bumps are remembered; a forgotten one reads as "just now"
 
 
 class Hub:
@@ -19,6 +20,10 @@ class Hub:
         self._bound: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self.generation = 0  # counts bumps of any agent: a read begun at generation g saw every change before it
+        # The generation of each agent's last bump of its lines and of its row: a follower re-reads
+        # only what moved (a batch of lines does not make a hundred followers re-read the row).
+        self._lines_at: OrderedDict[int, int] = OrderedDict()
+        self._row_at: OrderedDict[int, int] = OrderedDict()
         # Set on PostgreSQL: tells the other replicas which agents changed here, and when the event
         # log grew (EVENTS), over LISTEN/NOTIFY.
         self.publish: Callable[[list[object]], None] | None = None
@@ -34,13 +39,34 @@ class Hub:
             raise RuntimeError("Hub.bind(loop) was not called")
         return self._bound
 
-    def bump(self, agent_pk: int) -> None:
-        self._wake(agent_pk)
+    def bump(self, agent_pk: int, *, lines: bool = True, row: bool = True) -> None:
+        """The agent changed: new lines were stored (`lines`), its row changed (`row`: status,
+        timings), or both."""
+        self._wake(agent_pk, lines=lines, row=row)
         if self.publish is not None:
             self.publish([agent_pk])
 
-    def _wake(self, agent_pk: int) -> None:
+    def lines_generation(self, agent_pk: int) -> int:
+        """A generation no older than the agent's last new lines: a read of its lines begun at it
+        (or later) saw every line stored before it."""
+        return self._lines_at.get(agent_pk, self.generation)
+
+    def row_generation(self, agent_pk: int) -> int:
+        """The same for the agent's row."""
+        return self._row_at.get(agent_pk, self.generation)
+
+    def _mark(self, seen: OrderedDict[int, int], agent_pk: int) -> None:
+        seen[agent_pk] = self.generation
+        seen.move_to_end(agent_pk)
+        if len(seen) > MAX_TRACKED_AGENTS:  # forgotten agents read as bumped now: a read too many, never one too few
+            seen.popitem(last=False)
+
+    def _wake(self, agent_pk: int, *, lines: bool = True, row: bool = True) -> None:
         self.generation += 1
+        if lines:
+            self._mark(self._lines_at, agent_pk)
+        if row:
+            self._mark(self._row_at, agent_pk)
         waiters = self._waiters.pop(agent_pk, None)
         for fut in waiters or ():
             if not fut.done():
@@ -55,10 +81,10 @@ class Hub:
 
         self._loop.call_soon_threadsafe(wake)
 
-    def bump_threadsafe(self, agent_pks: list[int]) -> None:
+    def bump_threadsafe(self, agent_pks: list[int], *, lines: bool = True, row: bool = True) -> None:
         def bump_all() -> None:
             for pk in agent_pks:
-                self.bump(pk)
+                self.bump(pk, lines=lines, row=row)
 
         self._loop.call_soon_threadsafe(bump_all)
 

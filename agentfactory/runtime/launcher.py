@@ -159,21 +159,21 @@ class Launcher:
         # The gateway token is in the container's environment: mask it like a secret if printed.
         self._watch(row.pk, row.id, launched.output, [*row.secrets.values(), token], Resume())
         self.ttl.arm(row.pk, started + row.ttl_seconds)
-        if not moved:  # cancelled while it was starting: the watcher finalizes it
+        if moved is None:  # cancelled while it was starting: the watcher finalizes it
             await self.backend.stop(row.id, 0)
-        self.hub.bump(row.pk)
-        return await self.load(row.pk) or row
+        self.hub.bump(row.pk, lines=False)
+        return moved or await self.load(row.pk) or row
 
     async def fail_launch(self, pk: int, agent_id: str, message: str) -> None:
         """End an agent that never ran: `failed`/`launch_failed`, an empty seal, no container."""
         await self.backend.remove(agent_id)
         ended = never_ran(AgentStatus.FAILED, Reason.LAUNCH_FAILED, message, self.clock())
         changed = await self.rows.transition(pk, ACTIVE, EventType.FINISHED, **ended)
-        if changed:
+        if changed is not None:
             self.metrics.agents_finished.labels(status=AgentStatus.FAILED).inc()
             self.metrics.agents_finished_reason.labels(reason=Reason.LAUNCH_FAILED).inc()
             log.info("agent_finished", agent_id=agent_id, status="failed", reason="launch_failed", error=message)
-        self.hub.bump(pk)
+        self.hub.bump(pk, lines=False)
 
     # -- TTL -------------------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class Launcher:
         await self.store.run(queries.update_agent, pk=row.pk, only_if_status=ACTIVE, expires_at=expires_at)
         if row.status == AgentStatus.RUNNING and self.owns(row):
             self.ttl.arm(row.pk, expires_at)
-        self.hub.bump(row.pk)
+        self.hub.bump(row.pk, lines=False)
         return await self.load(row.pk) or row
 
     # -- watching --------------------------------------------------------------------------------

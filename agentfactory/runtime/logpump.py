@@ -346,4 +346,4 @@ class LogPump:
             log.warning("log_lines_fenced", agent_pks=sorted(fenced))
         self._metrics.log_lines.inc(lines)
         self._metrics.log_bytes.inc(nbytes)
-        self._hub.bump_threadsafe(list(positions))
+        self._hub.bump_threadsafe(list(positions), row=False)

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -78,6 +79,7 @@ class Replica(Loop):
         self.db_error: str | None = None
         self.first_renewal: float | None = None  # the database's time of our first renewal
         self.leasing = False  # whether this process runs the lease loop (not in one-shot commands)
+        self.warm: Callable[[], tuple[int, int]] | None = None  # its warm pool now: (idle, target)
 
     def clock(self) -> float:
         return time.time() + self.offset
@@ -106,6 +108,7 @@ class Replica(Loop):
                 pid=self.pid,
                 url=self.url,
                 engine_id=self.engine_id,
+                warm=self.warm() if self.warm is not None else None,
             )
         except Exception as exc:
             self.db_error = type(exc).__name__

@@ -52,11 +52,11 @@ class Transitions:
             queries.update_agent, pk=pk, only_if_status=only_if, only_if_owner=self.owner, **values
         )
 
-    async def transition(self, pk: int, only_if: tuple[str, ...], event: EventType, **values: Any) -> bool:
+    async def transition(self, pk: int, only_if: tuple[str, ...], event: EventType, **values: Any) -> AgentRow | None:
         """The compare-and-set (on status and owner), with `event` appended to the event log in its
-        transaction."""
+        transaction; the row as it left it (None: it changed nothing)."""
         changed = await self.store.run(
-            queries.transition_agent,
+            queries.transition_agent_row,
             pk=pk,
             only_if_status=only_if,
             only_if_owner=self.owner,
@@ -65,7 +65,7 @@ class Transitions:
             at=self.clock(),
             **values,
         )
-        if changed:
+        if changed is not None:
             self.hub.bump_events()
         return changed
 
@@ -110,7 +110,7 @@ class Transitions:
             secrets={},
             gateway_token_hash=None,
         )
-        if changed:
+        if changed is not None:
             if was_running:
                 self.metrics.agents_running.dec()
             self.metrics.agents_finished.labels(status=status).inc()
@@ -129,8 +129,8 @@ class Transitions:
                 exit_code=st.exit_code,
                 duration_seconds=round(self.clock() - row.created_at, 3),
             )
-        self.hub.bump(pk)
-        return await self.load(pk)
+        self.hub.bump(pk, lines=False)
+        return changed if changed is not None else await self.load(pk)
 
     async def requeue(self, row: AgentRow) -> bool:
         """An agent that had left the queue but whose launch had not begun (`pending`: no container

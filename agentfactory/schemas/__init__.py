@@ -46,4 +46,6 @@ from agentfactory.schemas.system import ErrorBody as ErrorBody
 from agentfactory.schemas.system import ErrorDetail as ErrorDetail
 from agentfactory.schemas.system import Health as Health
 from agentfactory.schemas.system import KeyCapacity as KeyCapacity
+from agentfactory.schemas.system import ReplicaOut as ReplicaOut
+from agentfactory.schemas.system import ReplicasOut as ReplicasOut
 from agentfactory.schemas.system import WarmPool as WarmPool

@@ -113,13 +113,13 @@ def admit(
             status = AgentStatus.QUEUED
             queue_round = queries.next_queue_round(session=session, key_id=caller.key_id)
     elif active >= caller.max_concurrent_agents:
-        metrics.quota_rejections.labels(reason="concurrency").inc()
+        metrics.quota_rejected("concurrency", caller.key_id)
         raise QuotaError(
             f"this key already runs {active} agents (max_concurrent_agents {caller.max_concurrent_agents})",
             retry_after=2,
         )
     elif cluster >= max_running:
-        metrics.quota_rejections.labels(reason="capacity").inc()
+        metrics.quota_rejected("capacity", caller.key_id)
         raise CapacityError(
             f"the cluster runs {cluster} agents, its capacity (max_running {max_running}); "
             "retry later, or set queue_timeout_seconds to wait in the queue",

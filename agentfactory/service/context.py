@@ -18,6 +18,7 @@ from agentfactory.observability.metrics import Metrics
 from agentfactory.runtime.hub import EVENTS, Hub
 from agentfactory.runtime.launcher import Launcher
 from agentfactory.runtime.logpump import LogPump
+from agentfactory.runtime.rejections import RejectionFlusher
 from agentfactory.runtime.replicas import Replica, new_replica_id
 from agentfactory.runtime.warm import SandboxPool
 from agentfactory.runtime.webhooks import WebhookDeliverer, WebhookDispatcher
@@ -30,6 +31,7 @@ from agentfactory.settings import Settings
 from agentfactory.store import Store
 from agentfactory.store.blobs import BlobStore, LocalBlobs
 from agentfactory.store.bus import PgBus
+from agentfactory.store.dbblobs import DbBlobs
 from agentfactory.store.server_key import ServerKey
 
 KEYS_CHANGED = "keys"
@@ -52,6 +54,7 @@ class Services:
     webhook_deliverer: WebhookDeliverer
     blobs: BlobStore
     queue: Queue
+    rejections: RejectionFlusher  # each key's quota refusals, to the database every few seconds
     bus: PgBus | None = None
     pool: SandboxPool | None = None  # warm sandboxes: AGENTFACTORY_WARM_POOL_SIZE > 0 on a backend that keeps them
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
@@ -128,6 +131,7 @@ class Services:
             )
             launcher.pool = pool
             queue.pool = pool
+            replica.warm = lambda: (pool.idle, pool.size)
             hub.on_events(pool.poke)  # an end frees room for a sandbox
         return cls(
             settings=settings,
@@ -145,8 +149,9 @@ class Services:
             streams=StreamLeases(metrics),
             webhook_dispatcher=dispatcher,
             webhook_deliverer=deliverer,
-            blobs=LocalBlobs(settings.blob_dir()),
+            blobs=blob_store(settings, store),
             queue=queue,
+            rejections=RejectionFlusher(store=store, tally=metrics.rejections_by_key),
             pool=pool,
         )
 
@@ -185,3 +190,11 @@ class Services:
         self.auth_cache.clear()
         if self.bus is not None:
             self.bus.publish([KEYS_CHANGED])
+
+
+def blob_store(settings: Settings, store: Store) -> BlobStore:
+    """The blob store AGENTFACTORY_FILES_STORE names (SPEC §9); writes to the database are staged in
+    the files directory's `.tmp`."""
+    if settings.files_in_database():
+        return DbBlobs(store, settings.blob_dir() / ".tmp")
+    return LocalBlobs(settings.blob_dir())

@@ -171,3 +171,34 @@ async def artifacts_tarball(svc: Services, caller: Caller, agent_id: str) -> Ite
         yield gz.compress(b"\0" * (2 * tarfile.BLOCKSIZE)) + gz.flush()
 
     return generate()
+
+
+@dataclass(frozen=True)
+class ListedArtifact:
+    agent_id: str
+    path: str
+    size: int
+    sha256: str
+
+
+async def recent_artifacts(svc: Services, caller: Caller, *, agents: int, limit: int) -> list[ListedArtifact]:
+    """The kept artifacts of the caller's `agents` newest agents (an admin's: everyone's), at most `limit`."""
+    rows = await svc.store.run(
+        queries.list_recent_artifacts, key_id=None if caller.admin else caller.key_id, agents=agents, limit=limit
+    )
+    return [ListedArtifact(agent_id=i, path=a.path, size=a.bytes, sha256=a.sha256 or "") for i, a in rows]
+
+
+async def read_head(
+    svc: Services, caller: Caller, agent_id: str, path: str, max_bytes: int
+) -> tuple[ArtifactBytes, bytes]:
+    """An artifact's first `max_bytes` bytes (for a model's context: MCP's read_artifact and resources)."""
+    try:
+        art = await open_artifact(svc, caller, agent_id, path, f"bytes=0-{max_bytes - 1}")
+    except RangeNotSatisfiable:  # an empty file
+        art = await open_artifact(svc, caller, agent_id, path, None)
+
+    def read() -> bytes:
+        return b"".join(art.chunks)
+
+    return art, await asyncio.to_thread(read)

@@ -60,7 +60,7 @@ class StreamLeases:
         held = self._held.setdefault(caller.key_id, set())
         if len(held) >= caller.max_streams:
             if self._metrics is not None:
-                self._metrics.quota_rejections.labels(reason="streams").inc()
+                self._metrics.quota_rejected("streams", caller.key_id)
             raise RateLimitError(
                 f"this key already holds {len(held)} streams and waits (max_streams {caller.max_streams}); "
                 "close one or retry later",

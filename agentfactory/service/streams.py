@@ -68,14 +68,13 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
     last_position: int | None = None
     while True:
         wake = hub.subscribe(pk)
-        generation = hub.generation
-        block, new_cursor = await read_block(cursor, generation)
+        block, new_cursor = await read_block(cursor, hub.lines_generation(pk))
         if new_cursor > cursor:
             wake.cancel()
             cursor = new_cursor
             yield Lines(block)
             continue
-        agent = await svc.followed_agents.get(pk, generation, load)
+        agent = await svc.followed_agents.get(pk, hub.row_generation(pk), load)
         if agent is None:
             wake.cancel()
             return

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agentfactory.schemas import CapacityOut
+from agentfactory.schemas import CapacityOut, ReplicaOut, ReplicasOut, WarmPool, iso
 from agentfactory.service import queue
 from agentfactory.service.auth import Caller
 from agentfactory.service.context import Services
+from agentfactory.store import queries
 
 CHECK_TIMEOUT_SECONDS = 5
 
@@ -50,6 +51,35 @@ def replica(svc: Services) -> dict[str, Any]:
 async def capacity(svc: Services, caller: Caller) -> CapacityOut:
     """The cluster's slots: how many, how many held, how many agents wait (SPEC §10)."""
     return await queue.capacity_view(svc.queue, svc.store, admin=caller.admin)
+
+
+async def replicas(svc: Services) -> ReplicasOut:
+    """Every live replica (its lease renewed within lease_seconds by the database's clock), the
+    agents each owns, and the cluster's capacity: slots and queue are the database's (shared), the
+    warm pool is every live replica's summed (this one's now, the others' at their last heartbeat)."""
+    rep = svc.replica
+    _now, rows = await svc.store.run(queries.list_live_replicas, lease_seconds=rep.lease_seconds)
+    owned = await svc.store.run(queries.count_agents_by_owner)
+    cap = await queue.capacity_view(svc.queue, svc.store, admin=False)
+    items = []
+    for r in rows:
+        warm = None if r.warm_target is None else WarmPool(idle=r.warm_idle or 0, target=r.warm_target)
+        if r.id == rep.id:
+            warm = WarmPool(idle=svc.pool.idle, target=svc.pool.size) if svc.pool is not None else None
+        started, beat = iso(r.started_at) or "", iso(r.heartbeat_at) or ""
+        item = ReplicaOut(id=r.id, host=r.host, pid=r.pid, url=r.url, engine_id=r.engine_id, started_at=started,
+                          heartbeat_at=beat, agents=owned.get(r.id, 0), warm=warm, current=r.id == rep.id)  # fmt: skip
+        items.append(item)
+    live = {r.id for r in items}
+    cap.warm = WarmPool(
+        idle=sum(r.warm.idle for r in items if r.warm), target=sum(r.warm.target for r in items if r.warm)
+    )
+    return ReplicasOut(
+        replicas=items,
+        unowned_agents=sum(n for owner, n in owned.items() if owner not in live),
+        lease_seconds=rep.lease_seconds,
+        capacity=cap,
+    )
 
 
 def catalog(svc: Services) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The blob store (SPEC §9): the bytes of uploads and artifacts, by key ("uploads/up_x",
-"artifacts/12/3"). The local filesystem by default; the interface is small so that a store any
-replica reaches (the database on PostgreSQL, an S3-compatible bucket) fits behind it.
+"artifacts/12/3"). The local filesystem here (`LocalBlobs`); the database in `store.dbblobs`
+(`DbBlobs`, any replica on the same database serves its blobs); an S3-compatible bucket fits the
+same small interface (docs/files.md, on paper).
 
 Writes go to a temporary file first and appear under their key only when `commit` says so: a
 refused or interrupted upload leaves nothing behind. Everything here is blocking: callers run it
@@ -47,6 +48,13 @@ class BlobStore(Protocol):
         ...
 
 
+def check_key(key: str) -> str:
+    """The key, if it is one ("a/b/c", no empty, "." or ".." part); else ValueError."""
+    if not key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
+
+
 class _FileWriter:
     def __init__(self, final: Path, tmp_dir: Path):
         self._final = final
@@ -82,10 +90,7 @@ class LocalBlobs:
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"bad blob key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key).split("/"))
 
     def writer(self, key: str) -> _FileWriter:
         return _FileWriter(self._path(key), self._tmp)

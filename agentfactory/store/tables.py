@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -36,6 +37,7 @@ __all__ = [
     "DeliveryRow",
     "EventRow",
     "LogChunkRow",
+    "QuotaRejectionRow",
     "RateBucketRow",
     "ReplicaRow",
     "UiSessionRow",
@@ -147,6 +149,9 @@ class ReplicaRow(Base):
     engine_id: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    # Its warm pool at its last heartbeat (the dashboard sums them for the cluster); NULL: none.
+    warm_idle: Mapped[int | None] = mapped_column(Integer)
+    warm_target: Mapped[int | None] = mapped_column(Integer)
 
 
 class RateBucketRow(Base):
@@ -325,6 +330,29 @@ class ArtifactRow(Base):
     dropped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class BlobRow(Base):
+    """A blob of the database blob store (AGENTFACTORY_FILES_STORE=db, SPEC §9): its key ("uploads/up_x",
+    "artifacts/12/3") and size; its bytes are `blob_chunks` rows of `chunk_bytes` each (the last one
+    shorter), written in the same transaction as this row."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class BlobChunkRow(Base):
+    """The `n`th chunk of a blob's bytes."""
+
+    __tablename__ = "blob_chunks"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class UiSessionRow(Base):
     """A dashboard sign-in (SPEC §12): the browser holds only the random session token, stored here
     as its SHA-256; the API key it was opened with is never kept, only the key's id."""
@@ -336,3 +364,15 @@ class UiSessionRow(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class QuotaRejectionRow(Base):
+    """Requests of a key refused by a quota (SPEC §10, §12), per hour and reason: every replica adds
+    its own counts, tallied in memory and added every few seconds (never a write per refusal)."""
+
+    __tablename__ = "quota_rejections"
+
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # the hour's start, epoch seconds
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(20), primary_key=True)
+    refused: Mapped[int] = mapped_column(BigInteger)

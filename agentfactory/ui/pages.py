@@ -331,9 +331,10 @@ async def usage_page(request: Request, days: Annotated[int, Query(ge=1, le=90)] 
             "key": k,
             "totals": k.totals,
             "series": [
-                ("agents", bars(k.agents)),
-                ("failures", bars(k.failures)),
-                ("tokens", bars(k.tokens)),
+                ("agents", "agents", bars(k.agents)),
+                ("failures", "failures", bars(k.failures)),
+                ("tokens", "tokens", bars(k.tokens)),
+                ("quota rejections", "rejections", bars(k.rejections)),
             ],
         }
         for k in usage.keys

@@ -258,6 +258,13 @@ def test_budget_is_enforced_once_spent(harness: GatewayHarness, client: httpx.Cl
     assert code == "E_BUDGET" and f"used {row.tokens_prompt + row.tokens_completion} of 1000" in message
     assert len(upstream.seen) == 1
     assert harness.metric("agentfactory_gateway_requests_total", model="fake", outcome="budget") == 1
+    # A refusal over the budget is a quota refusal of the agent's key too (the dashboard's usage charts),
+    # whether the handler refuses it or the connection's screen does, from what it remembers of the token.
+    assert chat(client, token).status_code == 429
+    assert harness.metric("agentfactory_quota_rejections_total", reason="budget") == 2
+    assert {(k, r): n for (_hour, k, r), n in harness.metrics.rejections_by_key.take().items()} == {
+        ("key_test", "budget"): 2
+    }
 
 
 def test_a_prompt_that_cannot_fit_the_budget_is_refused_before_the_upstream(

@@ -7,6 +7,8 @@ Each test drives its session inside `run(...)`, which bounds it with a deadline;
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -114,7 +116,10 @@ def test_tools_are_listed_with_schemas_from_the_http_models(shell_server: Server
     ttl = by_name["extend_ttl"].input_schema["properties"]["ttl_seconds"]
     assert ttl["minimum"] == TtlUpdate.model_json_schema()["properties"]["ttl_seconds"]["minimum"]
     assert by_name["wait_agent"].input_schema["properties"]["timeout_seconds"]["maximum"] == 300
-    assert [t.uri_template for t in templates] == ["agentfactory://agents/{agent_id}/logs{?cursor,limit,stream}"]
+    assert [t.uri_template for t in templates] == [
+        "agentfactory://agents/{agent_id}/logs{?cursor,limit,stream}",
+        "agentfactory://agents/{agent_id}/artifacts/{+path}",
+    ]
 
 
 def test_launch_echo_then_wait_returns_succeeded_and_the_output(shell_server: ServerProcess, key_a: str) -> None:
@@ -160,6 +165,50 @@ def test_launch_with_artifacts_then_read_one(shell_server: ServerProcess, key_a:
     assert read["text"] == "1\n2\n3\n4\n5\n" and read["truncated"] is True
     assert read["bytes"] == waited["result"]["artifacts"]["items"][0]["bytes"]
     assert missing["code"] == "E_NOT_FOUND"
+
+
+def test_artifacts_are_resources_read_bounded_as_text_or_base64_for_their_key_only(
+    shell_server: ServerProcess, key_a: str
+) -> None:
+    key_b = make_key(shell_server, "mcp-b-artifacts")
+    prompt = (
+        "mkdir -p out/sub && seq 1 50000 > 'out/sub/big list.txt' && printf 'x\\000\\377y' > out/bin.dat "
+        "&& : > out/empty.txt"
+    )
+    with shell_server.client(key_a) as c:
+        body = {"model": "sh", "tools": ["shell"], "prompt": prompt, "artifacts": ["out/**"]}
+        agent = c.post("/agents", json=body).json()
+        assert wait_terminal(c, agent["id"], timeout=60)["status"] == "succeeded"
+        http = {
+            p: c.get(f"/agents/{agent['id']}/artifacts/{p}").content for p in ("out/sub/big list.txt", "out/bin.dat")
+        }
+    base = f"agentfactory://agents/{agent['id']}/artifacts/"
+    big, binary, empty = base + "out/sub/big%20list.txt", base + "out/bin.dat", base + "out/empty.txt"
+
+    async def scenario() -> tuple[Any, ...]:
+        async with mcp_session(shell_server, key_a) as s:
+            templates = {t.uri_template for t in (await s.list_resource_templates()).resource_templates}
+            listed = {str(r.uri): r for r in (await s.list_resources()).resources}
+            reads = [(await s.read_resource(uri)).contents[0] for uri in (big, binary, empty)]
+        async with mcp_session(shell_server, key_b) as s:
+            others = {str(r.uri) for r in (await s.list_resources()).resources}
+            try:
+                await s.read_resource(big)
+                refused: Exception | None = None
+            except Exception as exc:  # the SDK raises the JSON-RPC error
+                refused = exc
+        return templates, listed, reads, others, refused
+
+    templates, listed, (text, blob, nothing), others, refused = run(scenario())
+    assert "agentfactory://agents/{agent_id}/artifacts/{+path}" in templates
+    assert {big, binary, empty} <= set(listed) and listed[big].size == len(http["out/sub/big list.txt"])
+    assert text.text == http["out/sub/big list.txt"][:131_072].decode() and text.mime_type == "text/plain"
+    assert text.meta == {"bytes": 288_894, "sha256": hashlib.sha256(http["out/sub/big list.txt"]).hexdigest(),
+                         "truncated": True}  # fmt: skip
+    assert base64.b64decode(blob.blob) == http["out/bin.dat"] == b"x\0\xffy" and blob.meta["truncated"] is False
+    assert nothing.text == "" and nothing.meta["bytes"] == 0
+    assert not any(uri.startswith(base) for uri in others)
+    assert refused is not None and "E_NOT_FOUND" in str(refused), refused
 
 
 def test_read_logs_pages_equal_the_http_pages(shell_server: ServerProcess, key_a: str) -> None:

@@ -7,9 +7,11 @@ figure is 30) printing a numbered line every 0.1 s for 20 s; the kills at 5 s an
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import statistics
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -231,3 +233,55 @@ def test_a_follower_on_another_replica_gets_the_lines_live(cluster: Cluster) -> 
     print(f"follow lag p50/p99: same replica {p['same'][0] * 1000:.0f}/{p['same'][1] * 1000:.0f} ms, "
           f"other replica {p['other'][0] * 1000:.0f}/{p['other'][1] * 1000:.0f} ms")  # fmt: skip
     assert p["other"][0] < 0.5  # a poll would be ~1 s; the bus wakes it at the commit
+
+
+def test_two_replicas_without_a_shared_files_dir_both_serve_the_workspace_and_artifacts(
+    postgres: LocalPostgres, upstream: FakeOpenAI, docker_engine: None, tmp_path: Path
+) -> None:
+    """SPEC §9 on §13: with the database blob store (PostgreSQL's default) an upload kept by one
+    replica reaches an agent another launched, and its artifacts are served by either, though each
+    replica has a files directory of its own."""
+    catalog = write_catalog(tmp_path / "catalog.json", upstream)
+    cl = Cluster(tmp_path, postgres, replicas=2, catalog=catalog, env={UPSTREAM_KEY_ENV: UPSTREAM_KEY},
+                 shared_files=False)  # fmt: skip
+    cl.start()
+    try:
+        a, b = cl.replicas
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            info = tarfile.TarInfo("hello.txt")
+            info.size = 6
+            tar.addfile(info, io.BytesIO(b"hello\n"))
+        with b.client() as cb:
+            up = cb.post("/uploads", content=archive.getvalue(), headers={"Content-Type": "application/gzip"})
+            assert up.status_code == 201, up.text
+        command = "mkdir -p out && cp hello.txt out/ && head -c 3000000 /dev/urandom > out/r.bin"
+        body = {"model": "sh", "tools": ["shell"], "prompt": command, "workspace": up.json()["id"],
+                "artifacts": ["out/*"]}  # fmt: skip
+        with a.client() as ca:
+            r = ca.post("/agents", json=body)
+            assert r.status_code == 201, r.text
+            agent_id = r.json()["id"]
+            assert wait_terminal(ca, agent_id, timeout=90)["status"] == "succeeded"
+        served: list[dict[str, bytes]] = []
+        for srv in (a, b):
+            with srv.client() as c:
+                manifest = c.get(f"/agents/{agent_id}/artifacts").json()
+                assert sorted(i["path"] for i in manifest["items"]) == ["out/hello.txt", "out/r.bin"], manifest
+                got = {}
+                for item in manifest["items"]:
+                    resp = c.get(f"/agents/{agent_id}/artifacts/{item['path']}")
+                    assert resp.status_code == 200 and resp.headers["etag"] == f'"{item["sha256"]}"'
+                    assert hashlib.sha256(resp.content).hexdigest() == item["sha256"]
+                    got[item["path"]] = resp.content
+                ranged = c.get(f"/agents/{agent_id}/artifacts/out/r.bin", headers={"Range": "bytes=1048570-1048589"})
+                assert ranged.status_code == 206 and ranged.content == got["out/r.bin"][1048570:1048590]
+                tgz = c.get(f"/agents/{agent_id}/artifacts.tar.gz")
+                with tarfile.open(fileobj=io.BytesIO(tgz.content), mode="r:gz") as tar:
+                    assert {m.name: tar.extractfile(m).read() for m in tar if m.isfile()} == got  # type: ignore[union-attr]
+                served.append(got)
+        assert served[0] == served[1] and served[0]["out/hello.txt"] == b"hello\n"
+        for srv in (a, b):  # nothing kept on either replica's disk: staging only, and empty
+            assert [p for p in (srv.workdir / "files").rglob("*") if p.is_file()] == []
+    finally:
+        cl.stop()

@@ -156,6 +156,16 @@ def test_a_burst_larger_than_the_pool_starts_the_rest_cold_and_the_pool_refills(
         assert c.get("/capacity").json()["warm"] == {"idle": POOL, "target": POOL}
 
 
+def test_the_replica_list_shows_each_replicas_pool_and_the_clusters_sum(servers: dict[str, ServerProcess]) -> None:
+    srv = servers["warm"]
+    wait_full(srv)
+    with srv.client() as c:
+        doc = c.get("/replicas").json()
+    [this] = doc["replicas"]
+    assert this["current"] and this["warm"] == {"idle": POOL, "target": POOL}
+    assert doc["capacity"]["warm"] == {"idle": POOL, "target": POOL} and doc["capacity"]["max_running"] == 20
+
+
 def test_an_agent_with_a_network_tool_starts_cold(servers: dict[str, ServerProcess]) -> None:
     """Not the default profile: a network tool (refused here or started cold, never warm)."""
     srv = servers["warm"]

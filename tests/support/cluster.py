@@ -51,6 +51,7 @@ class Cluster:
         catalog: Path | None = None,
         env: dict[str, str] | None = None,
         separate_hosts: bool = False,
+        shared_files: bool = True,
     ):
         self.root = root
         self.database_url = postgres.new_database("ha")
@@ -61,15 +62,17 @@ class Cluster:
             "AGENTFACTORY_INSTANCE_ID": self.instance,
             "AGENTFACTORY_ADMIN_KEY": self.admin_key,
             "AGENTFACTORY_GATEWAY_SOCKET_DIR": str(root / "gw"),
-            "AGENTFACTORY_FILES_DIR": str(root / "files"),  # one blob store, as they share one database
             **(env or {}),
         }
+        if shared_files:  # one directory (the database blob store stages writes there); else each its own
+            shared["AGENTFACTORY_FILES_DIR"] = str(root / "files")
         self.replicas: list[ServerProcess] = []
         for i in range(replicas):
             work = root / f"r{i}"
             work.mkdir(parents=True, exist_ok=True)
             host = {"AGENTFACTORY_REPLICA_HOST": f"machine-{i}"} if separate_hosts else {}
-            srv = ServerProcess(work, catalog=catalog, env={**shared, **host})
+            files = {} if shared_files else {"AGENTFACTORY_FILES_DIR": str(work / "files")}
+            srv = ServerProcess(work, catalog=catalog, env={**shared, **host, **files})
             srv.admin_key, srv.instance = self.admin_key, self.instance
             self.replicas.append(srv)
         self.port = free_port()

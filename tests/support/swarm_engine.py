@@ -10,8 +10,15 @@ the host's filesystem, so the control plane's gateway socket directory is bind-m
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import secrets
+import subprocess
+
 from tests.support.agents import UPSTREAM_KEY, UPSTREAM_KEY_ENV
 from tests.support.dockerd import RUNTIME_IMAGE, PrivateDockerd
+
+WIRES = ipaddress.IPv4Network("10.247.0.0/16")  # /30s of the wires between this host and a private swarm
 
 
 class PrivateSwarm(PrivateDockerd):
@@ -28,6 +35,28 @@ class PrivateSwarm(PrivateDockerd):
         self.load_image(image)
         return self
 
+    def wire(self) -> str:
+        """A network between this host and the swarm's node, as between a manager and a worker: a veth
+        pair, a /30 of 10.247.0.0/16 (its host side in the host's namespace, the other in the swarm's),
+        and nothing else (no route beyond it, no forwarding). The host side's address, which the node
+        reaches; it goes with `destroy` (deleting the namespace deletes the pair)."""
+        if getattr(self, "wire_host", None):
+            return str(self.wire_host)
+        used = {a["local"] for i in json.loads(_ip("-j", "addr")) for a in i.get("addr_info", [])}
+        while True:
+            net = list(WIRES.subnets(new_prefix=30))[secrets.randbelow(2**14)]
+            host, node = (str(a) for a in net.hosts())
+            if host not in used and node not in used:
+                break
+        self.veth = f"afr{self.suffix}h"
+        _ip("link", "add", self.veth, "type", "veth", "peer", "name", f"afr{self.suffix}n", "netns", self.netns)
+        _ip("addr", "add", f"{host}/30", "dev", self.veth)
+        _ip("link", "set", self.veth, "up")
+        _ip("-n", self.netns, "addr", "add", f"{node}/30", "dev", f"afr{self.suffix}n")
+        _ip("-n", self.netns, "link", "set", f"afr{self.suffix}n", "up")
+        self.wire_host = host
+        return host
+
     def services(self, instance: str) -> list[str]:
         return self.cli("service", "ls", "-q", "--filter", f"label=io.agentfactory.instance={instance}").split()
 
@@ -42,6 +71,8 @@ class PrivateSwarm(PrivateDockerd):
                     self.cli("service", "rm", *ids, check=False)
             self.stop()
         finally:
+            if getattr(self, "veth", None):
+                subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)
             self.remove_namespace_and_files()
 
 
@@ -54,3 +85,7 @@ def swarm_env(swarm: PrivateSwarm, **extra: str) -> dict[str, str]:
         "AGENTFACTORY_SWARM_PLACEMENT_SECONDS": "3",
         **extra,
     }
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True, timeout=30).stdout

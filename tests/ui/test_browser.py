@@ -247,16 +247,41 @@ def test_admin_pages_keys_usage_system(browser: Any, ui_server: ServerProcess) -
     wait_until(lambda: not all_css(browser, row), timeout=10, what="revoked")
     with ui_server.client(new_key) as api:
         wait_until(lambda: api.get("/agents").status_code == 401, timeout=10, what="the key refused")
-    browser.get(ui_server.url + "/ui/admin/usage")
-    assert all_css(browser, "svg.chart rect")
+    with ui_server.client() as api:  # a key its rate limit refuses: the usage chart's fourth series
+        made = api.post("/keys", json={"name": f"limited-{uuid.uuid4().hex[:6]}", "max_requests_per_minute": 1})
+    limited = made.json()
+    with ui_server.client(limited["key"]) as api:
+        refused = sum(api.get("/agents").status_code == 429 for _ in range(4))
+    assert refused >= 3
+    browser.get(ui_server.url + "/ui/admin/usage?days=1")
+    assert all_css(browser, "svg.chart-agents rect")
+    section = by_css(browser, f'section.usage[data-key-id="{limited["id"]}"]')
+    assert f"{refused} quota rejections (rate {refused})" in section.find_element("css selector", ".totals").text
+    bars = section.find_elements("css selector", "svg.chart-rejections rect")
+    assert sum(int(b.get_attribute("data-value")) for b in bars) == refused and bars[0].is_displayed()
+    assert (
+        section.find_element("css selector", "svg.chart-rejections")
+        .get_attribute("aria-label")
+        .startswith("quota rejections per hour")
+    )
     screenshot(browser, "usage")
+    screenshot(browser, "usage-rejections", scroll_to=f'section.usage[data-key-id="{limited["id"]}"]')
     browser.get(ui_server.url + "/ui/admin/system")
     assert by_css(browser, "#checks").text
     with ui_server.client() as api:
         slots = api.get("/capacity").json()
+        cluster = api.get("/replicas").json()
     assert f"of {slots['max_running']} held" in by_css(browser, "#slots").text  # the cluster's slots (SPEC §10)
     assert len(all_css(browser, "#key-slots tbody tr")) == len(slots["keys"] or [])  # an admin sees every key's
+    [this] = cluster["replicas"]  # one replica: it lists itself, with the agents it owns
+    row = by_css(browser, f'#replicas tr[data-replica="{this["id"]}"]')
+    assert "(this one)" in row.text and row.find_element("css selector", ".agents").text == str(this["agents"])
+    assert "1 live" in by_css(browser, "#slots").text
     screenshot(browser, "system")
+    screenshot(browser, "system-replicas", scroll_to="#h-replicas")
+    browser.set_window_size(390, 844)  # on a phone the replicas' columns stay (the table scrolls sideways)
+    assert row.find_element("css selector", ".agents").is_displayed()
+    browser.set_window_size(1280, 900)
 
 
 UNLABELLED = """

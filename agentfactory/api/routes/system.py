@@ -1,4 +1,4 @@
-"""/health, /ready, /catalog, /capacity, /metrics."""
+"""/health, /ready, /catalog, /capacity, /replicas, /metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentfactory.api.routes.agents import ERRORS, CallerDep, ServicesDep
-from agentfactory.schemas import CapacityOut, Health
+from agentfactory.api.routes.keys import AdminDep
+from agentfactory.schemas import CapacityOut, ErrorBody, Health, ReplicasOut
 from agentfactory.service import system
 
 router = APIRouter(tags=["system"])
@@ -25,6 +26,17 @@ router = APIRouter(tags=["system"])
 )
 async def get_capacity(caller: CallerDep, svc: ServicesDep) -> CapacityOut:
     return await system.capacity(svc, caller)
+
+
+@router.get(
+    "/replicas",
+    response_model=ReplicasOut,
+    summary="Every live replica of the cluster, the agents each owns, and the cluster's capacity (admin)",
+    operation_id="listReplicas",
+    responses={**ERRORS, 403: {"model": ErrorBody, "description": "E_FORBIDDEN: not an admin key"}},
+)
+async def list_replicas(_admin: AdminDep, svc: ServicesDep) -> ReplicasOut:
+    return await system.replicas(svc)
 
 
 @router.get(

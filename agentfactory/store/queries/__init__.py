@@ -21,11 +21,20 @@ from agentfactory.store.queries.agents import metadata_matches as metadata_match
 from agentfactory.store.queries.agents import save_resource_usage as save_resource_usage
 from agentfactory.store.queries.agents import set_stop_reason as set_stop_reason
 from agentfactory.store.queries.agents import update_agent as update_agent
+from agentfactory.store.queries.blobs import count_blobs as count_blobs
+from agentfactory.store.queries.blobs import delete_blobs as delete_blobs
+from agentfactory.store.queries.blobs import get_blob as get_blob
+from agentfactory.store.queries.blobs import get_blob_chunk as get_blob_chunk
+from agentfactory.store.queries.blobs import insert_blob as insert_blob
+from agentfactory.store.queries.blobs import insert_blob_chunk as insert_blob_chunk
+from agentfactory.store.queries.dashboard import add_quota_rejections as add_quota_rejections
 from agentfactory.store.queries.dashboard import count_agents_by_status as count_agents_by_status
 from agentfactory.store.queries.dashboard import delete_ui_session as delete_ui_session
 from agentfactory.store.queries.dashboard import delete_ui_sessions_of_key as delete_ui_sessions_of_key
 from agentfactory.store.queries.dashboard import get_ui_session as get_ui_session
 from agentfactory.store.queries.dashboard import insert_ui_session as insert_ui_session
+from agentfactory.store.queries.dashboard import purge_quota_rejections_before as purge_quota_rejections_before
+from agentfactory.store.queries.dashboard import quota_rejections_by_key as quota_rejections_by_key
 from agentfactory.store.queries.dashboard import usage_by_key as usage_by_key
 from agentfactory.store.queries.events import EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from agentfactory.store.queries.events import CursorMoved as CursorMoved
@@ -34,12 +43,14 @@ from agentfactory.store.queries.events import last_event_id as last_event_id
 from agentfactory.store.queries.events import list_events as list_events
 from agentfactory.store.queries.events import purge_events_before as purge_events_before
 from agentfactory.store.queries.events import transition_agent as transition_agent
+from agentfactory.store.queries.events import transition_agent_row as transition_agent_row
 from agentfactory.store.queries.files import get_agent_files as get_agent_files
 from agentfactory.store.queries.files import get_artifact as get_artifact
 from agentfactory.store.queries.files import get_upload as get_upload
 from agentfactory.store.queries.files import insert_agent_files as insert_agent_files
 from agentfactory.store.queries.files import insert_upload as insert_upload
 from agentfactory.store.queries.files import list_artifacts as list_artifacts
+from agentfactory.store.queries.files import list_recent_artifacts as list_recent_artifacts
 from agentfactory.store.queries.files import purge_unused_uploads as purge_unused_uploads
 from agentfactory.store.queries.files import purge_used_uploads_of_gone_agents as purge_used_uploads_of_gone_agents
 from agentfactory.store.queries.files import store_artifacts as store_artifacts
@@ -88,10 +99,12 @@ from agentfactory.store.queries.queue import recent_ends as recent_ends
 from agentfactory.store.queries.queue import requeue_unplaced as requeue_unplaced
 from agentfactory.store.queries.replicas import claim_agents as claim_agents
 from agentfactory.store.queries.replicas import claim_overdue_elsewhere as claim_overdue_elsewhere
+from agentfactory.store.queries.replicas import count_agents_by_owner as count_agents_by_owner
 from agentfactory.store.queries.replicas import db_now as db_now
 from agentfactory.store.queries.replicas import delete_replicas_lapsed_before as delete_replicas_lapsed_before
 from agentfactory.store.queries.replicas import get_agent_owners as get_agent_owners
 from agentfactory.store.queries.replicas import heartbeat_replica as heartbeat_replica
+from agentfactory.store.queries.replicas import list_live_replicas as list_live_replicas
 from agentfactory.store.queries.replicas import owned_among as owned_among
 from agentfactory.store.queries.replicas import (
     purge_agents_finished_before_with_pks as purge_agents_finished_before_with_pks,

@@ -9,6 +9,7 @@ from agentfactory.store.tables import (
     ACTIVE,
     AgentRow,
     ApiKeyRow,
+    QuotaRejectionRow,
     UiSessionRow,
 )
 
@@ -70,3 +71,35 @@ def count_agents_by_status(*, session: Session, key_id: str | None) -> dict[str,
     if key_id is not None:
         q = q.where(AgentRow.key_id == key_id)
     return {status: int(n) for status, n in session.execute(q)}
+
+
+def add_quota_rejections(*, session: Session, counts: dict[tuple[int, str, str], int]) -> None:
+    """Add {(hour start, key id, reason): refusals} to the per-hour counters: one upsert for a
+    replica's tally of the last few seconds (its size is bounded by keys x reasons x hours)."""
+    if not counts:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    rows = [{"bucket": b, "key_id": k, "reason": r, "refused": n} for (b, k, r), n in sorted(counts.items())]
+    q = insert(QuotaRejectionRow).values(rows)
+    added = {"refused": QuotaRejectionRow.refused + q.excluded.refused}
+    session.execute(q.on_conflict_do_update(index_elements=["bucket", "key_id", "reason"], set_=added))
+
+
+def quota_rejections_by_key(*, session: Session, since: float, bucket_seconds: int) -> list[tuple[str, int, str, int]]:
+    """(key id, bucket start, reason, refusals) since `since`, per key, time bucket (a whole number
+    of hours) and reason: the usage charts' fourth series."""
+    bucket = (QuotaRejectionRow.bucket // bucket_seconds) * bucket_seconds
+    q = (
+        select(QuotaRejectionRow.key_id, bucket.label("b"), QuotaRejectionRow.reason)
+        .add_columns(func.sum(QuotaRejectionRow.refused))
+        .where(QuotaRejectionRow.bucket >= int(since))
+        .group_by(QuotaRejectionRow.key_id, "b", QuotaRejectionRow.reason)
+    )
+    return [(k, int(b), r, int(n or 0)) for k, b, r, n in session.execute(q)]
+
+
+def purge_quota_rejections_before(*, session: Session, cutoff: float) -> int:
+    return int(session.execute(delete(QuotaRejectionRow).where(QuotaRejectionRow.bucket < cutoff)).rowcount)  # type: ignore[attr-defined]

@@ -55,10 +55,29 @@ def transition_agent(
     a change that did not happen. An agent that asked for artifacts also gets `agent.artifacts_ready`
     with its `agent.finished`: its runtime hands them back before it exits, so when the agent is
     finished their collection is over (SPEC §9: the manifest is `complete`)."""
-    changed = update_agent(session=session, pk=pk, only_if_status=only_if_status, **values)
-    if changed and event is not None:
-        row = session.get(AgentRow, pk, populate_existing=True)
-        assert row is not None
+    changed = transition_agent_row(
+        session=session, pk=pk, only_if_status=only_if_status, event=event, document=document, at=at, **values
+    )
+    return changed is not None
+
+
+def transition_agent_row(
+    *,
+    session: Session,
+    pk: int,
+    only_if_status: Iterable[str] | None,
+    event: str | None,
+    document: Callable[[AgentRow], str],
+    at: float,
+    **values: Any,
+) -> AgentRow | None:
+    """`transition_agent`, returning the row as the change left it (None: nothing changed), so
+    the caller need not read it again."""
+    if not update_agent(session=session, pk=pk, only_if_status=only_if_status, **values):
+        return None
+    row = session.get(AgentRow, pk, populate_existing=True)
+    assert row is not None
+    if event is not None:
         doc = document(row)
         append_event(session=session, type=event, agent_id=row.id, key_id=row.key_id, agent=doc, at=at)
         if event == EventType.FINISHED:
@@ -66,7 +85,7 @@ def transition_agent(
             if files is not None and files.artifacts:
                 ready = EventType.ARTIFACTS_READY
                 append_event(session=session, type=ready, agent_id=row.id, key_id=row.key_id, agent=doc, at=at)
-    return changed
+    return row
 
 
 def list_events(

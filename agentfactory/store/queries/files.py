@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from agentfactory.store.tables import (
     AgentFilesRow,
+    AgentRow,
     ArtifactRow,
     UploadRow,
 )
@@ -99,3 +100,21 @@ def get_artifact(*, session: Session, agent_pk: int, path: str) -> ArtifactRow |
         ArtifactRow.agent_pk == agent_pk, ArtifactRow.path == path, ArtifactRow.dropped.is_(False)
     )
     return session.scalars(q).first()
+
+
+def list_recent_artifacts(
+    *, session: Session, key_id: str | None, agents: int, limit: int
+) -> list[tuple[str, ArtifactRow]]:
+    """The kept artifacts of the key's (None: everyone's) `agents` newest agents, newest agent first,
+    at most `limit`, each with its agent's id."""
+    recent = select(AgentRow.pk).order_by(AgentRow.pk.desc()).limit(agents)
+    if key_id is not None:
+        recent = recent.where(AgentRow.key_id == key_id)
+    q = (
+        select(AgentRow.id, ArtifactRow)
+        .join(AgentRow, AgentRow.pk == ArtifactRow.agent_pk)
+        .where(ArtifactRow.agent_pk.in_(recent.scalar_subquery()), ArtifactRow.dropped.is_(False))
+        .order_by(ArtifactRow.agent_pk.desc(), ArtifactRow.seq)
+        .limit(limit)
+    )
+    return [(agent_id, art) for agent_id, art in session.execute(q)]

@@ -12,8 +12,8 @@ from agentfactory.store.tables import (
 GATEWAY_LIVE = ("starting", "running")
 
 
-def get_gateway_grant(*, session: Session, token_hash: str) -> tuple[int, str, str, str, int, int, int] | None:
-    """(pk, id, model, status, token_budget, tokens used, tokens reserved) of a gateway token's agent."""
+def get_gateway_grant(*, session: Session, token_hash: str) -> tuple[int, str, str, str, int, int, int, str] | None:
+    """(pk, id, model, status, token_budget, tokens used, tokens reserved, key id) of a gateway token's agent."""
     q = select(
         AgentRow.pk,
         AgentRow.id,
@@ -22,9 +22,12 @@ def get_gateway_grant(*, session: Session, token_hash: str) -> tuple[int, str, s
         AgentRow.token_budget,
         AgentRow.tokens_prompt + AgentRow.tokens_completion,
         AgentRow.tokens_reserved,
+        AgentRow.key_id,
     ).where(AgentRow.gateway_token_hash == token_hash)
     row = session.execute(q).first()
-    return None if row is None else (row[0], row[1], row[2], row[3], int(row[4]), int(row[5] or 0), int(row[6] or 0))
+    if row is None:
+        return None
+    return (row[0], row[1], row[2], row[3], int(row[4]), int(row[5] or 0), int(row[6] or 0), row[7])
 
 
 def get_token_account(*, session: Session, pk: int) -> tuple[str, int, int, int] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -48,14 +49,15 @@ def store_log_chunks(
         q = update(AgentRow).where(AgentRow.pk == pk)
         if owner is not None:
             q = q.where(AgentRow.owner == owner)
-        moved = conn.execute(
-            q.values(
-                stdout_consumed=stdout_consumed,
-                stderr_consumed=stderr_consumed,
-                log_dropped_lines=dropped_lines,
-                log_dropped_bytes=dropped_bytes,
-            )
-        )
+        values: dict[str, Any] = {
+            "stdout_consumed": stdout_consumed,
+            "stderr_consumed": stderr_consumed,
+            "log_dropped_lines": dropped_lines,
+            "log_dropped_bytes": dropped_bytes,
+        }
+        if pk in first_output_at:  # kept once set: the first batch's time
+            values["first_output_at"] = func.coalesce(AgentRow.first_output_at, first_output_at[pk])
+        moved = conn.execute(q.values(**values))
         if owner is not None and not moved.rowcount:
             fenced.add(pk)
     kept = [r for r in rows if r[0] not in fenced] if fenced else rows
@@ -66,11 +68,6 @@ def store_log_chunks(
             f"({', '.join([mark] * 6)})",
             list(kept),
         )
-    for pk, ts in first_output_at.items():
-        if pk not in fenced:
-            conn.execute(
-                update(AgentRow).where(AgentRow.pk == pk, AgentRow.first_output_at.is_(None)).values(first_output_at=ts)
-            )
     return fenced
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
@@ -28,16 +28,38 @@ def db_now(*, session: Session) -> float:
 
 
 def heartbeat_replica(
-    *, session: Session, replica_id: str, host: str, pid: int, url: str | None, engine_id: str | None
+    *,
+    session: Session,
+    replica_id: str,
+    host: str,
+    pid: int,
+    url: str | None,
+    engine_id: str | None,
+    warm: tuple[int, int] | None = None,
 ) -> tuple[float, list[ReplicaRow]]:
-    """Renew this replica's lease (heartbeat_at = the database's now); returns (that now, every lease)."""
+    """Renew this replica's lease (heartbeat_at = the database's now) and say its warm pool (idle,
+    target); returns (that now, every lease)."""
     now = db_now(session=session)
     values = {"host": host, "pid": pid, "url": url, "engine_id": engine_id, "heartbeat_at": now}
+    values["warm_idle"], values["warm_target"] = warm if warm is not None else (None, None)
     changed = session.execute(update(ReplicaRow).where(ReplicaRow.id == replica_id).values(**values)).rowcount  # type: ignore[attr-defined]
     if not changed:
         session.add(ReplicaRow(id=replica_id, started_at=now, **values))
         session.flush()
     return now, list(session.scalars(select(ReplicaRow).order_by(ReplicaRow.started_at)))
+
+
+def list_live_replicas(*, session: Session, lease_seconds: float) -> tuple[float, list[ReplicaRow]]:
+    """(the database's now, the replicas whose lease was renewed within lease_seconds, oldest first)."""
+    now = db_now(session=session)
+    q = select(ReplicaRow).where(ReplicaRow.heartbeat_at >= now - lease_seconds).order_by(ReplicaRow.started_at)
+    return now, list(session.scalars(q))
+
+
+def count_agents_by_owner(*, session: Session) -> dict[str | None, int]:
+    """{replica id (None: nobody yet): active agents it owns}: the dashboard's replica list."""
+    q = select(AgentRow.owner, func.count()).where(AgentRow.status.in_(ACTIVE)).group_by(AgentRow.owner)
+    return {owner: int(n) for owner, n in session.execute(q)}
 
 
 def release_replica(*, session: Session, replica_id: str) -> int:

@@ -80,11 +80,15 @@ def dispatch_events(*, session: Session, now: float, agent_metadata: Callable[[s
         session.add(position)
         session.flush()
     start = position.value
-    events = list(session.scalars(select(EventRow).where(EventRow.id > start).order_by(EventRow.id).limit(limit)))
-    if not events:
+    newest = session.scalar(select(func.max(EventRow.id)))
+    if newest is None or newest <= start:
         return 0, 0
     live_keys = select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None))
     hooks = list(session.scalars(select(WebhookRow).where(WebhookRow.key_id.in_(live_keys))))
+    if not hooks:  # nobody to tell: the cursor jumps past what was logged before the webhooks were read
+        _move_cursor(session, cursor, start, newest)
+        return 0, 0
+    events = list(session.scalars(select(EventRow).where(EventRow.id > start).order_by(EventRow.id).limit(limit)))
     made = 0
     for ev in events:
         meta: dict[str, Any] | None = None
@@ -109,12 +113,16 @@ def dispatch_events(*, session: Session, now: float, agent_metadata: Callable[[s
                     )
                 )
                 made += 1
+    _move_cursor(session, cursor, start, events[-1].id)
+    return len(events), made
+
+
+def _move_cursor(session: Session, cursor: str, start: int, to: int) -> None:
     moved = session.execute(
-        update(CursorRow).where(CursorRow.name == cursor, CursorRow.value == start).values(value=events[-1].id)
+        update(CursorRow).where(CursorRow.name == cursor, CursorRow.value == start).values(value=to)
     )
     if not moved.rowcount:  # type: ignore[attr-defined]
         raise CursorMoved(cursor)
-    return len(events), made
 
 
 def claim_webhook_deliveries(
