@@ -3,7 +3,7 @@
 Every call reserves its prompt (bounded by its size) plus its completion (`max_tokens`, clamped to what
 is left) in one conditional UPDATE before the upstream is called, and settles to the real usage after,
 so concurrent calls never overshoot. Its methods block on the store: the gateway runs them on threads
-of its own.
+of its own, each statement in one round trip on PostgreSQL (`Store.autocommit`).
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ class TokenLedger:
             return queries.clear_token_reservations(session=s)
 
     def find_agent(self, digest: str) -> AgentGrant | None:
-        with self._store.session() as s:
-            row = queries.get_gateway_grant(session=s, token_hash=digest)
+        row = self._store.autocommit(queries.get_gateway_grant, token_hash=digest)
         return None if row is None else AgentGrant(*row)
 
     def spec_fields(self, pk: int) -> AgentRow | None:
@@ -80,13 +79,11 @@ class TokenLedger:
                 return "spent", budget - used
             grant = min(want, budget - used - reserved - prompt)
             if grant >= 1:
-                with self._store.session() as s:
-                    if queries.reserve_tokens(session=s, pk=agent.pk, tokens=prompt + grant):
-                        return "ok", grant
+                if self._store.autocommit(queries.reserve_tokens, pk=agent.pk, tokens=prompt + grant):
+                    return "ok", grant
             elif reserved == 0:
                 return "busy", 0
-            with self._store.session() as s:
-                fresh = queries.get_token_account(session=s, pk=agent.pk)
+            fresh = self._store.autocommit(queries.get_token_account, pk=agent.pk)
             if fresh == account:
                 return "busy", 0
             account = fresh
@@ -102,12 +99,11 @@ class TokenLedger:
                 prompt_tokens=used.prompt_tokens,
                 completion_tokens=used.completion_tokens,
             )
-        with self._store.session() as s:
-            queries.settle_tokens(
-                session=s,
-                pk=agent.pk,
-                reserved=held.tokens,
-                prompt_tokens=used.prompt_tokens,
-                completion_tokens=used.completion_tokens,
-                calls=0 if usage is None else 1,
-            )
+        self._store.autocommit(
+            queries.settle_tokens,
+            pk=agent.pk,
+            reserved=held.tokens,
+            prompt_tokens=used.prompt_tokens,
+            completion_tokens=used.completion_tokens,
+            calls=0 if usage is None else 1,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,7 @@ class Store:
         # The reads every API request makes, without a Session's cost (store/point.py, store/pgpoint.py).
         self.point_reader = AgentPointReader(self.engine) if self.is_sqlite else None
         self.pg_point = None if self.is_sqlite else PgPointStore(self.engine)
+        self._own = threading.local()  # `autocommit`'s connection, one per thread
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision. On PostgreSQL, replicas that start
@@ -107,6 +109,27 @@ class Store:
         """`fn(session=..., **kwargs)` (a function of `queries`) in its own transaction, here."""
         with self.session() as s:
             return fn(session=s, **kwargs)
+
+    def autocommit(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`call`, for `fn` of ONE statement (its own transaction, atomic as it is), in one round trip
+        on PostgreSQL: on this thread's own connection in autocommit, so without the pool's ping and
+        without BEGIN and COMMIT (the model gateway's per-call work, on threads of its own). A
+        connection the database dropped while it was idle (a restart, a failover: the statement never
+        reached a live server) is replaced and the statement sent once more, as the ping would have."""
+        if self.is_sqlite:
+            return self.call(fn, **kwargs)
+        for attempt in (1, 2):
+            conn = getattr(self._own, "conn", None)
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._own.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                with Session(bind=conn) as s:
+                    return fn(session=s, **kwargs)
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == 2:
+                    raise
+                conn.close()
+        raise AssertionError("unreachable")
 
     async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """`call`, off the event loop: the one way async code runs a query."""

@@ -148,3 +148,21 @@ def test_a_replica_spends_a_high_rate_s_tokens_itself_for_a_moment(store: Store)
     now[0] += 0.06  # the lease (9 tokens left) expired: they are dropped, not spent
     assert asyncio.run(takes(1)) == [None]
     assert trips == [10, 10, 10, 10]
+
+
+def test_autocommit_runs_one_statement_on_the_thread_s_own_connection(store: Store) -> None:
+    store.call(
+        queries.insert_agent,
+        id="ag_1", key_id="key_a", status="running", model="echo", tools=[], prompt="hi", env={}, secrets={},
+        meta={}, ttl_seconds=60, token_budget=1000, created_at=1.5, expires_at=62.25, gateway_token_hash="h" * 64,
+    )  # fmt: skip
+    grant = store.autocommit(queries.get_gateway_grant, token_hash="h" * 64)
+    assert grant is not None and grant[1] == "ag_1"
+    assert store.autocommit(queries.reserve_tokens, pk=grant[0], tokens=900)
+    assert not store.autocommit(queries.reserve_tokens, pk=grant[0], tokens=101)  # over the budget
+    with store.engine.begin() as conn:  # seen by others at once (committed), and the backend killed
+        assert conn.execute(text("SELECT tokens_reserved FROM agents WHERE id = 'ag_1'")).scalar_one() == 900
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))  # fmt: skip
+    store.autocommit(queries.settle_tokens, pk=grant[0], reserved=900, prompt_tokens=5, completion_tokens=7, calls=1)
+    assert store.autocommit(queries.get_token_account, pk=grant[0]) == ("running", 1000, 12, 0)
