@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -78,6 +79,8 @@ class Store:
         self.point_reader = AgentPointReader(self.engine) if self.is_sqlite else None
         self.pg_point = None if self.is_sqlite else PgPointStore(self.engine)
         self._own = threading.local()  # `autocommit`'s connection, one per thread
+        self._owned: list[Any] = []  # ... all of them, closed by `dispose`
+        self._owned_lock = threading.Lock()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision. On PostgreSQL, replicas that start
@@ -122,6 +125,8 @@ class Store:
             conn = getattr(self._own, "conn", None)
             if conn is None or conn.closed or conn.invalidated:
                 conn = self._own.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                with self._owned_lock:
+                    self._owned = [c for c in self._owned if not c.closed] + [conn]
             try:
                 with Session(bind=conn) as s:
                     return fn(session=s, **kwargs)
@@ -154,4 +159,9 @@ class Store:
             self.point_reader.close()
         if self.pg_point is not None:
             self.pg_point.close()
+        with self._owned_lock:
+            owned, self._owned = self._owned, []
+        for conn in owned:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
