@@ -55,9 +55,11 @@ def check_key(key: str) -> str:
     return key
 
 
-class _FileWriter:
-    def __init__(self, final: Path, tmp_dir: Path):
-        self._final = final
+class StagedWriter:
+    """A blob being written: staged in a temporary file of `tmp_dir` until `commit` keeps it
+    (each store's own way) or `abort` drops it."""
+
+    def __init__(self, tmp_dir: Path):
         fd, name = tempfile.mkstemp(prefix=".partial-", dir=tmp_dir)
         self._path = Path(name)
         self._file = os.fdopen(fd, "wb")
@@ -70,14 +72,23 @@ class _FileWriter:
         return open(self._path, "rb")
 
     def commit(self) -> None:
-        self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path, self._final)
+        raise NotImplementedError
 
     def abort(self) -> None:
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
+
+
+class _FileWriter(StagedWriter):
+    def __init__(self, final: Path, tmp_dir: Path):
+        super().__init__(tmp_dir)
+        self._final = final
+
+    def commit(self) -> None:
+        self._file.close()
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, self._final)
 
 
 class LocalBlobs:

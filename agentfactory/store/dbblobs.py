@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import tempfile
 import time
@@ -20,26 +19,17 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from agentfactory.store import queries
-from agentfactory.store.blobs import CHUNK, check_key
+from agentfactory.store.blobs import CHUNK, StagedWriter, check_key
 from agentfactory.store.engine import Store
 
 STALE_STAGING = 86_400.0
 
 
-class _DbWriter:
+class _DbWriter(StagedWriter):
     def __init__(self, store: Store, key: str, tmp_dir: Path):
+        super().__init__(tmp_dir)
         self._store = store
         self._key = key
-        fd, name = tempfile.mkstemp(prefix=".partial-", dir=tmp_dir)
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb")
-
-    def write(self, data: bytes) -> int:
-        return self._file.write(data)
-
-    def reader(self) -> BinaryIO:
-        self._file.flush()
-        return open(self._path, "rb")
 
     def commit(self) -> None:
         self._file.close()
@@ -55,11 +45,6 @@ class _DbWriter:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
-
-    def abort(self) -> None:
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
 
 
 class DbBlobReader(io.RawIOBase):
