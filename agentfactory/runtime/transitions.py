@@ -56,7 +56,7 @@ class Transitions:
         """The compare-and-set (on status and owner), with `event` appended to the event log in its
         transaction; the row as it left it (None: it changed nothing)."""
         changed = await self.store.run(
-            queries.transition_agent_row,
+            queries.transition_agent,
             pk=pk,
             only_if_status=only_if,
             only_if_owner=self.owner,

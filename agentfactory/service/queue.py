@@ -255,14 +255,14 @@ async def end_queued(d: QueueDispatcher, pk: int, status: AgentStatus, reason: R
         at=d.clock(),
         **never_ran(status, reason, error, d.clock()),
     )
-    if changed:
+    if changed is not None:
         d.metrics.agents_finished.labels(status=status).inc()
         d.metrics.agents_finished_reason.labels(reason=reason).inc()
         log.info("agent_finished", agent_id=None, agent_pk=pk, status=status, reason=reason)
         d.hub.bump_events()
         d.hub.bump(pk)
         d.poke()
-    return changed
+    return changed is not None
 
 
 @dataclass

@@ -31,10 +31,13 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The app in process on a fake backend; a test module may parametrize it (indirectly) with the
+    blob store ("auto", "fs", "db")."""
     settings = Settings(
         database_url=database_url(tmp_path / "af.db"),
         files_dir=tmp_path / "af.db.files",  # SQLite's default; PostgreSQL's would be the working directory's
+        files_store=getattr(request, "param", "auto"),
         admin_key=ADMIN,
         gateway_socket_dir=tmp_path / "gw",
         reaper_interval_seconds=3600,

@@ -7,39 +7,20 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from agentfactory.app import create_app
-from agentfactory.backends.fake import FakeBackend
-from agentfactory.settings import Settings
 from agentfactory.store import queries
 from agentfactory.store.dbblobs import DbBlobs
-from tests.api.conftest import ADMIN, Api
+from tests.api.conftest import Api
 from tests.api.test_reaper import get, run_pass, state
-from tests.support.server import database_url
 
 DAY = 86_400
 
 
-@pytest.fixture(params=["fs", "db"])
-def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(
-        database_url=database_url(tmp_path / "af.db"),
-        files_dir=tmp_path / "af.db.files",
-        files_store=request.param,
-        admin_key=ADMIN,
-        gateway_socket_dir=tmp_path / "gw",
-        reaper_interval_seconds=3600,
-    )
-    backend = FakeBackend()
-    app = create_app(settings, backend=backend, run_loops=False)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield Api(client=client, backend=backend, admin={"Authorization": f"Bearer {ADMIN}"})
+# Every test here runs in either blob store.
+pytestmark = pytest.mark.parametrize("api", ["fs", "db"], indirect=True)
 
 
 def upload(api: Api) -> str:

@@ -43,7 +43,6 @@ from agentfactory.store.queries.events import last_event_id as last_event_id
 from agentfactory.store.queries.events import list_events as list_events
 from agentfactory.store.queries.events import purge_events_before as purge_events_before
 from agentfactory.store.queries.events import transition_agent as transition_agent
-from agentfactory.store.queries.events import transition_agent_row as transition_agent_row
 from agentfactory.store.queries.files import get_agent_files as get_agent_files
 from agentfactory.store.queries.files import get_artifact as get_artifact
 from agentfactory.store.queries.files import get_upload as get_upload

@@ -48,31 +48,14 @@ def transition_agent(
     document: Callable[[AgentRow], str],
     at: float,
     **values: Any,
-) -> bool:
+) -> AgentRow | None:
     """`update_agent`'s compare-and-set; when it changed the row and `event` is set, the event
     (with `document(row)`: the agent's wire JSON after the change) joins the log in the same
     transaction. So every status change that has an event has exactly one, and no event tells of
-    a change that did not happen. An agent that asked for artifacts also gets `agent.artifacts_ready`
+    a change that did not happen. Returns the row as the change left it (None: nothing changed),
+    so the caller need not read it again. An agent that asked for artifacts also gets `agent.artifacts_ready`
     with its `agent.finished`: its runtime hands them back before it exits, so when the agent is
     finished their collection is over (SPEC §9: the manifest is `complete`)."""
-    changed = transition_agent_row(
-        session=session, pk=pk, only_if_status=only_if_status, event=event, document=document, at=at, **values
-    )
-    return changed is not None
-
-
-def transition_agent_row(
-    *,
-    session: Session,
-    pk: int,
-    only_if_status: Iterable[str] | None,
-    event: str | None,
-    document: Callable[[AgentRow], str],
-    at: float,
-    **values: Any,
-) -> AgentRow | None:
-    """`transition_agent`, returning the row as the change left it (None: nothing changed), so
-    the caller need not read it again."""
     if not update_agent(session=session, pk=pk, only_if_status=only_if_status, **values):
         return None
     row = session.get(AgentRow, pk, populate_existing=True)

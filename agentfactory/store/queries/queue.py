@@ -165,7 +165,7 @@ def requeue_unplaced(
     if row is None or row.status != "starting" or row.owner != owner or row.queue_deadline is None:
         return False
     rnd = row.queue_round if row.queue_round is not None else next_queue_round(session=session, key_id=row.key_id)
-    return transition_agent(
+    moved = transition_agent(
         session=session,
         pk=pk,
         only_if_status=("starting",),
@@ -181,6 +181,7 @@ def requeue_unplaced(
         container_id=None,
         engine_id=None,
     )
+    return moved is not None
 
 
 def recent_ends(*, session: Session, limit: int = 20) -> list[tuple[float, float, float]]:
