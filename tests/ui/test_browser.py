@@ -63,6 +63,8 @@ def test_sign_in_page(browser: Any, ui_server: ServerProcess) -> None:
     screenshot(browser, "sign-in")
     by_css(browser, "#key").send_keys("af_not_a_key")
     by_css(browser, "form.login button[type=submit]").click()
+    # the click posts the form; the answer is a new page, not there yet when click() returns
+    wait_until(lambda: all_css(browser, "#key-error"), timeout=10, what="the sign-in error")
     assert "unknown API key" in by_css(browser, "#key-error").text
 
 
