@@ -52,7 +52,10 @@ def raw_request(path: Path, head: bytes, body: bytes = b"", timeout: float = 10)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(head + body)
+        try:
+            sock.sendall(head + body)
+        except BrokenPipeError:  # refused at accept: answered and closed before the request was all sent
+            pass
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
