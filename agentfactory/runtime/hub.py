@@ -46,6 +46,15 @@ class Hub:
         if self.publish is not None:
             self.publish([agent_pk])
 
+    def track(self, agent_pk: int) -> None:
+        """Remember the agent from now on (before it can print): until its first bump, its
+        generations stay the current one instead of following every other agent's bumps, so its
+        followers do not re-read an unchanged log each time another agent moves. Safe at any time:
+        every later change bumps it."""
+        for seen in (self._lines_at, self._row_at):
+            if agent_pk not in seen:
+                self._mark(seen, agent_pk)
+
     def lines_generation(self, agent_pk: int) -> int:
         """A generation no older than the agent's last new lines: a read of its lines begun at it
         (or later) saw every line stored before it."""

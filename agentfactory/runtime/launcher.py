@@ -125,6 +125,7 @@ class Launcher:
             self._launching.discard(row.pk)
 
     async def _launch(self, row: AgentRow, token: str, keep_on_engine_down: bool) -> AgentRow:
+        self.hub.track(row.pk)
         try:
             # The engine it runs on, so that only replicas reaching that engine adopt it.
             engine_id = await self.backend.engine_id()

@@ -44,7 +44,7 @@ class Transitions:
         self.clock = clock
 
     async def load(self, pk: int) -> AgentRow | None:
-        return await self.store.run(queries.get_agent_by_pk, pk=pk)
+        return await self.store.agent_by_pk(pk)
 
     async def cas(self, pk: int, only_if: tuple[str, ...] | None, **values: Any) -> bool:
         """A transition of an agent this replica owns (none of one another replica adopted)."""

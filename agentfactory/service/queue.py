@@ -186,7 +186,7 @@ class QueueDispatcher(Loop):
         self._last_order: list[tuple[int, str, int]] = []
 
     async def run_once(self) -> None:
-        if not self._last_order and not await self.store.run(queries.count_queued):
+        if not self._last_order and not await self.store.queued_count():
             # Nothing queued, nothing to tell: one read, not the claim's write lock, on every start
             # and end that wakes the dispatcher.
             self.metrics.agents_queued.set(0)
@@ -231,7 +231,7 @@ class QueueDispatcher(Loop):
         pks = await self.store.run(queries.overdue_queued_agents, now=now)
         for pk in pks:
             why = "it did not get a slot in time"
-            row = await self.store.run(queries.get_agent_by_pk, pk=pk)
+            row = await self.store.agent_by_pk(pk)
             if row is not None and row.error:  # the cluster could not place it (runtime/placement.py)
                 why = f"{why} ({row.error})"
             await end_queued(self, pk, AgentStatus.EXPIRED, Reason.QUEUE_TIMEOUT, why)
@@ -290,7 +290,7 @@ async def present_many(queue: Queue, store: Store, rows: list[AgentRow]) -> list
     for r in rows:
         position = positions.get(r.pk) if r.status == AgentStatus.QUEUED else None
         if r.status == AgentStatus.QUEUED and position is None:  # it left the queue after the row was read
-            fresh = await store.run(queries.get_agent_by_pk, pk=r.pk)
+            fresh = await store.agent_by_pk(r.pk)
             out.append(agent_out(fresh or r))
             continue
         eta = await queue.pace.estimate(expected.get(r.pk, position)) if position is not None else None

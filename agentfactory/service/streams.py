@@ -58,7 +58,7 @@ async def follow(svc: Services, row: AgentRow, start: int, read_block: BlockRead
     hub, pk = svc.hub, row.pk
 
     async def load() -> FollowedAgent | None:
-        fresh = await svc.store.run(queries.get_agent_by_pk, pk=pk)
+        fresh = await svc.store.agent_by_pk(pk)
         if fresh is not None and fresh.status == AgentStatus.QUEUED:  # with its position, read now
             return FollowedAgent(fresh.status, (await queue.present(svc.queue, svc.store, fresh)).model_dump_json())
         return FollowedAgent.of(fresh)
@@ -105,7 +105,7 @@ async def wait_until_done(svc: Services, row: AgentRow, timeout: float) -> Agent
         if remaining <= 0:
             break
         wake = svc.hub.subscribe(row.pk)
-        fresh = await svc.store.run(queries.get_agent_by_pk, pk=row.pk)
+        fresh = await svc.store.agent_by_pk(row.pk)
         if fresh is None:
             wake.cancel()
             raise NotFoundError(f"no agent {row.id!r}")

@@ -18,8 +18,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agentfactory.store import queries
 from agentfactory.store.pgpoint import PgPointStore
 from agentfactory.store.point import AgentPointReader
+from agentfactory.store.tables import AgentRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATE_LOCK = 0x6166_6D69  # the advisory lock key replicas' migrations take turns under
@@ -139,6 +141,19 @@ class Store:
     async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """`call`, off the event loop: the one way async code runs a query."""
         return await asyncio.to_thread(self.call, fn, **kwargs)
+
+    async def agent_by_pk(self, pk: int) -> AgentRow | None:
+        """`queries.get_agent_by_pk`: on SQLite on the event loop (store/point.py), a hop to a
+        thread costing more than the read; elsewhere through `run`."""
+        if self.point_reader is not None:
+            return self.point_reader.get_agent_by_pk(pk=pk)
+        return await self.run(queries.get_agent_by_pk, pk=pk)
+
+    async def queued_count(self) -> int:
+        """`queries.count_queued` of every key, the same way."""
+        if self.point_reader is not None:
+            return self.point_reader.count_queued()
+        return await self.run(queries.count_queued)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""One agent row by id, read on SQLite without the ORM's per-query cost.
+"""One agent row by id (or pk), and the queue's length, read on SQLite without the ORM's per-query cost.
 
 `GET /agents/{id}` is the request pipelines make most (they poll it). Through a Session the read
 costs about 0.7 ms of CPU (session, transaction, statement cache key, ORM loading), half of the
@@ -31,19 +31,32 @@ class AgentPointReader:
         columns = ", ".join(f'"{attr.columns[0].name}"' for attr in mapper.column_attrs)
         self._by_id = f"SELECT {columns} FROM agents WHERE id = ?"
         self._by_id_and_key = self._by_id + " AND key_id = ?"
+        self._by_pk = f"SELECT {columns} FROM agents WHERE pk = ?"
 
-    def get_agent(self, *, agent_id: str, key_id: str | None = None) -> AgentRow | None:
-        """The agent, or None; with key_id, only when that key owns it (as `queries.get_agent`)."""
+    def _one(self, statement: str, params: tuple[Any, ...]) -> Any:
         with self._lock:
             if self._conn is None:
                 raw = self._engine.raw_connection()
                 self._conn = raw.driver_connection
                 raw.detach()  # ours for good: the pool neither resets nor hands it to anyone else
                 self._conn.isolation_level = None  # autocommit: no snapshot outlives a SELECT
-            if key_id is None:
-                found = self._conn.execute(self._by_id, (agent_id,)).fetchone()
-            else:
-                found = self._conn.execute(self._by_id_and_key, (agent_id, key_id)).fetchone()
+            return self._conn.execute(statement, params).fetchone()
+
+    def get_agent(self, *, agent_id: str, key_id: str | None = None) -> AgentRow | None:
+        """The agent, or None; with key_id, only when that key owns it (as `queries.get_agent`)."""
+        if key_id is None:
+            return self._row(self._one(self._by_id, (agent_id,)))
+        return self._row(self._one(self._by_id_and_key, (agent_id, key_id)))
+
+    def get_agent_by_pk(self, *, pk: int) -> AgentRow | None:
+        """As `queries.get_agent_by_pk`."""
+        return self._row(self._one(self._by_pk, (pk,)))
+
+    def count_queued(self) -> int:
+        """As `queries.count_queued` (of every key): on the `ix_agents_status_expires` index."""
+        return int(self._one("SELECT count(*) FROM agents WHERE status = 'queued'", ())[0])
+
+    def _row(self, found: Any) -> AgentRow | None:
         if found is None:
             return None
         values = {

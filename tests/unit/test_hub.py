@@ -25,6 +25,13 @@ def test_lines_and_row_generations_move_only_with_their_own_changes() -> None:
         assert (hub.lines_generation(1), hub.row_generation(1)) == (lines, row)
         # an agent the hub knows nothing of reads as changed just now: a read too many, never one too few
         assert hub.lines_generation(3) == hub.row_generation(3) == hub.generation
+        hub.track(3)  # launched: from now on other agents' changes leave it alone too
+        tracked = hub.generation
+        hub.bump(2)
+        assert hub.lines_generation(3) == hub.row_generation(3) == tracked < hub.generation
+        hub.bump(3, row=False)
+        hub.track(3)  # tracking again never hides a change
+        assert hub.lines_generation(3) == hub.generation
 
     asyncio.run(scenario())
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import String, case, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from agentfactory.store.tables import (
@@ -153,12 +154,18 @@ def update_agent(
 
     Returns whether a row changed: the compare-and-set every state transition goes through.
     """
+    q = agent_update(pk, only_if_status, only_if_owner).values(**values)
+    return bool(session.execute(q).rowcount)  # type: ignore[attr-defined]
+
+
+def agent_update(pk: int, only_if_status: Iterable[str] | None, only_if_owner: str | None = None) -> Update:
+    """The UPDATE of one agent, guarded by its status and owner when those are given."""
     q = update(AgentRow).where(AgentRow.pk == pk)
     if only_if_status is not None:
         q = q.where(AgentRow.status.in_(tuple(only_if_status)))
     if only_if_owner is not None:
         q = q.where(AgentRow.owner == only_if_owner)
-    return bool(session.execute(q.values(**values)).rowcount)  # type: ignore[attr-defined]
+    return q
 
 
 def mark_engine_lost(*, session: Session, pks: Sequence[int], at: float) -> None:

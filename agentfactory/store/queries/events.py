@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
-from agentfactory.store.queries.agents import update_agent
+from agentfactory.store.queries.agents import agent_update
 from agentfactory.store.tables import (
     AgentFilesRow,
     AgentRow,
@@ -47,6 +47,7 @@ def transition_agent(
     event: str | None,
     document: Callable[[AgentRow], str],
     at: float,
+    only_if_owner: str | None = None,
     **values: Any,
 ) -> AgentRow | None:
     """`update_agent`'s compare-and-set; when it changed the row and `event` is set, the event
@@ -56,10 +57,11 @@ def transition_agent(
     so the caller need not read it again. An agent that asked for artifacts also gets `agent.artifacts_ready`
     with its `agent.finished`: its runtime hands them back before it exits, so when the agent is
     finished their collection is over (SPEC §9: the manifest is `complete`)."""
-    if not update_agent(session=session, pk=pk, only_if_status=only_if_status, **values):
+    # One statement: the row comes back from the UPDATE (RETURNING: SQLite ≥ 3.35, PostgreSQL).
+    changed = agent_update(pk, only_if_status, only_if_owner).values(**values).returning(AgentRow)
+    row = session.scalars(changed, execution_options={"populate_existing": True}).one_or_none()
+    if row is None:
         return None
-    row = session.get(AgentRow, pk, populate_existing=True)
-    assert row is not None
     if event is not None:
         doc = document(row)
         append_event(session=session, type=event, agent_id=row.id, key_id=row.key_id, agent=doc, at=at)
