@@ -95,6 +95,14 @@ def cpu_seconds(procs: Sequence[Any]) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process, the kernel) so far."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
 # -- statistics ------------------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from common import (
     create_agent,
     engine_processes,
     ensure_ready,
+    machine_busy_seconds,
     machine_note,
     print_rows,
     sse_events,
@@ -135,10 +136,12 @@ def main() -> None:
             lat: dict[str, list[float]] = {"ours": [], "docker": []}
             # CPU seconds spent per side: by the engine (dockerd + containerd), and by the side's own
             # control plane (the server process; the docker CLI processes, reaped children of this one).
-            spent = {side: {"engine": 0.0, "control": 0.0} for side in wall}
+            # ... and by the whole machine (containers, shims, runc, the kernel, this script: everything).
+            spent = {side: {"engine": 0.0, "control": 0.0, "machine": 0.0} for side in wall}
             for side, n in (("ours", halves[0]), ("docker", halves[0]), ("docker", halves[1]), ("ours", halves[1])):
-                e0, s0, k0 = cpu_seconds(engine), cpu_seconds(server_proc), children_cpu()
+                e0, s0, k0, m0 = cpu_seconds(engine), cpu_seconds(server_proc), children_cpu(), machine_busy_seconds()
                 w, ls = run_batch(n, c, ours if side == "ours" else docker)
+                spent[side]["machine"] += machine_busy_seconds() - m0
                 spent[side]["engine"] += cpu_seconds(engine) - e0
                 spent[side]["control"] += (cpu_seconds(server_proc) - s0) if side == "ours" else (children_cpu() - k0)
                 wall[side] += w
@@ -154,7 +157,10 @@ def main() -> None:
             print(f"  per-agent latency  docker: {sd.ms()}")
             for side, label in (("ours", "ours   (server process)"), ("docker", "docker (CLI processes)  ")):
                 per = {k: 1000 * v / args.agents for k, v in spent[side].items()}
-                print(f"  CPU per agent {label}: control {per['control']:6.1f} ms, engine {per['engine']:6.1f} ms")
+                print(
+                    f"  CPU per agent {label}: control {per['control']:6.1f} ms, engine {per['engine']:6.1f} ms, "
+                    f"whole machine {per['machine']:6.1f} ms"
+                )
             name = f"agents completed/s at concurrency {c}, {mode}"
             row = report.add(Row(name, rate["ours"], rate["docker"], "/s", better="higher"))
             if c == 10 and not args.warm:
