@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import socket
 import time
@@ -52,10 +53,9 @@ def raw_request(path: Path, head: bytes, body: bytes = b"", timeout: float = 10)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        try:
+        # refused at accept: answered and closed before the request was all sent
+        with contextlib.suppress(BrokenPipeError):
             sock.sendall(head + body)
-        except BrokenPipeError:  # refused at accept: answered and closed before the request was all sent
-            pass
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
