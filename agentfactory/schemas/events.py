@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentfactory.schemas.agents import MAX_METADATA_ITEMS, AgentOut, iso
+from agentfactory.schemas.agents import MAX_METADATA_ITEMS, AgentOut, Timestamp, iso
 from agentfactory.vocabulary import DeliveryStatus, EventType
 
 
@@ -36,7 +36,7 @@ class EventOut(BaseModel):
 
     type: EventType
     id: int = Field(description="monotonically increasing; the SSE `id:` and the webhook-id header")
-    created_at: str
+    created_at: Timestamp
     agent: AgentOut
 
 
@@ -100,7 +100,7 @@ class WebhookOut(BaseModel):
     events: list[EventType]
     metadata: dict[str, Any]
     all_keys: bool = Field(description="made by an admin key: receives every key's events")
-    created_at: str
+    created_at: Timestamp
     circuit: Literal["closed", "open", "half_open"]
     consecutive_failures: int
 
@@ -114,7 +114,7 @@ class WebhookList(BaseModel):
 
 
 class DeliveryAttempt(BaseModel):
-    at: str
+    at: Timestamp
     duration_seconds: float
     status_code: int | None = Field(description="the HTTP status the endpoint answered, if it answered")
     error: str | None = Field(description="timeout, connection refused, a refused address...; null on an answer")
@@ -150,9 +150,9 @@ class DeliveryOut(BaseModel):
     agent_id: str | None
     status: DeliveryStatus
     attempt_count: int
-    next_attempt_at: str | None = Field(description="when the next attempt is due (pending and failed)")
-    created_at: str
-    finished_at: str | None
+    next_attempt_at: Timestamp | None = Field(description="when the next attempt is due (pending and failed)")
+    created_at: Timestamp
+    finished_at: Timestamp | None
     attempts: list[DeliveryAttempt]
 
 
