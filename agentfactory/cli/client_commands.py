@@ -18,10 +18,12 @@ import typer
 from agentfactory.cli import files
 from agentfactory.cli.following import follow_agent
 from agentfactory.cli.options import (
+    DOC_FORMATS,
     EXIT_INTERRUPTED,
     EXIT_IO,
     EXIT_TEMPFAIL,
     CliError,
+    DocOutputOption,
     DurationOption,
     IdArgument,
     JsonOption,
@@ -43,7 +45,6 @@ from agentfactory.cli.render import (
     print_doc,
     print_event,
     print_fields,
-    print_json,
     print_names,
     print_table,
 )
@@ -163,15 +164,17 @@ def artifacts(
         Path | None, typer.Option(help="download them here, each checked against its sha256", metavar="DIR")
     ] = None,
     json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """List an agent's artifacts (and the dropped ones); with --download, fetch them into DIR."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         manifest = client.list_artifacts(agent_id)
         if download is not None:
             for note in files.download_artifacts(client, agent_id, download, manifest):
                 sys.stderr.write(f"agentfactory: {note}\n")
-    if json_out:
-        return print_json(manifest)
+    if fmt:
+        return print_doc(manifest, fmt)
     rows = [[i["path"], str(i["bytes"]), i["sha256"]] for i in manifest["items"]]
     rows += [[d["path"], str(d["bytes"]), "dropped"] for d in manifest["dropped"]]
     print_table(["PATH", "BYTES", "SHA256"], rows)
@@ -191,18 +194,23 @@ def logs(
     tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines", metavar="N")] = None,
     stream: Annotated[str | None, typer.Option(help="stdout or stderr only", metavar="STREAM")] = None,
     json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """Print an agent's captured output (stdout lines to stdout, stderr lines to stderr).
 
     --tail N (up to 5000) is one request, however long the output; a larger N pages through it all.
+    -o json|yaml prints the lines as one document; with -f, --json prints one JSON event per line.
     """
+    fmt = output_format(output, json_out, DOC_FORMATS)
+    if follow and fmt not in (None, "json"):
+        raise typer.BadParameter("with --follow, only --json (one JSON event per line)", param_hint="-o/--output")
     if stream not in (None, "stdout", "stderr"):
         raise typer.BadParameter("must be stdout or stderr", param_hint="--stream")
     streams = (stream,) if stream else ("stdout", "stderr")
     with api_client(ctx) as client:
         if follow:
             client.get_agent(agent_id)  # an unknown id, a bad key or a down server fail now, not in 60 s
-            final = follow_agent(client, agent_id, json_lines=json_out, tail=tail, streams=streams)
+            final = follow_agent(client, agent_id, json_lines=fmt == "json", tail=tail, streams=streams)
             raise typer.Exit(EXIT_INTERRUPTED if final is None else 0)
         out = FollowOutput(agent_id, json_lines=False, streams=streams)
         if tail == 0:
@@ -211,9 +219,9 @@ def logs(
         elif tail is not None and tail <= MAX_LOG_PAGE:
             page = client.get_logs(agent_id, tail=tail, stream=stream)
         else:
-            page = _all_lines(client, agent_id, stream=stream, keep=tail, out=None if json_out or tail else out)
-    if json_out:
-        return print_json(page)
+            page = _all_lines(client, agent_id, stream=stream, keep=tail, out=None if fmt or tail else out)
+    if fmt:
+        return print_doc(page, fmt)
     for line in page["lines"]:
         out.line(line)
 
@@ -325,9 +333,17 @@ def wait(
     raise typer.Exit(next((code for code in codes if code != 0), 0))
 
 
-def rm(ctx: typer.Context, agent_ids: Annotated[list[str], typer.Argument(metavar="ID...")]) -> None:
-    """Stop agents now (status cancelled); a finished agent is left as it is."""
+def rm(
+    ctx: typer.Context,
+    agent_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    json_out: JsonOption = False,
+    output: OutputOption = None,
+) -> None:
+    """Stop agents now (status cancelled); a finished agent is left as it is. Prints `ID<tab>status`
+    for each, or with -o the agents as `status` does (json/yaml: `{"items": [...]}` for several IDs)."""
+    fmt = output_format(output, json_out)
     failures: list[int] = []
+    stopped: list[dict[str, Any]] = []
     with api_client(ctx) as client:
         for agent_id in agent_ids:
             try:
@@ -336,7 +352,13 @@ def rm(ctx: typer.Context, agent_ids: Annotated[list[str], typer.Argument(metava
                 failures.append(exit_code_for(exc))
                 sys.stderr.write(f"error: {agent_id}: {api_message(exc)}\n")
                 continue
-            sys.stdout.write(f"{agent_id}\t{agent.get('status')}\n")
+            stopped.append(agent)
+            if fmt is None:
+                sys.stdout.write(f"{agent_id}\t{agent.get('status')}\n")
+    if fmt in ("json", "yaml") and len(agent_ids) > 1:
+        print_doc({"items": stopped}, fmt)
+    elif fmt and stopped:
+        print_agents(stopped, fmt)
     if failures:
         raise typer.Exit(failures[0])
 
@@ -346,18 +368,20 @@ def ttl(
     agent_id: IdArgument,
     duration: Annotated[int, typer.Argument(parser=parse_duration, metavar="DURATION", help="from now")],
     json_out: JsonOption = False,
+    output: OutputOption = None,
 ) -> None:
     """Set a running agent's time to live: it expires DURATION from now."""
+    fmt = output_format(output, json_out)
     with api_client(ctx) as client:
         agent = client.set_ttl(agent_id, duration)
-    if json_out:
-        return print_json(agent)
+    if fmt:
+        return print_agents([agent], fmt)
     sys.stdout.write(f"{agent_id}\texpires_at {cell('expires_at', agent.get('expires_at'))}\n")
 
 
 def result(ctx: typer.Context, agent_id: IdArgument, json_out: JsonOption = False, output: OutputOption = None) -> None:
     """The result document of an agent: verdict, timings, usage and log seal."""
-    fmt = output_format(output, json_out)
+    fmt = output_format(output, json_out, ("json", "yaml", "name"))
     with api_client(ctx) as client:
         doc = client.get_result(agent_id)
     if fmt in ("json", "yaml"):

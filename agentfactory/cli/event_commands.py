@@ -8,8 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfactory.cli.options import JsonOption, api_client, parse_pairs, split_list
-from agentfactory.cli.render import ago, cell, print_json, print_table
+from agentfactory.cli.options import (
+    DOC_FORMATS,
+    DocOutputOption,
+    JsonOption,
+    api_client,
+    output_format,
+    parse_pairs,
+    split_list,
+)
+from agentfactory.cli.render import ago, cell, print_doc, print_table, to_yaml
 from agentfactory.vocabulary import DeliveryStatus, EventType
 
 TypesOption = Annotated[
@@ -36,13 +44,26 @@ def events(
     agent: Annotated[str | None, typer.Option("--agent", help="only this agent's events", metavar="ID")] = None,
     type_: TypesOption = None,
     after: Annotated[int | None, typer.Option(min=0, help="start after this event id", metavar="ID")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON event per line (= -o json)")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="json (one event per line) or yaml (one document each)",
+            metavar="FORMAT",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Lifecycle events of your agents (admin: all): the retained history, or with -f new ones as they happen."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         for ev in client.iter_events(follow=follow, after=after, agent_id=agent, types=split_list(type_)):
-            if json_out:
+            if fmt == "json":
                 sys.stdout.write(json.dumps(ev, ensure_ascii=False) + "\n")
+            elif fmt == "yaml":  # a YAML stream: each event its own document
+                sys.stdout.write("---\n" + to_yaml(ev))
             else:
                 sys.stdout.write(_event_line(ev))
             sys.stdout.flush()
@@ -58,25 +79,28 @@ def webhooks_create(
         list[str] | None, typer.Option("--meta", help="only agents with this metadata (repeat)", metavar="KEY=VALUE")
     ] = None,
     json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """Create a webhook; its signing secret is printed once."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     body: dict[str, Any] = {"url": url, "metadata": parse_pairs(meta, "--meta")}
     if types := split_list(event):
         body["events"] = types
     with api_client(ctx) as client:
         hook = client.create_webhook(body)
-    if json_out:
-        return print_json(hook)
+    if fmt:
+        return print_doc(hook, fmt)
     sys.stdout.write(f"{hook.get('secret')}\n")
     sys.stderr.write(f"created {hook.get('id')} -> {url}; the signing secret above is shown only this once\n")
 
 
-def webhooks_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
+def webhooks_list(ctx: typer.Context, json_out: JsonOption = False, output: DocOutputOption = None) -> None:
     """Your webhooks (admin: all), with their circuit state."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         doc = client.list_webhooks()
-    if json_out:
-        return print_json(doc)
+    if fmt:
+        return print_doc(doc, fmt)
     rows = [
         [h["id"], str(h.get("url")), cell("events", h.get("events")), cell("metadata", h.get("metadata")),
          str(h.get("circuit")), str(h.get("consecutive_failures")), ago(h.get("created_at"))]
@@ -106,12 +130,14 @@ def webhooks_deliveries(
     status: Annotated[DeliveryStatus | None, typer.Option(help="only deliveries in this state")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="newest N")] = 50,
     json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """A webhook's deliveries, newest first, with their attempts (dead letters: --status dead)."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         doc = client.list_deliveries(webhook_id, status=status.value if status else None, limit=limit)
-    if json_out:
-        return print_json(doc)
+    if fmt:
+        return print_doc(doc, fmt)
     rows = [
         [str(d["id"]), str(d.get("event_id")), str(d.get("event_type")), str(d.get("agent_id")), str(d.get("status")),
          str(d.get("attempt_count")), _last_attempt(d), cell("next_attempt_at", d.get("next_attempt_at"))]
@@ -124,8 +150,13 @@ def webhooks_retry(
     ctx: typer.Context,
     webhook_id: WebhookId,
     delivery_id: Annotated[int, typer.Argument(metavar="DELIVERY_ID", min=0)],
+    json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """Send a dead delivery again now (one attempt)."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         d = client.retry_delivery(webhook_id, delivery_id)
+    if fmt:
+        return print_doc(d, fmt)
     sys.stdout.write(f"{d.get('id')}\t{d.get('status')}\n")

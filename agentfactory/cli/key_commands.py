@@ -8,27 +8,31 @@ from typing import Annotated, Any
 import typer
 
 from agentfactory.cli.options import (
+    DOC_FORMATS,
+    DocOutputOption,
     JsonOption,
     api_client,
+    output_format,
     parse_duration,
     split_list,
 )
 from agentfactory.cli.render import (
     ago,
     cell,
-    print_json,
+    print_doc,
     print_table,
 )
 
 # --- catalog and keys ------------------------------------------------------------------------------
 
 
-def catalog(ctx: typer.Context, json_out: JsonOption = False) -> None:
+def catalog(ctx: typer.Context, json_out: JsonOption = False, output: DocOutputOption = None) -> None:
     """The models and tools this server offers, and its limits."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         doc = client.get_catalog()
-    if json_out:
-        return print_json(doc)
+    if fmt:
+        return print_doc(doc, fmt)
     models = [[m.get("id", "?"), m.get("provider", "-"), m.get("description", "")] for m in doc.get("models", [])]
     print_table(["MODEL", "PROVIDER", "DESCRIPTION"], models)
     sys.stdout.write("\n")
@@ -52,8 +56,10 @@ def keys_create(
         int | None, typer.Option(min=1, help="max concurrent log streams and MCP waits", metavar="N")
     ] = None,
     json_out: JsonOption = False,
+    output: DocOutputOption = None,
 ) -> None:
     """Create an API key; its secret is printed once."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     body: dict[str, Any] = {
         "name": name,
         "admin": admin,
@@ -69,18 +75,19 @@ def keys_create(
     body |= {k: v for k, v in limits.items() if v is not None}
     with api_client(ctx) as client:
         key = client.create_key(body)
-    if json_out:
-        return print_json(key)
+    if fmt:
+        return print_doc(key, fmt)
     sys.stdout.write(f"{key.get('key')}\n")
     sys.stderr.write(f"created {key.get('id')} ({name}); the key above is shown only this once\n")
 
 
-def keys_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
+def keys_list(ctx: typer.Context, json_out: JsonOption = False, output: DocOutputOption = None) -> None:
     """List API keys and their quotas."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
         doc = client.list_keys()
-    if json_out:
-        return print_json(doc)
+    if fmt:
+        return print_doc(doc, fmt)
     items = doc.get("items", []) if isinstance(doc, dict) else doc
     headers = ["ID", "NAME", "PREFIX", "ADMIN", "MODELS", "TOOLS", "MAX AGENTS", "RPM", "MAX TTL", "AGE", "REVOKED"]
     rows = [
@@ -93,8 +100,16 @@ def keys_list(ctx: typer.Context, json_out: JsonOption = False) -> None:
     print_table(headers, rows)
 
 
-def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonOption = False,
+    output: DocOutputOption = None,
+) -> None:
     """Revoke an API key: it is refused from now on."""
+    fmt = output_format(output, json_out, DOC_FORMATS)
     with api_client(ctx) as client:
-        client.revoke_key(key_id)
+        key = client.revoke_key(key_id)
+    if fmt:
+        return print_doc(key, fmt)
     sys.stdout.write(f"{key_id}\trevoked\n")

@@ -117,12 +117,18 @@ OutputOption = Annotated[
     str | None, typer.Option("--output", "-o", help="json, yaml, wide or name", metavar="FORMAT", show_default=False)
 ]
 OUTPUT_FORMATS = ("json", "yaml", "wide", "name")
+# The commands whose result is a document, not agents (`logs`, `artifacts`, `events`, `catalog`...).
+DocOutputOption = Annotated[
+    str | None, typer.Option("--output", "-o", help="json or yaml", metavar="FORMAT", show_default=False)
+]
+DOC_FORMATS = ("json", "yaml")
 
 
-def output_format(output: str | None, json_out: bool) -> str | None:
-    """`-o FORMAT` (or `--json`), checked; None: the human table."""
-    if output is not None and output not in OUTPUT_FORMATS:
-        raise typer.BadParameter(f"{output!r}: one of {', '.join(OUTPUT_FORMATS)}", param_hint="-o/--output")
+def output_format(output: str | None, json_out: bool, formats: tuple[str, ...] = OUTPUT_FORMATS) -> str | None:
+    """`-o FORMAT` (or `--json`), checked against the `formats` this command prints (a usage error,
+    exit 64, otherwise); None: the human table."""
+    if output is not None and output not in formats:
+        raise typer.BadParameter(f"{output!r}: one of {', '.join(formats)}", param_hint="-o/--output")
     if json_out:
         if output not in (None, "json"):
             raise typer.BadParameter("--json and -o differ", param_hint="-o/--output")

@@ -128,6 +128,8 @@ class StandIn:
                 Route("/agents/{id}/result", self.result, methods=["GET"]),
                 Route("/agents/{id}/logs", self.logs, methods=["GET"]),
                 Route("/agents/{id}/stream", self.stream, methods=["GET"]),
+                Route("/agents/{id}/artifacts", self.artifacts, methods=["GET"]),
+                Route("/events", self.lifecycle_events, methods=["GET"]),
                 Route("/catalog", self.catalog, methods=["GET"]),
                 Route("/keys", self.create_key, methods=["POST"]),
                 Route("/keys", self.list_keys, methods=["GET"]),
@@ -279,6 +281,20 @@ class StandIn:
                 yield f"event: end\ndata: {json.dumps(agent.doc())}\n\n"
                 return
             await asyncio.sleep(0.01)
+
+    async def artifacts(self, request: Request) -> Response:
+        agent = self._agent(request)
+        if isinstance(agent, Response):
+            return agent
+        item = {"path": "out/report.md", "bytes": 12, "sha256": "a" * 64}
+        return JSONResponse({"items": [item], "dropped": [], "complete": True})
+
+    async def lifecycle_events(self, request: Request) -> Response:
+        """`GET /events` without follow: one `agent.queued` per agent, then the stream ends."""
+        docs = [{"type": "agent.queued", "id": n, "created_at": "2024-01-01T00:00:00.000Z", "agent": a.doc()}
+                for n, a in enumerate(self.agents.values(), 1)]  # fmt: skip
+        body = "".join(f"id: {d['id']}\ndata: {json.dumps(d)}\n\n" for d in docs)
+        return Response(body, media_type="text/event-stream")
 
     async def catalog(self, request: Request) -> Response:
         return JSONResponse({
