@@ -24,6 +24,12 @@ if TYPE_CHECKING:
         ApiError as ApiError,
     )
     from agentfactory.sdk import (
+        ArtifactManifest as ArtifactManifest,
+    )
+    from agentfactory.sdk import (
+        ArtifactMismatch as ArtifactMismatch,
+    )
+    from agentfactory.sdk import (
         AsyncAgentFactory as AsyncAgentFactory,
     )
     from agentfactory.sdk import (
@@ -31,6 +37,9 @@ if TYPE_CHECKING:
     )
     from agentfactory.sdk import (
         EndEvent as EndEvent,
+    )
+    from agentfactory.sdk import (
+        EventOut as EventOut,
     )
     from agentfactory.sdk import (
         LogEvent as LogEvent,
@@ -45,13 +54,17 @@ if TYPE_CHECKING:
         StatusEvent as StatusEvent,
     )
     from agentfactory.sdk import (
+        UploadOut as UploadOut,
+    )
+    from agentfactory.sdk import (
         WaitTimeout as WaitTimeout,
     )
 
 _SDK_NAMES = frozenset(
     {
         "Agent", "AgentFactory", "AgentResult", "ApiError", "AsyncAgentFactory", "ClientError", "EndEvent",
-        "LogEvent", "LogLine", "ServerUnreachable", "StatusEvent", "WaitTimeout",
+        "LogEvent", "LogLine", "ServerUnreachable", "StatusEvent", "WaitTimeout", "ArtifactManifest",
+        "ArtifactMismatch", "EventOut", "UploadOut",
     }
 )  # fmt: skip
 __all__ = sorted(_SDK_NAMES | {"__version__"})

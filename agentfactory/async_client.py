@@ -5,19 +5,26 @@ bookkeeping (`follow`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import hashlib
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from agentfactory.client_errors import ApiError, ServerUnreachable, error_from_response, transport_cause
 from agentfactory.endpoints import (
+    EVENTS_TIMEOUT,
     Call,
     Endpoints,
+    Reconnects,
     RetryPolicy,
     WaitPacer,
     answer,
+    events_request,
     log_page_limit,
     missing_key_hint,
     stream_headers,
@@ -88,6 +95,77 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
         while not pacer.done(agent := await self.get_agent(agent_id)):
             await asyncio.sleep(pacer.pause())
         return agent
+
+    async def upload(
+        self, chunks: AsyncIterable[bytes], *, gzip: bool = True, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """POST /uploads with a tar (or tar.gz) body streamed from `chunks` (see `ApiClient.upload`)."""
+        content_type = "application/gzip" if gzip else "application/x-tar"
+        try:
+            response = await self._http.post(
+                "/uploads", content=chunks, headers={"Content-Type": content_type}, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+        if response.status_code >= 400:
+            raise missing_key_hint(error_from_response(response), self.has_api_key)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def download_artifact(self, agent_id: str, path: str, dest: Path, *, timeout: float = 600.0) -> str:
+        """Stream one artifact into `dest` (made with its parents); returns the sha256 of what was written."""
+        digest = hashlib.sha256()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            url = f"/agents/{agent_id}/artifacts/{quote(path)}"
+            async with self._http.stream("GET", url, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise missing_key_hint(error_from_response(response), self.has_api_key)
+                with open(dest, "wb") as out:
+                    async for data in response.aiter_bytes(1 << 20):
+                        digest.update(data)
+                        out.write(data)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.base_url, transport_cause(exc)) from exc
+        return digest.hexdigest()
+
+    async def iter_events(
+        self,
+        *,
+        follow: bool,
+        after: int | None = None,
+        agent_id: str | None = None,
+        types: list[str] | None = None,
+        reconnect_window: float = 60.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Lifecycle events from `GET /events` (see `ApiClient.iter_events`)."""
+        last = after
+        reconnects = Reconnects(self.base_url, reconnect_window)
+        while True:
+            params, headers = events_request(follow, last, agent_id, types)
+            try:
+                async with self._http.stream(
+                    "GET", "/events", params=params, headers=headers, timeout=EVENTS_TIMEOUT
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise missing_key_hint(error_from_response(response), self.has_api_key)
+                    reconnects.connected()
+                    async for event in _aiter_sse(response.aiter_bytes()):
+                        doc: dict[str, Any] = json.loads(event.data)
+                        last = int(doc["id"])
+                        yield doc
+                if not follow:
+                    return
+                cause = "stream closed"
+            except httpx.TransportError as exc:
+                cause = transport_cause(exc)
+            except ApiError as exc:
+                if not follow or exc.status < 500:
+                    raise
+                cause = f"{exc.code} ({exc.status})"
+            await asyncio.sleep(reconnects.dropped(cause))
 
     @asynccontextmanager
     async def stream_agent(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,14 +23,17 @@ import httpx
 
 from agentfactory.client_errors import ApiError, ClientError, ServerUnreachable, WaitTimeout, transport_cause
 from agentfactory.endpoints import (
+    EVENTS_TIMEOUT,
     MAX_LOG_PAGE,
     TERMINAL_STATUSES,
     Call,
     Endpoints,
+    Reconnects,
     RetryPolicy,
     WaitPacer,
     answer,
     error_from_response,
+    events_request,
     log_page_limit,
     missing_key_hint,
     stream_headers,
@@ -178,25 +180,17 @@ class ApiClient(Endpoints[Any]):
         Following, a dropped connection is resumed with `Last-Event-ID` (no event lost or repeated)
         until `reconnect_window` seconds pass without a connection; else it ends at the log's end."""
         last = after
-        down_since: float | None = None
-        attempt = 0
+        reconnects = Reconnects(self.base_url, reconnect_window)
         while True:
-            params: dict[str, Any] = {"follow": "true" if follow else "false"}
-            if agent_id:
-                params["agent_id"] = agent_id
-            if types:
-                params["type"] = ",".join(types)
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
+            params, headers = events_request(follow, last, agent_id, types)
             try:
                 with self._http.stream(
-                    "GET", "/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=45.0)
+                    "GET", "/events", params=params, headers=headers, timeout=EVENTS_TIMEOUT
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
                         raise missing_key_hint(error_from_response(response), self.has_api_key)
-                    down_since, attempt = None, 0
+                    reconnects.connected()
                     for event in iter_sse(response.iter_bytes()):
                         doc: dict[str, Any] = json.loads(event.data)
                         last = int(doc["id"])
@@ -210,12 +204,7 @@ class ApiClient(Endpoints[Any]):
                 if not follow or exc.status < 500:
                     raise
                 cause = f"{exc.code} ({exc.status})"
-            now = time.monotonic()
-            down_since = down_since if down_since is not None else now
-            if now - down_since > reconnect_window:
-                raise ServerUnreachable(self.base_url, f"{cause}; gave up reconnecting")
-            time.sleep(min(0.25 * 2**attempt, 5.0) * random.uniform(0.8, 1.2))
-            attempt += 1
+            time.sleep(reconnects.dropped(cause))
 
     @contextmanager
     def stream_agent(

@@ -5,6 +5,7 @@ of it; and what both decide alike around a request (retries, errors, log pages, 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,3 +258,45 @@ class WaitPacer:
         delay = self._delay
         self._delay = min(delay * 2, self._poll_max)
         return delay if self._deadline is None else min(delay, max(0.0, self._deadline - time.monotonic()))
+
+
+def events_request(
+    follow: bool, last: int | None, agent_id: str | None, types: list[str] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The query and headers of `GET /events` resuming after event id `last` (None: where the server
+    starts)."""
+    params: dict[str, Any] = {"follow": "true" if follow else "false"}
+    if agent_id:
+        params["agent_id"] = agent_id
+    if types:
+        params["type"] = ",".join(types)
+    headers = {"Accept": "text/event-stream"}
+    if last is not None:
+        headers["Last-Event-ID"] = str(last)
+    return params, headers
+
+
+EVENTS_TIMEOUT = httpx.Timeout(10.0, read=45.0)  # the server sends a keep-alive at least every 15 s
+
+
+class Reconnects:
+    """A followed stream's reconnections: a growing jittered pause after each drop, and
+    `ServerUnreachable` once `window` seconds pass without a connection."""
+
+    def __init__(self, base_url: str, window: float) -> None:
+        self._base_url, self._window = base_url, window
+        self._down_since: float | None = None
+        self._attempt = 0
+
+    def connected(self) -> None:
+        self._down_since, self._attempt = None, 0
+
+    def dropped(self, cause: str) -> float:
+        """The seconds to wait before connecting again (or ServerUnreachable)."""
+        now = time.monotonic()
+        self._down_since = self._down_since if self._down_since is not None else now
+        if now - self._down_since > self._window:
+            raise ServerUnreachable(self._base_url, f"{cause}; gave up reconnecting")
+        delay = min(0.25 * 2**self._attempt, 5.0) * random.uniform(0.8, 1.2)
+        self._attempt += 1
+        return delay

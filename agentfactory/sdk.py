@@ -7,8 +7,9 @@
         print(result.status, result.exit_code)
 
 Answers are the server's own wire models (`agentfactory.schemas`): `Agent`, `AgentResult`, `LogLine`,
-`KeyOut`. Failures raise `ApiError` (the error envelope: `.code`, `.status`, `.message`),
-`ServerUnreachable` or `WaitTimeout`, all `ClientError`s. Idempotent calls (reads, cancel, extend,
+`KeyOut`, `UploadOut`, `ArtifactManifest`, `EventOut`. Failures raise `ApiError` (the error envelope:
+`.code`, `.status`, `.message`), `ServerUnreachable`, `WaitTimeout` or `ArtifactMismatch`, all
+`ClientError`s. Idempotent calls (reads, cancel, extend,
 and create, which sends an Idempotency-Key of its own) are retried on connection failures, 429, 502,
 503 and 504. This module and everything it imports need only httpx and pydantic.
 """
@@ -25,7 +26,16 @@ from agentfactory import contexts
 from agentfactory.async_client import AsyncAgentFollower, AsyncApiClient
 from agentfactory.client import AgentFollower, ApiClient, RetryPolicy
 from agentfactory.client_errors import ApiError, ClientError, ServerUnreachable, WaitTimeout
-from agentfactory.schemas import AgentResult, KeyCreate, KeyCreated, KeyOut, LogLine
+from agentfactory.schemas import (
+    AgentResult,
+    ArtifactManifest,
+    EventOut,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    LogLine,
+    UploadOut,
+)
 from agentfactory.sdk_events import (
     DEFAULT_TIMEOUT,
     RETRY,
@@ -40,15 +50,20 @@ from agentfactory.sdk_events import (
     follow_event,
     page_size,
 )
+from agentfactory.sdk_files import AsyncFilesAndEvents, FilesAndEvents
+from agentfactory.workspace import ArtifactMismatch
 
 __all__ = [
     "Agent",
     "AgentFactory",
     "AgentResult",
     "ApiError",
+    "ArtifactManifest",
+    "ArtifactMismatch",
     "AsyncAgentFactory",
     "ClientError",
     "EndEvent",
+    "EventOut",
     "FollowEvent",
     "KeyCreated",
     "KeyOut",
@@ -56,6 +71,7 @@ __all__ = [
     "LogLine",
     "ServerUnreachable",
     "StatusEvent",
+    "UploadOut",
     "WaitTimeout",
 ]
 
@@ -64,7 +80,7 @@ def _where(url: str | None, api_key: str | None, context: str | None) -> context
     return contexts.resolve(url, api_key, context=context)
 
 
-class AgentFactory:
+class AgentFactory(FilesAndEvents):
     """A blocking client of one agentfactory server. Use it as a context manager, or `close()` it.
 
     `url` and `api_key` default to `AGENTFACTORY_URL` / `AGENTFACTORY_API_KEY`, then to the
@@ -227,7 +243,7 @@ class AgentFactory:
         return KeyOut.model_validate(self._api.revoke_key(key_id))
 
 
-class AsyncAgentFactory:
+class AsyncAgentFactory(AsyncFilesAndEvents):
     """`AgentFactory` for asyncio: the same methods, awaited (`follow` is an async iterator).
 
     async with AsyncAgentFactory() as af:

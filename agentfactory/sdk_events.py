@@ -31,6 +31,8 @@ class AgentOptions(TypedDict, total=False):
     metadata: Mapping[str, str | int | float | bool | None]
     token_budget: int
     queue_timeout_seconds: int
+    workspace: str
+    artifacts: builtins.list[str]
     idempotency_key: str
 
 

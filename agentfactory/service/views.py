@@ -65,7 +65,9 @@ def agent_out(row: AgentRow, *, queue_position: int | None = None, estimated_sta
         created_at=iso(row.created_at) or "",
         started_at=iso(row.started_at),
         finished_at=iso(row.finished_at),
-        expires_at=iso(row.expires_at),
+        # The TTL counts from the start (SPEC §10): an agent not started yet (queued, pending) or that
+        # never started has no expiry to show.
+        expires_at=iso(row.expires_at) if row.started_at is not None else None,
         ttl_seconds=row.ttl_seconds,
         exit_code=row.exit_code,
         error=row.error,

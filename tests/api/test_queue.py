@@ -105,7 +105,7 @@ def test_a_queued_agent_starts_when_a_slot_frees_and_its_ttl_counts_from_its_sta
     a = post(qapi, key, env=BLOCK, queue_timeout_seconds=60, ttl_seconds=100).json()
     b = post(qapi, key, env=BLOCK, queue_timeout_seconds=60).json()
     assert (a["queue_position"], b["queue_position"]) == (1, 2)
-    assert a["started_at"] is None
+    assert a["started_at"] is None and a["expires_at"] is None  # no expiry until it starts
     time.sleep(0.3)  # the queued agent's TTL must count from its start, not its admission
     assert qapi.client.delete(f"/agents/{running[0]}", headers=key).json()["status"] == "cancelled"
     started = wait_until(lambda: (g := get(qapi, a["id"]))["status"] == "running" and g, timeout=5, what="a runs")

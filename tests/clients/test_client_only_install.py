@@ -1,7 +1,7 @@
 """`pip install ./` in a fresh venv is the client alone (SPEC §15): no FastAPI, SQLAlchemy or docker-py,
 yet docs/sdk.md's examples and the CLI work against a live server; the server commands name the extra.
 
-Needs PyPI (the four light dependencies are fetched into the new venv) and the Docker Engine (the
+Needs PyPI (the five light dependencies are fetched into the new venv) and the Docker Engine (the
 server launches real agents)."""
 
 from __future__ import annotations
