@@ -24,6 +24,7 @@ from agentfactory.endpoints import (
     RetryPolicy,
     WaitPacer,
     answer,
+    drop_cause,
     events_request,
     log_page_limit,
     missing_key_hint,
@@ -159,12 +160,8 @@ class AsyncApiClient(Endpoints[Awaitable[Any]]):
                 if not follow:
                     return
                 cause = "stream closed"
-            except httpx.TransportError as exc:
-                cause = transport_cause(exc)
-            except ApiError as exc:
-                if not follow or exc.status < 500:
-                    raise
-                cause = f"{exc.code} ({exc.status})"
+            except (httpx.TransportError, ApiError) as exc:
+                cause = drop_cause(exc, follow)
             await asyncio.sleep(reconnects.dropped(cause))
 
     @asynccontextmanager

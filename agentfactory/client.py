@@ -32,6 +32,7 @@ from agentfactory.endpoints import (
     RetryPolicy,
     WaitPacer,
     answer,
+    drop_cause,
     error_from_response,
     events_request,
     log_page_limit,
@@ -198,12 +199,8 @@ class ApiClient(Endpoints[Any]):
                 if not follow:
                     return
                 cause = "stream closed"
-            except httpx.TransportError as exc:
-                cause = transport_cause(exc)
-            except ApiError as exc:
-                if not follow or exc.status < 500:
-                    raise
-                cause = f"{exc.code} ({exc.status})"
+            except (httpx.TransportError, ApiError) as exc:
+                cause = drop_cause(exc, follow)
             time.sleep(reconnects.dropped(cause))
 
     @contextmanager

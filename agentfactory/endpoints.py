@@ -300,3 +300,13 @@ class Reconnects:
         delay = min(0.25 * 2**self._attempt, 5.0) * random.uniform(0.8, 1.2)
         self._attempt += 1
         return delay
+
+
+def drop_cause(exc: httpx.TransportError | ApiError, follow: bool) -> str:
+    """Why a followed stream dropped, to reconnect after; an error that reconnecting cannot mend
+    (a 4xx, or any error when not following) is raised again."""
+    if isinstance(exc, httpx.TransportError):
+        return transport_cause(exc)
+    if not follow or exc.status < 500:
+        raise exc
+    return f"{exc.code} ({exc.status})"
