@@ -52,4 +52,14 @@ def test_point_reads_match_the_orm_and_see_every_commit(tmp_path: Path) -> None:
         s.execute(update(AgentRow).where(AgentRow.id == "ag_a").values(status="succeeded", exit_code=0))
     fresh = reader.get_agent(agent_id="ag_a")
     assert fresh is not None and (fresh.status, fresh.exit_code) == ("succeeded", 0)
+
+    # by pk, and the queue's length: the same answers as the ORM queries, as commits land
+    by_pk = reader.get_agent_by_pk(pk=fresh.pk)
+    with store.session() as s:
+        assert _columns(by_pk) == _columns(queries.get_agent_by_pk(session=s, pk=fresh.pk))  # type: ignore[arg-type]
+    assert reader.get_agent_by_pk(pk=10_000) is None
+    assert reader.count_queued() == 0
+    with store.session() as s:
+        s.execute(update(AgentRow).where(AgentRow.id == "ag_b").values(status="queued"))
+    assert reader.count_queued() == store.call(queries.count_queued) == 1
     store.dispose()
