@@ -121,7 +121,10 @@ def test_a_key_over_its_rate_is_refused_and_another_key_is_not(server: ServerPro
             t.join()
     assert set(codes) <= {200, 429}
     with server.client(hot) as c:
-        r = c.get("/agents")
+        for _ in range(5):  # the bucket refills at 1/s: a token may have come back since the flood stopped
+            r = c.get("/agents")
+            if r.status_code == 429:
+                break
         assert r.status_code == 429 and r.json()["error"]["code"] == "E_RATE_LIMIT" and r.headers["Retry-After"]
 
 
